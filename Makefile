@@ -1,0 +1,40 @@
+# Two commands matter: `make run` starts the service, `make test` tests it.
+# Both create .venv and install the project on first use, so each works alone on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ./data
+# MLX compiles fused CPU kernels with g++ on first use; tiny test models gain nothing from it.
+TEST_ENV := MLX_DISABLE_COMPILE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install test run bench demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+run: $(STAMP)
+	DATA_DIR=$(DATA_DIR) $(PY) -m server
+
+bench: $(STAMP)
+	$(TEST_ENV) $(PY) -m bench
+
+demo: $(STAMP)
+	$(TEST_ENV) $(PY) -m bench.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check server inference_worker protocol tests bench
+	$(PY) -m ruff format --check server inference_worker protocol tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""The child process of one job: video -> sampled frames -> SmolVLM2 -> JSON-lines events."""

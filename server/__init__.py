@@ -1,0 +1,1 @@
+"""The aiohttp application: HTTP edge, session store, job runner and event fan-out."""

@@ -1,0 +1,136 @@
+"""Round-trips of every message, and garbage lines that must become values, not crashes."""
+
+import json
+
+import pytest
+
+from protocol import (
+    AnalysisType,
+    Error,
+    InvalidLine,
+    JobSpec,
+    Log,
+    LogLevel,
+    Partial,
+    Progress,
+    ProtocolError,
+    Result,
+    decode_event,
+    decode_job,
+    encode_event,
+    encode_job,
+    is_terminal,
+)
+
+EVENTS = [
+    Progress(0.42, "Analyzing segment 5/12"),
+    Partial({"start": 10.0, "end": 20.0, "significance": 7}),
+    Log(LogLevel.WARNING, "slow disk"),
+    Result({"analysisType": "highlights", "highlights": []}),
+    Error("invalid_video", "no video stream"),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.type)
+def test_every_event_round_trips_as_one_json_line(event):
+    line = encode_event(event)
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert json.loads(line)["type"] == event.type
+    assert decode_event(line) == event
+    assert decode_event(line.encode()) == event
+
+
+def test_wire_format_matches_the_documented_lines():
+    assert json.loads(encode_event(Progress(0.42, "Analyzing segment 5/12"))) == {
+        "type": "progress",
+        "progress": 0.42,
+        "step": "Analyzing segment 5/12",
+    }
+    assert json.loads(encode_event(Log(LogLevel.INFO, "hi"))) == {
+        "type": "log",
+        "level": "info",
+        "message": "hi",
+    }
+
+
+def test_only_result_and_error_are_terminal():
+    assert [is_terminal(e) for e in EVENTS] == [False, False, False, True, True]
+
+
+GARBAGE = [
+    "",
+    "hello world",
+    "Traceback (most recent call last):",
+    "[1, 2, 3]",
+    '"a string"',
+    '{"no": "type"}',
+    '{"type": "teleport"}',
+    '{"type": "progress"}',
+    '{"type": "progress", "progress": 1.5, "step": "x"}',
+    '{"type": "progress", "progress": -0.1, "step": "x"}',
+    '{"type": "progress", "progress": "half", "step": "x"}',
+    '{"type": "progress", "progress": true, "step": "x"}',
+    '{"type": "progress", "progress": NaN, "step": "x"}',
+    '{"type": "partial", "item": [1]}',
+    '{"type": "result", "results": null}',
+    '{"type": "error", "error": 3, "message": "x"}',
+    '{"type": "log", "level": "shout", "message": "x"}',
+    '{"type": "log", "level": "info"',
+    "\x00\x01\x02",
+    "{" * 5000,
+]
+
+
+@pytest.mark.parametrize("line", GARBAGE)
+def test_garbage_lines_decode_to_invalid_line_values(line):
+    decoded = decode_event(line)
+    assert isinstance(decoded, InvalidLine)
+    assert decoded.reason
+    assert len(decoded.line) <= 200
+
+
+def test_undecodable_bytes_are_an_invalid_line():
+    assert isinstance(decode_event(b"\xff\xfe{not json"), InvalidLine)
+
+
+def test_encode_refuses_nan_so_lines_stay_json():
+    with pytest.raises(ValueError):
+        encode_event(Progress(float("nan"), "x"))
+
+
+def test_job_spec_round_trips():
+    spec = JobSpec(
+        session_id="abc",
+        analysis_type=AnalysisType.WORKOUT,
+        video_path="/data/uploads/abc/video.mp4",
+        output_dir="/data/artifacts/abc",
+        model="mlx-community/SmolVLM2-500M-Video-Instruct-mlx",
+        params={"segment_seconds": 5.0},
+        filename="gym.mp4",
+    )
+    line = encode_job(spec)
+    assert line.count("\n") == 1
+    assert decode_job(line) == spec
+
+
+@pytest.mark.parametrize(
+    "line, complaint",
+    [
+        ("nope", "not JSON"),
+        ("[]", "not a JSON object"),
+        ('{"session_id": "a"}', "missing"),
+        (
+            '{"session_id": "a", "analysis_type": "dance", "video_path": "v", '
+            '"output_dir": "o", "model": "m"}',
+            "unknown analysis_type",
+        ),
+        (
+            '{"session_id": "a", "analysis_type": "workout", "video_path": "v", '
+            '"output_dir": "o", "model": "m", "params": []}',
+            "params must be an object",
+        ),
+    ],
+)
+def test_bad_job_specs_say_what_is_wrong(line, complaint):
+    with pytest.raises(ProtocolError, match=complaint):
+        decode_job(line)
