@@ -1,0 +1,37 @@
+"""Where a session's files live under DATA_DIR. Every server path is chosen here."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """DATA_DIR/uploads/<id>/ holds the upload, DATA_DIR/artifacts/<id>/ the worker's output."""
+
+    root: Path
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def upload_dir(self, session_id: str) -> Path:
+        return self.uploads / session_id
+
+    def output_dir(self, session_id: str) -> Path:
+        return self.artifacts / session_id
+
+    def create(self) -> None:
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+
+    def remove_session_files(self, session_id: str) -> None:
+        """Delete the upload and every artifact of a session; missing ones are fine."""
+        for folder in (self.upload_dir(session_id), self.output_dir(session_id)):
+            shutil.rmtree(folder, ignore_errors=True)
