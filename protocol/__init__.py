@@ -24,6 +24,7 @@ from protocol.messages import (
     encode_job,
     is_terminal,
 )
+from protocol.models import looks_like_hf_id, model_display_name
 from protocol.params import (
     SCHEMAS,
     ParamsError,
@@ -61,6 +62,8 @@ __all__ = [
     "encode_event",
     "encode_job",
     "is_terminal",
+    "looks_like_hf_id",
+    "model_display_name",
     "params_from_form",
     "parse_analysis_type",
     "parse_params_json",

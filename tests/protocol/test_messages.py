@@ -134,3 +134,16 @@ def test_job_spec_round_trips():
 def test_bad_job_specs_say_what_is_wrong(line, complaint):
     with pytest.raises(ProtocolError, match=complaint):
         decode_job(line)
+
+
+def test_model_display_name_never_shows_a_server_path(tmp_path):
+    from protocol import model_display_name
+
+    assert model_display_name("mlx-community/SmolVLM2-500M-Video-Instruct-mlx") == (
+        "mlx-community/SmolVLM2-500M-Video-Instruct-mlx"
+    )
+    local = tmp_path / "models" / "tiny-smolvlm2"
+    local.mkdir(parents=True)
+    assert model_display_name(str(local)) == "tiny-smolvlm2"
+    assert model_display_name(str(local) + "/") == "tiny-smolvlm2"
+    assert model_display_name("/opt/missing/weights") == "weights"
