@@ -27,6 +27,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def steered_model_dir(tmp_path_factory) -> Path:
+    """The tiny SmolVLM2 with weights steered so that every reply is "8".
+
+    Random weights never produce a parseable score, so end-to-end runs with them find no
+    highlight; this one judges every segment significant, so reels and thumbnails get made.
+    """
+    from inference_worker.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("steered-smolvlm2"), answer="8")
+
+
+@pytest.fixture(scope="session")
 def sample_video(tmp_path_factory) -> Path:
     """A 12 s 160x120 H.264 clip with an AAC audio track, shared read-only by tests."""
     from tests.media import write_video

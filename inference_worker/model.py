@@ -1,0 +1,166 @@
+"""SmolVLM2 behind one seam: `SmolVLM.generate(prompt, frames, max_tokens) -> str`.
+
+The only module that calls mlx_vlm. It is imported early by the worker, so mlx_vlm (about a
+second to import) is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import looks_like_hf_id, model_display_name
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+_FIX_LOCAL = "point SMOLVLM_MODEL / --model at a folder holding a converted SmolVLM2 model"
+
+
+class ModelUnavailable(Exception):
+    """The model cannot be loaded. The message names it by display name and says how to fix it.
+
+    Safe to show to API clients: it never contains a server path.
+    """
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Figures from the last `SmolVLM.generate` call, for logging."""
+
+    prompt_tokens: int
+    generation_tokens: int
+    # Peak MLX memory during the call, in GB (as mlx_vlm reports it).
+    peak_memory: float
+
+
+class SmolVLM:
+    """A loaded SmolVLM2: model and processor, used through `generate`."""
+
+    def __init__(self, name: str, model: Any, processor: Any) -> None:
+        self.name = name
+        self._model = model
+        self._processor = processor
+        self.image_size = _frame_size(model, processor)
+        self.last_stats: GenerationStats | None = None
+
+    def generate(self, prompt: str, frames: Sequence[Image.Image], max_tokens: int) -> str:
+        """Answer `prompt` about `frames` (in order; none for a text-only prompt), greedily.
+
+        Deterministic: temperature 0. Returns the reply stripped of surrounding whitespace.
+        """
+        import mlx.core as mx
+        from mlx_vlm import apply_chat_template
+        from mlx_vlm import generate as mlx_generate
+
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        images = list(frames)
+        # One <image> marker per frame: the processor refuses a count mismatch.
+        formatted = apply_chat_template(
+            self._processor, self._model.config, prompt, num_images=len(images)
+        )
+        # mlx_vlm reports the process-wide peak; reset it so the figure is this call's.
+        mx.reset_peak_memory()
+        result = mlx_generate(
+            self._model,
+            self._processor,
+            formatted,
+            image=images or None,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            verbose=False,
+        )
+        self.last_stats = GenerationStats(
+            prompt_tokens=result.prompt_tokens,
+            generation_tokens=result.generation_tokens,
+            peak_memory=result.peak_memory,
+        )
+        return result.text.strip()
+
+    def __repr__(self) -> str:
+        return f"SmolVLM(name={self.name!r}, image_size={self.image_size})"
+
+
+def load_model(model: str) -> SmolVLM:
+    """Load a SmolVLM2 from a local folder or a Hugging Face id; raise ModelUnavailable if not.
+
+    A local path is never sent to the hub: a missing folder fails at once. A Hugging Face id is
+    fetched by mlx_vlm (from the local cache when HF_HUB_OFFLINE=1).
+    """
+    if not model.strip():
+        raise ModelUnavailable(f"no model was given; {_FIX_LOCAL} or at a Hugging Face id")
+    name = model_display_name(model)
+    if looks_like_hf_id(model):
+        path = _fetch_from_hub(model)
+        subject = f"model '{name}'"
+    else:
+        path = Path(model).expanduser()
+        subject = f"model folder '{name}'"
+        if not path.exists():
+            raise ModelUnavailable(f"{subject} does not exist; {_FIX_LOCAL}")
+        if not path.is_dir():
+            raise ModelUnavailable(f"{subject} is not a folder; {_FIX_LOCAL}")
+
+    from mlx_vlm import load
+
+    try:
+        # A str that exists on disk: mlx_vlm loads it without any hub request.
+        loaded_model, processor = load(str(path))
+    except Exception as exc:
+        # The cause may quote server paths; it stays in the chained traceback for the logs.
+        raise ModelUnavailable(
+            f"{subject} could not be loaded ({type(exc).__name__}); it does not look like a "
+            "complete SmolVLM2 model for mlx-vlm (config.json, *.safetensors, tokenizer and "
+            "processor files)"
+        ) from exc
+    # Video frames go in whole: splitting each into tiles costs about 4x the image tokens.
+    processor.image_processor.do_image_splitting = False
+    return SmolVLM(name, loaded_model, processor)
+
+
+def _fetch_from_hub(model_id: str) -> Path:
+    """The local snapshot folder of `model_id`, downloading it if downloads are allowed."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from mlx_vlm.utils import get_model_path
+
+    download_first = f"Download it first (huggingface-cli download {model_id}) or {_FIX_LOCAL}."
+    try:
+        return Path(get_model_path(model_id))
+    except LocalEntryNotFoundError as exc:
+        why = (
+            "downloads are off"
+            if constants.is_offline_mode()
+            else "the Hugging Face Hub could not be reached"
+        )
+        raise ModelUnavailable(
+            f"model '{model_id}' could not be loaded: it is not in the local Hugging Face cache "
+            f"and {why}. {download_first}"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelUnavailable(
+            f"model '{model_id}' could not be loaded: the Hugging Face Hub has no such model, "
+            f"or it is private or gated. Check the id, or {_FIX_LOCAL}."
+        ) from exc
+    except Exception as exc:
+        raise ModelUnavailable(
+            f"model '{model_id}' could not be downloaded ({type(exc).__name__}). {download_first}"
+        ) from exc
+
+
+def _frame_size(model: Any, processor: Any) -> int:
+    """The longest edge the processor gives the vision tower, in pixels.
+
+    With image splitting off, every frame is resized to this square, so decoding frames any
+    larger only wastes time.
+    """
+    max_image_size = getattr(processor.image_processor, "max_image_size", None) or {}
+    if "longest_edge" in max_image_size:
+        return int(max_image_size["longest_edge"])
+    return int(model.config.vision_config.image_size)
+
+
+__all__ = ["GenerationStats", "ModelUnavailable", "SmolVLM", "load_model"]
