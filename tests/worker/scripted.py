@@ -1,0 +1,93 @@
+"""Test doubles for the analyses: a model that answers from a script, a reporter that records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from inference_worker.timeline import SegmentFrames, plan_segments
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the analysis made to the model."""
+
+    prompt: str
+    frame_count: int
+    max_tokens: int
+
+
+class ScriptedModel:
+    """Stands in for `generate`: answers with queued replies or `respond(prompt)`.
+
+    Queued replies are used first, in order; then `respond`, if given. Running out of
+    both is a test failure, so a test states every reply the analysis will get. Every
+    call is recorded in `calls`, and in `events` (as "generate") when a shared event
+    log is passed, to order calls against other things the test records.
+    """
+
+    def __init__(
+        self,
+        replies: Sequence[str] = (),
+        respond: Callable[[str], str] | None = None,
+        events: list[str] | None = None,
+    ) -> None:
+        self._replies = list(replies)
+        self._respond = respond
+        self._events = events
+        self.calls: list[Call] = []
+
+    def __call__(self, prompt: str, frames: Sequence[Image.Image], max_tokens: int) -> str:
+        self.calls.append(Call(prompt, len(frames), max_tokens))
+        if self._events is not None:
+            self._events.append("generate")
+        if self._replies:
+            return self._replies.pop(0)
+        if self._respond is not None:
+            return self._respond(prompt)
+        raise AssertionError(f"ScriptedModel has no reply left for call {len(self.calls)}")
+
+
+@dataclass
+class RecordingReporter:
+    """Records progress as (fraction, step) pairs and partial items, in order.
+
+    With a shared `events` log, each partial is also logged there as "partial".
+    """
+
+    steps: list[tuple[float, str]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] | None = None
+
+    def progress(self, fraction: float, step: str) -> None:
+        self.steps.append((fraction, step))
+
+    def partial(self, item: dict[str, Any]) -> None:
+        self.items.append(item)
+        if self.events is not None:
+            self.events.append("partial")
+
+
+def blank_frames(count: int) -> list[Image.Image]:
+    """Small blank frames: the analyses never look inside them."""
+    return [Image.new("RGB", (8, 8)) for _ in range(count)]
+
+
+def segment_frames(
+    duration: float,
+    segment_seconds: float = 10.0,
+    frames_per_segment: int = 4,
+    pulls: list[str] | None = None,
+) -> Iterator[SegmentFrames]:
+    """A generator of SegmentFrames, as the worker's decode-ahead produces them.
+
+    With `pulls`, each segment taken from it is logged as "pull <index>" just before it
+    is handed over, so a test can see that segments are pulled one at a time.
+    """
+    for segment in plan_segments(duration, segment_seconds):
+        if pulls is not None:
+            pulls.append(f"pull {segment.index}")
+        yield SegmentFrames(segment, blank_frames(frames_per_segment))
