@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 
 class AnalysisType(str, Enum):
@@ -151,7 +151,7 @@ class InvalidLine:
     reason: str
 
 
-Event = Union[Progress, Partial, Log, Result, Error]
+Event = Progress | Partial | Log | Result | Error
 TERMINAL_EVENTS = (Result, Error)
 
 # Lines longer than this are not worth reporting back in full when they are garbage.
@@ -224,8 +224,4 @@ def _text(data: dict[str, Any], key: str) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -74,7 +74,7 @@ def validate_params(analysis_type: AnalysisType, raw: object) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ParamsError("params must be a JSON object, e.g. {\"segment_seconds\": 10}")
+        raise ParamsError('params must be a JSON object, e.g. {"segment_seconds": 10}')
     schema = {spec.name: spec for spec in SCHEMAS[analysis_type]}
     unknown = sorted(set(raw) - set(schema))
     if unknown:
@@ -100,7 +100,7 @@ def parse_params_json(text: str | None) -> dict[str, Any]:
     except ValueError as exc:
         raise ParamsError(f"params is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ParamsError("params must be a JSON object, e.g. {\"segment_seconds\": 10}")
+        raise ParamsError('params must be a JSON object, e.g. {"segment_seconds": 10}')
     return value
 
 
@@ -150,5 +150,7 @@ def _fmt(number: float | None) -> str:
 
 
 def _show(value: object) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    text = (
+        json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    )
     return text if len(text) <= 40 else text[:37] + "..."

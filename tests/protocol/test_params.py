@@ -1,4 +1,4 @@
-"""Params validation: defaults, types, ranges and unknown keys, with messages that say what to fix."""
+"""Params validation: defaults, types, ranges, unknown keys; messages that say what to fix."""
 
 import pytest
 
@@ -31,7 +31,9 @@ def test_defaults_are_filled_in():
 
 
 def test_given_values_are_kept_and_normalised():
-    checked = validate_params(H, {"min_significance": 7.0, "segment_seconds": 5, "make_reel": False})
+    checked = validate_params(
+        H, {"min_significance": 7.0, "segment_seconds": 5, "make_reel": False}
+    )
     assert checked["min_significance"] == 7 and isinstance(checked["min_significance"], int)
     assert checked["segment_seconds"] == 5.0 and isinstance(checked["segment_seconds"], float)
     assert checked["make_reel"] is False
@@ -97,7 +99,12 @@ def test_form_fields_are_read_as_scalars_where_they_are_one():
     params = params_from_form(
         {"min_significance": "4", "make_reel": "false", "exercise_hint": "squats", "x": "[1]"}
     )
-    assert params == {"min_significance": 4, "make_reel": False, "exercise_hint": "squats", "x": "[1]"}
+    assert params == {
+        "min_significance": 4,
+        "make_reel": False,
+        "exercise_hint": "squats",
+        "x": "[1]",
+    }
 
 
 def test_analysis_type_names():

@@ -1,0 +1,147 @@
+"""`python -m inference_worker`: one job per process, events as JSON lines on stdout.
+
+Three ways in:
+  * from the server: no arguments (or `--model` to preload it, for a warm worker); the
+    JobSpec arrives as one JSON line on stdin, and stdin's end means the server is gone;
+  * by hand: `--video PATH --analysis highlights|workout [--params JSON] [--model M]
+    [--output-dir DIR]` prints the same event lines;
+  * `--probe PATH [--filename NAME]`: checks a video and prints one terminal event whose
+    results are {"video": VideoInfo}; the server uses it to vet uploads out of process.
+
+Exit status: 0 after a `result`, 1 after an `error`, 2 for a bad command line or JobSpec,
+143 when terminated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import uuid
+
+from inference_worker.channel import (
+    EXIT_TERMINATED,
+    EventChannel,
+    Terminated,
+    install_sigterm_handler,
+    stop_when_parent_is_gone,
+)
+from protocol import (
+    DEFAULT_MODEL,
+    Error,
+    ErrorCode,
+    JobSpec,
+    ParamsError,
+    ProtocolError,
+    Result,
+    decode_job,
+    parse_analysis_type,
+    parse_params_json,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference_worker",
+        description="Analyse one video with SmolVLM2; events are printed as JSON lines.",
+    )
+    parser.add_argument("--video", help="video to analyse (by-hand mode)")
+    parser.add_argument("--analysis", default="highlights", help="highlights or workout")
+    parser.add_argument("--params", default="{}", help='JSON object, e.g. {"segment_seconds": 5}')
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"Hugging Face id or local path (default: $SMOLVLM_MODEL or {DEFAULT_MODEL}); "
+        "without --video it is preloaded before the JobSpec is read",
+    )
+    parser.add_argument("--output-dir", help="where artifacts go (default: ./<video>-<analysis>)")
+    parser.add_argument("--probe", metavar="PATH", help="only check a video and print its facts")
+    parser.add_argument("--filename", default="", help="the name to report for --probe")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    channel = EventChannel.claim_stdout()  # first: nothing may print on the event channel
+    install_sigterm_handler()
+    logging.basicConfig(
+        level=os.environ.get("WORKER_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s",
+    )
+    args = parse_args(argv)
+    try:
+        if args.probe:
+            return _probe(channel, args.probe, args.filename)
+        return _run(channel, args)
+    except Terminated:
+        return EXIT_TERMINATED
+
+
+def _probe(channel: EventChannel, path: str, filename: str) -> int:
+    from inference_worker.video import InvalidVideo, probe
+
+    try:
+        info = probe(path, filename or os.path.basename(path))
+    except InvalidVideo as exc:
+        channel.emit(Error(ErrorCode.INVALID_VIDEO.value, str(exc)))
+        return EXIT_FAILED
+    channel.emit(Result({"video": info.to_dict()}))
+    return EXIT_OK
+
+
+def _run(channel: EventChannel, args: argparse.Namespace) -> int:
+    from inference_worker.job import ModelSlot, run_job
+
+    models = ModelSlot()
+    if args.video:
+        try:
+            spec = _spec_from_args(args)
+        except (ParamsError, ProtocolError) as exc:
+            channel.emit(Error(ErrorCode.INVALID_PARAMS.value, str(exc)))
+            return EXIT_USAGE
+    else:
+        if args.model:
+            _preload(models, args.model)
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return EXIT_OK  # the server closed our stdin before giving a job: nothing to do
+        try:
+            spec = decode_job(line)
+        except ProtocolError as exc:
+            channel.emit(Error(ErrorCode.INVALID_JOB.value, str(exc)))
+            return EXIT_USAGE
+        stop_when_parent_is_gone()
+    terminal = run_job(spec, channel.emit, models)
+    channel.emit(terminal)
+    return EXIT_OK if isinstance(terminal, Result) else EXIT_FAILED
+
+
+def _preload(models, model: str) -> None:
+    """Load the model before the job arrives; a failure is reported when the job runs."""
+    from inference_worker.model import ModelUnavailable
+
+    try:
+        models.get(model)
+    except ModelUnavailable as exc:
+        logging.getLogger("inference_worker").warning("preload failed: %s", exc)
+
+
+def _spec_from_args(args: argparse.Namespace) -> JobSpec:
+    analysis_type = parse_analysis_type(args.analysis)
+    stem = os.path.splitext(os.path.basename(args.video))[0]
+    return JobSpec(
+        session_id=str(uuid.uuid4()),
+        analysis_type=analysis_type,
+        video_path=args.video,
+        output_dir=args.output_dir or f"{stem}-{analysis_type.value}",
+        model=args.model or os.environ.get("SMOLVLM_MODEL") or DEFAULT_MODEL,
+        params=parse_params_json(args.params),
+        filename=os.path.basename(args.video),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""One job from JobSpec to its terminal event: probe, sample, analyse, write artifacts.
+
+Progress is shared out by phase so that it rises steadily from 0 to 1: checking the video
+and loading the model first, then the analysis (most of the time), then the artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from inference_worker.artifacts import write_reel, write_thumbnails
+from inference_worker.highlights import analyze_highlights
+from inference_worker.model import ModelUnavailable, SmolVLM, load_model
+from inference_worker.prefetch import prefetched
+from inference_worker.timeline import SegmentFrames, frame_times, plan_segments
+from inference_worker.video import InvalidVideo, VideoReader, probe
+from inference_worker.workout import analyze_workout
+from protocol import (
+    AnalysisType,
+    Error,
+    ErrorCode,
+    Event,
+    JobSpec,
+    Log,
+    LogLevel,
+    ParamsError,
+    Partial,
+    Progress,
+    Result,
+    VideoInfo,
+    validate_params,
+)
+
+log = logging.getLogger("inference_worker")
+
+# Frames shown to the model to describe the whole video before judging segments.
+OVERVIEW_FRAMES = 8
+REEL_FILE = "reel.mp4"
+
+# Where each phase sits on the 0..1 progress scale.
+_LOADED = 0.05  # probe and model load done
+_ANALYSED = 0.9  # analysis done; artifacts fill the rest
+
+
+class ModelSlot:
+    """Holds the loaded model across jobs of one process (a warm worker preloads it)."""
+
+    def __init__(self, loader: Callable[[str], SmolVLM] = load_model) -> None:
+        self._loader = loader
+        self._model: SmolVLM | None = None
+        self._source: str | None = None
+
+    def get(self, model: str) -> SmolVLM:
+        """The model named `model`, loading it unless it is the one already loaded."""
+        if self._model is None or self._source != model:
+            self._model = None  # drop the old weights before loading new ones
+            self._model = self._loader(model)
+            self._source = model
+        return self._model
+
+
+class ProgressReporter:
+    """Maps an analysis's own 0..1 progress into a slice of the job's, never going down."""
+
+    def __init__(self, emit: Callable[[Event], None]) -> None:
+        self._emit = emit
+        self._last = 0.0
+        self._low, self._high = 0.0, 1.0
+
+    def phase(self, low: float, high: float) -> ProgressReporter:
+        self._low, self._high = low, high
+        return self
+
+    def progress(self, fraction: float, step: str) -> None:
+        value = self._low + (self._high - self._low) * min(max(fraction, 0.0), 1.0)
+        self._last = max(self._last, round(value, 4))
+        self._emit(Progress(self._last, step))
+
+    def partial(self, item: dict[str, Any]) -> None:
+        self._emit(Partial(item))
+
+
+def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> Event:
+    """Run one job, emitting progress and partial events; return the terminal event."""
+    started = time.monotonic()
+    reporter = ProgressReporter(emit)
+    reporter.progress(0.0, "Checking the video")
+    try:
+        params = validate_params(spec.analysis_type, spec.params)
+        info = probe(spec.video_path, spec.filename or os.path.basename(spec.video_path))
+        reporter.progress(0.02, "Loading the model")
+        load_started = time.monotonic()
+        model = models.get(spec.model)
+        emit(
+            Log(
+                LogLevel.INFO,
+                f"model {model.name} ready in {time.monotonic() - load_started:.2f} s",
+            )
+        )
+        reporter.progress(_LOADED, "Model loaded")
+        output_dir = Path(spec.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if spec.analysis_type is AnalysisType.HIGHLIGHTS:
+            analysis = _highlights(spec, info, params, model, output_dir, reporter)
+        else:
+            analysis = _workout(spec, info, params, model, reporter)
+    except ParamsError as exc:
+        return Error(ErrorCode.INVALID_PARAMS.value, str(exc))
+    except InvalidVideo as exc:
+        return Error(ErrorCode.INVALID_VIDEO.value, str(exc))
+    except ModelUnavailable as exc:
+        return Error(ErrorCode.MODEL_UNAVAILABLE.value, str(exc))
+    except Exception as exc:  # the job fails; the traceback goes to stderr, not to clients
+        log.exception("job %s failed", spec.session_id)
+        return Error(ErrorCode.INTERNAL_ERROR.value, f"analysis failed ({type(exc).__name__})")
+    reporter.progress(1.0, "Finished")
+    results = {
+        "analysisType": spec.analysis_type.value,
+        "processing_time_seconds": round(time.monotonic() - started, 2),
+        "model": model.name,
+        "video": info.public_dict(),
+        **analysis,
+    }
+    return Result(results)
+
+
+def _segment_frames(
+    reader: VideoReader, info: VideoInfo, segment_seconds: float, frames_per_segment: int
+) -> tuple[int, Iterator[SegmentFrames]]:
+    """The segment count, and their frames decoded one segment ahead of the model."""
+    segments = plan_segments(info.duration_seconds, segment_seconds)
+
+    def decode(segment):
+        times = frame_times(segment.start, segment.end, frames_per_segment)
+        return SegmentFrames(segment, [frame.image for frame in reader.frames_at(times)])
+
+    return len(segments), prefetched(decode, segments)
+
+
+def _highlights(
+    spec: JobSpec,
+    info: VideoInfo,
+    params: dict[str, Any],
+    model: SmolVLM,
+    output_dir: Path,
+    reporter: ProgressReporter,
+) -> dict[str, Any]:
+    with VideoReader(spec.video_path, model.image_size) as overview_reader:
+        overview_times = frame_times(0.0, info.duration_seconds, OVERVIEW_FRAMES)
+        overview = [frame.image for frame in overview_reader.frames_at(overview_times)]
+    with VideoReader(spec.video_path, model.image_size) as reader:
+        count, segments = _segment_frames(
+            reader, info, params["segment_seconds"], params["frames_per_segment"]
+        )
+        with closing(segments):  # stops the decode-ahead thread with the job
+            analysis = analyze_highlights(
+                model.generate,
+                overview,
+                segments,
+                count,
+                params,
+                reporter.phase(_LOADED, _ANALYSED),
+            )
+    highlights = analysis.highlights
+    reporter.phase(_ANALYSED, 1.0).progress(0.0, "Writing thumbnails")
+    thumbnails = write_thumbnails(
+        spec.video_path, [(h.start + h.end) / 2 for h in highlights], output_dir
+    )
+    reel = None
+    if params["make_reel"] and highlights:
+        reporter.progress(0.3, "Writing the highlight reel")
+        duration = write_reel(
+            spec.video_path, [(h.start, h.end) for h in highlights], output_dir, REEL_FILE
+        )
+        reel = {"file": REEL_FILE, "duration_seconds": round(duration, 2)}
+    return {
+        "video_description": analysis.video_description,
+        "criteria": analysis.criteria,
+        "highlights_found": len(highlights),
+        "highlights": [
+            {**h.to_dict(), "thumbnail": name}
+            for h, name in zip(highlights, thumbnails, strict=True)
+        ],
+        "reel": reel,
+    }
+
+
+def _workout(
+    spec: JobSpec,
+    info: VideoInfo,
+    params: dict[str, Any],
+    model: SmolVLM,
+    reporter: ProgressReporter,
+) -> dict[str, Any]:
+    with VideoReader(spec.video_path, model.image_size) as reader:
+        count, segments = _segment_frames(
+            reader, info, params["segment_seconds"], params["frames_per_segment"]
+        )
+        with closing(segments):  # stops the decode-ahead thread with the job
+            analysis = analyze_workout(
+                model.generate, segments, count, params, reporter.phase(_LOADED, 1.0)
+            )
+    return {
+        "segments": [segment.to_dict() for segment in analysis.segments],
+        "summary": analysis.summary(),
+    }

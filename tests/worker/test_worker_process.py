@@ -1,0 +1,306 @@
+"""The real worker process on synthetic videos with the tiny real SmolVLM2.
+
+The tiny model's weights are random, so these tests check structure, events and files,
+not words; the analysis logic itself is tested with scripted replies elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+
+import av
+import pytest
+
+from protocol import AnalysisType, JobSpec, decode_event, encode_job
+from tests import media
+from tests.worker.worker_runner import (
+    REPO,
+    WORKER,
+    assert_clean_channel,
+    assert_progress_monotonic,
+    run_cli,
+    run_spec,
+    worker_env,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def make_spec(video, output_dir, model, analysis=AnalysisType.HIGHLIGHTS, **params) -> JobSpec:
+    return JobSpec(
+        session_id=str(uuid.uuid4()),
+        analysis_type=analysis,
+        video_path=str(video),
+        output_dir=str(output_dir),
+        model=str(model),
+        params=params,
+        filename="match.mp4",
+    )
+
+
+HIGHLIGHT_KEYS = {
+    "start",
+    "end",
+    "start_time",
+    "end_time",
+    "significance",
+    "description",
+    "thumbnail",
+}
+SEGMENT_KEYS = {"start", "end", "start_time", "end_time", "exercise", "reps", "form_notes"}
+
+
+def test_highlights_job_speaks_only_events_and_returns_the_api_shape(
+    sample_video, tiny_model_dir, tmp_path
+):
+    run = run_spec(make_spec(sample_video, tmp_path / "out", tiny_model_dir, segment_seconds=4))
+    assert_clean_channel(run)
+    assert_progress_monotonic(run)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = run.terminal.results
+    assert results["analysisType"] == "highlights"
+    assert results["model"] == tiny_model_dir.name  # never the server path
+    assert str(tmp_path) not in json.dumps(results)
+    assert results["video"] == {
+        "filename": "match.mp4",
+        "duration_seconds": pytest.approx(12.0, abs=0.2),
+        "width": 160,
+        "height": 120,
+        "fps": pytest.approx(10.0),
+    }
+    assert isinstance(results["video_description"], str) and results["video_description"]
+    assert isinstance(results["criteria"], list) and results["criteria"]
+    assert results["highlights_found"] == len(results["highlights"])
+    assert isinstance(results["processing_time_seconds"], float)
+    for highlight in results["highlights"]:
+        assert set(highlight) == HIGHLIGHT_KEYS
+    assert run.of_type("progress")[-1].progress == 1.0
+
+
+def test_steered_model_finds_highlights_with_decodable_thumbnails_and_reel(
+    sample_video, steered_model_dir, tmp_path
+):
+    """A real SmolVLM2 whose weights always answer "8" judges every segment significant."""
+    out = tmp_path / "out"
+    run = run_spec(make_spec(sample_video, out, steered_model_dir, segment_seconds=4))
+    assert_clean_channel(run)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = run.terminal.results
+    assert results["highlights"], results
+    # Adjacent significant segments merge: the whole clip is one highlight.
+    assert [(h["start"], h["end"], h["significance"]) for h in results["highlights"]] == [
+        (0.0, pytest.approx(12.0, abs=0.2), 8)
+    ]
+    partials = [event.item for event in run.of_type("partial")]
+    assert [
+        {k: v for k, v in h.items() if k != "thumbnail"} for h in results["highlights"]
+    ] == partials
+    for highlight in results["highlights"]:
+        with av.open(str(out / highlight["thumbnail"])) as image:
+            assert next(image.decode(video=0)).width > 0
+    reel = results["reel"]
+    assert reel["file"] == "reel.mp4"
+    with av.open(str(out / reel["file"])) as container:
+        assert container.streams.video and container.streams.audio  # the source has audio
+        assert float(container.duration / av.time_base) == pytest.approx(
+            reel["duration_seconds"], abs=0.3
+        )
+    assert sorted(os.listdir(out)) == ["reel.mp4", "thumbnails"]  # no temp files left
+
+
+def test_make_reel_false_writes_no_reel(sample_video, steered_model_dir, tmp_path):
+    out = tmp_path / "out"
+    run = run_spec(
+        make_spec(sample_video, out, steered_model_dir, segment_seconds=6, make_reel=False)
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.terminal.results["reel"] is None
+    assert not (out / "reel.mp4").exists()
+
+
+def test_workout_job_returns_segments_and_summary(make_video, tiny_model_dir, tmp_path):
+    video = make_video("gym.mp4", seconds=8.0)
+    spec = make_spec(
+        video,
+        tmp_path / "out",
+        tiny_model_dir,
+        AnalysisType.WORKOUT,
+        segment_seconds=4,
+        exercise_hint="squats",
+    )
+    run = run_spec(spec)
+    assert_clean_channel(run)
+    assert_progress_monotonic(run)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = run.terminal.results
+    assert results["analysisType"] == "workout"
+    assert results["segments"]
+    for segment in results["segments"]:
+        assert set(segment) == SEGMENT_KEYS
+        assert isinstance(segment["reps"], int) and segment["reps"] >= 0
+    covered = [(s["start"], s["end"]) for s in results["segments"]]
+    assert covered[0][0] == 0.0 and covered[-1][1] == pytest.approx(8.0, abs=0.2)
+    assert set(results["summary"]) == {"exercises", "total_reps", "active_seconds"}
+    assert [event.item for event in run.of_type("partial")] == results["segments"]
+
+
+def test_by_hand_mode_prints_the_same_events(sample_video, tiny_model_dir, tmp_path):
+    run = run_cli(
+        "--video",
+        str(sample_video),
+        "--analysis",
+        "workout",
+        "--model",
+        str(tiny_model_dir),
+        "--params",
+        '{"segment_seconds": 6}',
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
+    assert_clean_channel(run)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.terminal.type == "result" and run.terminal.results["analysisType"] == "workout"
+
+
+BAD_VIDEOS = {
+    "zero-byte": lambda path: media.write_zero_bytes(path),
+    "text renamed .mp4": lambda path: media.write_text_file(path),
+    "truncated mp4": lambda path: media.write_truncated(
+        path, media.write_video(path.with_name("src.mp4"), seconds=4.0)
+    ),
+    "audio only": lambda path: media.write_audio_only(path.with_suffix(".m4a")),
+    "still image": lambda path: media.write_still_image(path.with_suffix(".png")),
+    "random bytes": lambda path: media.write_random_bytes(path),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_VIDEOS)
+def test_bad_videos_give_an_invalid_video_error_and_a_nonzero_exit(kind, tiny_model_dir, tmp_path):
+    video = BAD_VIDEOS[kind](tmp_path / "upload.mp4")
+    run = run_spec(make_spec(video, tmp_path / "out", tiny_model_dir))
+    assert_clean_channel(run)
+    assert run.returncode == 1
+    assert run.terminal.type == "error" and run.terminal.error == "invalid_video"
+    assert run.terminal.message and str(tmp_path) not in run.terminal.message
+
+
+def test_probe_mode_reports_video_facts(sample_video):
+    run = run_cli("--probe", str(sample_video), "--filename", "match.mp4")
+    assert_clean_channel(run)
+    assert run.returncode == 0
+    video = run.terminal.results["video"]
+    assert video["filename"] == "match.mp4" and video["has_audio"] is True
+    assert video["width"] == 160 and video["height"] == 120
+
+
+def test_probe_mode_rejects_a_non_video(tmp_path):
+    run = run_cli("--probe", str(media.write_text_file(tmp_path / "notes.mp4")))
+    assert_clean_channel(run)
+    assert run.returncode == 1 and run.terminal.error == "invalid_video"
+
+
+def test_missing_model_is_an_error_naming_it(sample_video, tmp_path):
+    run = run_spec(make_spec(sample_video, tmp_path / "out", tmp_path / "no-such-model"))
+    assert_clean_channel(run)
+    assert run.returncode == 1
+    assert run.terminal.error == "model_unavailable"
+    assert "no-such-model" in run.terminal.message and str(tmp_path) not in run.terminal.message
+
+
+def test_invalid_params_are_rejected_by_the_worker_too(sample_video, tiny_model_dir, tmp_path):
+    run = run_spec(make_spec(sample_video, tmp_path / "out", tiny_model_dir, colour="red"))
+    assert run.returncode == 1
+    assert run.terminal.error == "invalid_params" and "allowed:" in run.terminal.message
+
+
+def test_garbage_job_spec_is_an_error_event(tmp_path):
+    done = subprocess.run(
+        WORKER,
+        input="this is not json\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=worker_env(),
+        timeout=60,
+    )
+    events = [decode_event(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 2
+    assert [e.error for e in events] == ["invalid_job"]
+
+
+def _start_long_job(video, model_dir, output_dir):
+    proc = subprocess.Popen(
+        WORKER,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=worker_env(),
+    )
+    spec = make_spec(video, output_dir, model_dir, segment_seconds=1)
+    proc.stdin.write(encode_job(spec).encode())
+    proc.stdin.flush()
+    # Wait until the model is judging segments, so the stop lands mid-run.
+    for line in proc.stdout:
+        event = decode_event(line)
+        if event.type == "progress" and event.step.startswith("Analyzing segment"):
+            return proc
+    raise AssertionError(f"worker ended before analysing: exit {proc.wait()}")
+
+
+# Bounds for liveness only, not speed claims: a worker that never stops fails instead of hanging.
+STOP_BOUND = 10
+
+
+def test_sigterm_mid_run_ends_the_worker_without_complete_looking_artifacts(
+    make_video, tiny_model_dir, tmp_path
+):
+    video = make_video("long.mp4", seconds=40.0)
+    out = tmp_path / "out"
+    proc = _start_long_job(video, tiny_model_dir, out)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=STOP_BOUND) == 128 + signal.SIGTERM
+    remaining = proc.stdout.read().decode().splitlines()
+    assert not any(decode_event(line).type in ("result", "error") for line in remaining)
+    assert not (out / "reel.mp4").exists()
+    proc.stdin.close()
+    proc.stdout.close()
+
+
+def test_worker_stops_when_its_parent_closes_stdin(make_video, tiny_model_dir, tmp_path):
+    """stdin reaching end of file means the server is gone: no orphan keeps working."""
+    video = make_video("long.mp4", seconds=40.0)
+    proc = _start_long_job(video, tiny_model_dir, tmp_path / "out")
+    proc.stdin.close()
+    assert proc.wait(timeout=STOP_BOUND) == 128 + signal.SIGTERM
+    proc.stdout.close()
+
+
+def test_stray_prints_never_reach_the_event_channel():
+    """Library prints (transformers prints on stdout) are diverted to stderr."""
+    script = (
+        "from inference_worker.channel import EventChannel\n"
+        "import os, sys\n"
+        "from protocol import Log, LogLevel\n"
+        "channel = EventChannel.claim_stdout()\n"
+        "print('a library notice')\n"
+        "os.write(1, b'raw fd write\\n')\n"
+        "channel.emit(Log(LogLevel.INFO, 'hello'))\n"
+    )
+    done = subprocess.run(
+        [WORKER[0], "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=worker_env(),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [
+        {"type": "log", "level": "info", "message": "hello"}
+    ]
+    assert "a library notice" in done.stderr and "raw fd write" in done.stderr
