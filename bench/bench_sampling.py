@@ -13,13 +13,12 @@ cannot fall far below 0.5 here; over a longer video it falls in proportion to th
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import av
 from PIL import Image
 
+from bench.common import best_of, row
 from inference_worker.video import VideoReader, sample_frames, scaled_size
 from tests.media import write_video
 
@@ -88,31 +87,6 @@ def decode_every_frame(clip: Path) -> int:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         return sum(1 for _ in container.decode(stream))
-
-
-def best_of(repeats: int, work: Callable[[], object]) -> float:
-    """The shortest of `repeats` wall-clock runs, in seconds: the least disturbed by neighbours."""
-    durations = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        durations.append(time.perf_counter() - started)
-    return min(durations)
-
-
-def row(
-    benchmark: str, figure: str, value: float, baseline_name: str, baseline: float, goal: str
-) -> dict:
-    return {
-        "benchmark": benchmark,
-        "figure": figure,
-        "value": value,
-        "baseline_name": baseline_name,
-        "baseline": baseline,
-        "unit": "s",
-        "ratio": value / baseline,
-        "goal": goal,
-    }
 
 
 if __name__ == "__main__":
