@@ -1,0 +1,153 @@
+"""A durable `SessionStore`: SQLite in WAL mode under DATA_DIR, with every session cached in memory.
+
+Reads (status polls, lists) are served from memory, so they cost a dict lookup. Writes go
+to SQLite through one background thread, in order, and each `add`/`put`/`delete` returns
+only once its transaction has committed: a session the server has acknowledged survives a
+`kill -9` of the server. WAL with synchronous=NORMAL is safe against the process dying at
+any moment (only a power cut can lose the last commits), and does not fsync every update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from protocol import AnalysisType, VideoInfo
+from server.models import Session, SessionStatus
+from server.store import MemoryStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    data TEXT NOT NULL
+)
+"""
+
+
+def session_to_json(session: Session) -> str:
+    """The whole snapshot as JSON (timestamps ISO-8601 with their offset)."""
+    return json.dumps(
+        {
+            "id": session.id,
+            "status": session.status.value,
+            "video": session.video.to_dict(),
+            "upload_path": session.upload_path,
+            "output_dir": session.output_dir,
+            "analysis_type": session.analysis_type.value if session.analysis_type else None,
+            "params": session.params,
+            "progress": session.progress,
+            "current_step": session.current_step,
+            "error": session.error,
+            "results": session.results,
+            "attempts": session.attempts,
+            "created_at": session.created_at.isoformat(),
+            "updated_at": session.updated_at.isoformat(),
+        },
+        separators=(",", ":"),
+    )
+
+
+def session_from_json(text: str) -> Session:
+    data: dict[str, Any] = json.loads(text)
+    return Session(
+        id=data["id"],
+        status=SessionStatus(data["status"]),
+        video=VideoInfo.from_dict(data["video"]),
+        upload_path=data["upload_path"],
+        output_dir=data["output_dir"],
+        analysis_type=AnalysisType(data["analysis_type"]) if data["analysis_type"] else None,
+        params=data["params"],
+        progress=data["progress"],
+        current_step=data["current_step"],
+        error=data["error"],
+        results=data["results"],
+        attempts=data["attempts"],
+        created_at=datetime.fromisoformat(data["created_at"]),
+        updated_at=datetime.fromisoformat(data["updated_at"]),
+    )
+
+
+class SqliteStore(MemoryStore):
+    """Sessions in a SQLite file, loaded into memory when opened; reads never touch the disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = Path(path)
+        self.unreadable_rows = 0
+        # One thread: SQLite connections are per thread, and one writer keeps commits in order.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> SqliteStore:
+        """Create or open the database and load every session; returns self."""
+        rows = await self._run(self._open)
+        skipped = 0
+        for text in rows:
+            try:
+                session = session_from_json(text)
+            except (KeyError, TypeError, ValueError):
+                skipped += 1  # a row this version cannot read is left in place, not lost
+                continue
+            self._sessions[session.id] = session
+        self.unreadable_rows = skipped
+        return self
+
+    def _open(self) -> list[str]:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(SCHEMA)
+        self._db = db
+        return [row[0] for row in db.execute("SELECT data FROM sessions")]
+
+    async def _run(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def _write(self, session: Session) -> None:
+        self._db.execute(
+            "INSERT INTO sessions (id, status, created_at, updated_at, data) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET status = excluded.status,"
+            " updated_at = excluded.updated_at, data = excluded.data",
+            (
+                session.id,
+                session.status.value,
+                session.created_at.isoformat(),
+                session.updated_at.isoformat(),
+                session_to_json(session),
+            ),
+        )
+
+    def _remove(self, session_id: str) -> None:
+        self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    async def add(self, session: Session) -> None:
+        await super().add(session)
+        await self._run(self._write, session)
+
+    async def put(self, session: Session) -> None:
+        await super().put(session)
+        await self._run(self._write, session)
+
+    async def delete(self, session_id: str) -> None:
+        stored = session_id in self._sessions
+        await super().delete(session_id)
+        if stored:
+            await self._run(self._remove, session_id)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self._run(db.close)
+        self._executor.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self._path.name} sessions={len(self._sessions)}>"

@@ -1,0 +1,158 @@
+"""The durable store: what was acknowledged survives a reopen and a kill -9 of the writer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from protocol import AnalysisType, VideoInfo
+from server.models import Session, SessionNotFound, SessionStatus, utcnow
+from server.sqlite_store import SqliteStore, session_from_json, session_to_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_session(**changes) -> Session:
+    session = Session(
+        id=str(uuid.uuid4()),
+        status=SessionStatus.PENDING,
+        video=VideoInfo("match.mp4", 12.0, 160, 120, 10.0, rotation=90, has_audio=True),
+        upload_path="/data/uploads/x/source.mp4",
+        output_dir="/data/artifacts/x",
+        analysis_type=AnalysisType.HIGHLIGHTS,
+        params={"min_significance": 4, "make_reel": True},
+    )
+    return session.replace(**changes) if changes else session
+
+
+def test_every_field_round_trips_through_json():
+    session = make_session(
+        status=SessionStatus.COMPLETED,
+        progress=1.0,
+        current_step="Finished",
+        results={"highlights": [{"start": 1.5, "description": "ünïcödé"}]},
+        attempts=2,
+        error=None,
+    )
+    assert session_from_json(session_to_json(session)) == session
+
+
+async def test_sessions_survive_closing_and_reopening(tmp_path):
+    store = await SqliteStore(tmp_path / "sessions.db").open()
+    first, second = make_session(), make_session(status=SessionStatus.UPLOADED)
+    await store.add(first)
+    await store.add(second)
+    await store.put(first.replace(status=SessionStatus.PROCESSING, progress=0.5))
+    await store.delete(second.id)
+    await store.close()
+
+    reopened = await SqliteStore(tmp_path / "sessions.db").open()
+    try:
+        assert [s.id for s in await reopened.list()] == [first.id]
+        restored = await reopened.get(first.id)
+        assert restored.status is SessionStatus.PROCESSING and restored.progress == 0.5
+        with pytest.raises(SessionNotFound):
+            await reopened.get(second.id)
+    finally:
+        await reopened.close()
+
+
+async def test_store_rules_match_the_memory_store(tmp_path):
+    """Duplicate add is refused; put never resurrects a deleted session; delete is idempotent."""
+    store = await SqliteStore(tmp_path / "sessions.db").open()
+    try:
+        session = make_session()
+        await store.add(session)
+        with pytest.raises(ValueError):
+            await store.add(session)
+        await store.delete(session.id)
+        await store.delete(session.id)
+        with pytest.raises(SessionNotFound):
+            await store.put(session)
+    finally:
+        await store.close()
+
+
+async def test_list_is_newest_first_with_status_filter_and_limit(tmp_path):
+    store = await SqliteStore(tmp_path / "sessions.db").open()
+    try:
+        now = utcnow()
+        sessions = [
+            make_session(created_at=now - timedelta(minutes=i), status=status)
+            for i, status in enumerate([SessionStatus.PENDING, SessionStatus.FAILED] * 3)
+        ]
+        for session in reversed(sessions):
+            await store.add(session)
+        assert [s.id for s in await store.list()] == [s.id for s in sessions]
+        failed = await store.list(SessionStatus.FAILED, limit=2)
+        assert [s.id for s in failed] == [sessions[1].id, sessions[3].id]
+    finally:
+        await store.close()
+
+
+async def test_an_unreadable_row_is_skipped_not_fatal(tmp_path):
+    store = await SqliteStore(tmp_path / "sessions.db").open()
+    await store.add(make_session())
+    await store.close()
+    with sqlite3.connect(tmp_path / "sessions.db") as db:
+        db.execute("INSERT INTO sessions VALUES ('bad', 'pending', 'x', 'x', '{\"id\": 1}')")
+    reopened = await SqliteStore(tmp_path / "sessions.db").open()
+    try:
+        assert len(await reopened.list()) == 1 and reopened.unreadable_rows == 1
+    finally:
+        await reopened.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from tests.server.test_sqlite_store import make_session
+    from server.sqlite_store import SqliteStore
+
+    async def main():
+        store = await SqliteStore(sys.argv[1]).open()
+        while True:
+            session = make_session()
+            await store.add(session)
+            await store.put(session.replace(progress=0.5))
+            print(session.id, flush=True)  # acknowledged: both writes have committed
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_acknowledged_writes_survive_kill_9_of_the_writer(tmp_path):
+    """Every session the writer reported as stored is there after SIGKILL, fully updated."""
+    db = tmp_path / "sessions.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
+    acknowledged = [proc.stdout.readline().strip() for _ in range(200)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+
+    async def reopen():
+        store = await SqliteStore(db).open()
+        try:
+            return {s.id: s for s in await store.list()}
+        finally:
+            await store.close()
+
+    stored = asyncio.run(reopen())
+    for session_id in acknowledged:
+        assert stored[session_id].progress == 0.5
