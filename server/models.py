@@ -116,6 +116,13 @@ class QueueFull(SessionError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class InvalidVideo(SessionError):
+    """The upload is not a video the worker can read; `str()` says why, without server paths."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
 class RunnerClosed(SessionError):
     def __init__(self) -> None:
         super().__init__("The server is shutting down")

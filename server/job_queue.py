@@ -1,0 +1,71 @@
+"""The FIFO of sessions waiting for a worker slot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from server.models import QueueFull
+
+# A full queue drains at the pace of whole jobs (minutes each); asking sooner only adds load.
+RETRY_AFTER_SECONDS = 30
+
+
+class JobQueue:
+    """Session ids in arrival order, at most `max_queued` of them."""
+
+    def __init__(self, max_queued: int, *, retry_after_seconds: int = RETRY_AFTER_SECONDS) -> None:
+        if max_queued < 0:
+            raise ValueError("max_queued must not be negative")
+        self.max_queued = max_queued
+        self.retry_after_seconds = retry_after_seconds
+        # A dict keeps insertion order and makes membership and removal O(1).
+        self._ids: dict[str, None] = {}
+
+    def push(self, session_id: str) -> None:
+        """Append a session; raises QueueFull (with a retry-after) when the queue is full."""
+        if session_id in self._ids:
+            raise ValueError(f"session {session_id} is already queued")
+        if not self.has_room():
+            raise QueueFull(self.retry_after_seconds)
+        self._ids[session_id] = None
+
+    def pop(self) -> str:
+        """Take the oldest session; IndexError when the queue is empty."""
+        if not self._ids:
+            raise IndexError("pop from an empty job queue")
+        session_id = next(iter(self._ids))
+        del self._ids[session_id]
+        return session_id
+
+    def remove(self, session_id: str) -> bool:
+        """Take a session out wherever it is; False if it was not queued."""
+        if session_id not in self._ids:
+            return False
+        del self._ids[session_id]
+        return True
+
+    def position(self, session_id: str) -> int | None:
+        """1-based place in the queue, or None if it is not queued."""
+        if session_id not in self._ids:
+            return None
+        for place, queued in enumerate(self._ids, start=1):
+            if queued == session_id:
+                return place
+        return None
+
+    def has_room(self) -> bool:
+        """Whether one more session may be pushed."""
+        return len(self._ids) < self.max_queued
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._ids
+
+    def __iter__(self) -> Iterator[str]:
+        """The queued ids, oldest first (a copy: the queue may change while you iterate)."""
+        return iter(list(self._ids))
+
+    def __repr__(self) -> str:
+        return f"<JobQueue {len(self._ids)}/{self.max_queued}>"

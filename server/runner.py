@@ -1,0 +1,423 @@
+"""The job runner: a queue, at most `max_concurrent` worker processes, one supervisor per job.
+
+The runner owns every task it needs: one dispatcher that starts queued jobs as slots free
+up, and one supervisor task per running job, keyed by session id. Handlers only call its
+methods. A supervisor spawns the worker, sends the JobSpec, folds the worker's events
+into the session through `Sessions`, and always ends the process before it returns, so a
+slot is free only once its process is gone.
+
+Cancelling is recorded first (the session becomes `cancelled`, which no later event can
+change), then carried out (the job leaves the queue, or its supervisor is cancelled and
+its worker terminated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import (
+    AnalysisType,
+    Error,
+    InvalidLine,
+    JobSpec,
+    Log,
+    Partial,
+    Progress,
+    Result,
+)
+from server.job_queue import JobQueue
+from server.models import (
+    QueueFull,
+    RunnerClosed,
+    Session,
+    SessionConflict,
+    SessionError,
+    SessionNotFound,
+    SessionStatus,
+)
+from server.paths import DataPaths
+from server.sessions import Sessions
+from server.worker_process import WorkerProcess
+
+log = logging.getLogger("server.runner")
+# Worker `log` events: kept apart so the runner's own lines are one per job transition.
+worker_log = logging.getLogger("server.runner.worker")
+
+# A finished worker exits by itself; this lets it free the model and flush before a signal.
+EXIT_AFTER_RESULT_SECONDS = 5.0
+# Once stdout has ended the worker is exiting; this waits for its exit status and stderr.
+EXIT_AFTER_EOF_SECONDS = 5.0
+# Lines of stderr put in a failed session's error; the log line gets the whole tail.
+ERROR_TAIL_LINES = 1
+STARTING_STEP = "Starting worker"
+COMPLETED_STEP = "Completed"
+
+
+@dataclass(eq=False)
+class _Job:
+    """A running job: the supervisor task and the process it supervises."""
+
+    session_id: str
+    worker: WorkerProcess
+    task: asyncio.Task[None] = field(init=False)
+    stopping: bool = False
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How a run ended: results, or an error for the client plus detail for the log."""
+
+    results: dict[str, Any] | None = None
+    error: str = ""
+    detail: str = ""
+
+
+class JobRunner:
+    """Runs submitted sessions through worker processes, at most `max_concurrent` at once."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        queue: JobQueue,
+        *,
+        paths: DataPaths,
+        model: str,
+        max_concurrent: int = 2,
+        job_timeout: float | None = None,
+        worker_command: Sequence[str] = (sys.executable, "-m", "inference_worker"),
+        worker_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`worker_env` adds to (or overrides) the server's environment for every worker."""
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self._sessions = sessions
+        self._queue = queue
+        self._paths = paths
+        self._model = model
+        self._max_concurrent = max_concurrent
+        self._job_timeout = job_timeout
+        self._command = tuple(worker_command)
+        self._env = {**os.environ, **worker_env} if worker_env is not None else None
+        self._jobs: dict[str, _Job] = {}
+        self._lock = asyncio.Lock()  # serialises submit and cancel decisions
+        self._wakeup = asyncio.Event()
+        self._positions_changed = False
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._closed = False
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start taking work."""
+        if self._closed:
+            raise RunnerClosed()
+        if self._dispatcher is None:
+            self._paths.create()
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="job dispatcher")
+            self._accepting = True
+
+    async def close(self) -> None:
+        """Refuse new work and stop every running worker; return once they are gone.
+
+        The sessions of stopped and queued jobs stay as they are (processing, pending):
+        they were not cancelled by anyone, they were interrupted. Safe to call twice.
+        """
+        async with self._lock:  # a submit under way finishes first, so its job is stopped too
+            self._accepting = False
+            self._closed = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        jobs = list(self._jobs.values())
+        if jobs:
+            log.info("runner closing: stopping %d running job(s)", len(jobs))
+        for job in jobs:
+            if not job.stopping:  # those being cancelled already are on their way out
+                job.stopping = True
+                job.task.cancel()
+        await asyncio.gather(*(job.task for job in jobs), return_exceptions=True)
+        # Normally done by each supervisor; this also covers one cancelled before it began.
+        await asyncio.gather(*(job.worker.terminate() for job in jobs))
+
+    # ---- what the HTTP layer calls ------------------------------------------------------
+
+    async def submit(
+        self, session_id: str, analysis_type: AnalysisType, params: dict[str, Any]
+    ) -> Session:
+        """Queue an `uploaded` session for analysis; returns its `pending` snapshot.
+
+        `params` must already be validated. Raises SessionNotFound, SessionConflict (the
+        session already ran or runs), QueueFull, or RunnerClosed.
+        """
+        async with self._lock:
+            if not self._accepting:
+                raise RunnerClosed()
+            session = await self._sessions.get(session_id)
+            if session.status is not SessionStatus.UPLOADED:
+                raise SessionConflict(
+                    session, f"Session already started (status: {session.status.value})"
+                )
+            if not self.has_room():
+                raise QueueFull(self._queue.retry_after_seconds)
+            start_now = not self._queue and len(self._jobs) < self._max_concurrent
+            session = await self._sessions.update(
+                session_id,
+                status=SessionStatus.PENDING,
+                analysis_type=analysis_type,
+                params=dict(params),
+                progress=0.0,
+                current_step=None,
+                error=None,
+                results=None,
+            )
+            if start_now:
+                self._start_job(session_id)
+                log.info("session %s queued (%s, starts now)", session_id, analysis_type.value)
+            else:
+                self._queue.push(session_id)
+                await self._sessions.publish_status(session_id)  # now with its position
+                log.info(
+                    "session %s queued (%s, position %d)",
+                    session_id,
+                    analysis_type.value,
+                    self._queue.position(session_id),
+                )
+        return session
+
+    def has_room(self) -> bool:
+        """Whether a submit now would be accepted as far as capacity goes."""
+        if self._queue.has_room():
+            return True
+        return not self._queue and len(self._jobs) < self._max_concurrent
+
+    async def cancel(self, session_id: str) -> Session:
+        """Cancel a session; returns its `cancelled` snapshot once its worker is gone.
+
+        Idempotent. A queued job leaves the queue; a running job's worker (and its
+        process group) is terminated. Raises SessionConflict for a completed or failed
+        session, SessionNotFound for an unknown one.
+        """
+        async with self._lock:
+            session = await self._sessions.get(session_id)
+            if session.status is not SessionStatus.CANCELLED:
+                if not session.status.is_terminal:
+                    session = await self._sessions.update(
+                        session_id, status=SessionStatus.CANCELLED
+                    )
+                if session.status is not SessionStatus.CANCELLED:
+                    raise SessionConflict(session, f"Session already {session.status.value}")
+                log.info("session %s cancelled", session_id)
+            if self._queue.remove(session_id):
+                self._positions_changed = True
+                self._wakeup.set()
+        job = self._jobs.get(session_id)
+        if job is not None:
+            await self._stop(job)
+        return session
+
+    async def wait(self, session_id: str) -> Session:
+        """Wait until the session is terminal and return it.
+
+        Raises SessionNotFound (also if it is deleted meanwhile) or RunnerClosed (the
+        server is shutting down).
+        """
+        session = await self._sessions.get(session_id)
+        if session.status.is_terminal:
+            return session
+        # Starts from the current state, so whatever happened since the read is not missed.
+        async with contextlib.aclosing(self._sessions.hub.subscribe(session_id)) as events:
+            async for event in events:
+                if event.is_terminal:
+                    break
+        session = await self._sessions.get(session_id)
+        if not session.status.is_terminal:
+            raise RunnerClosed()
+        return session
+
+    def queue_position(self, session_id: str) -> int | None:
+        """1-based place of a pending session in the queue, else None."""
+        return self._queue.position(session_id)
+
+    @property
+    def running_count(self) -> int:
+        """Jobs holding a slot (their worker is starting, running or being stopped)."""
+        return len(self._jobs)
+
+    @property
+    def queued_count(self) -> int:
+        """Jobs waiting in the queue for a slot."""
+        return len(self._queue)
+
+    # ---- dispatching --------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Start queued jobs as slots free up; tell queued sessions their new positions."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            shifted, self._positions_changed = self._positions_changed, False
+            while self._queue and len(self._jobs) < self._max_concurrent:
+                self._start_job(self._queue.pop())
+                shifted = True
+            if shifted:
+                for session_id in self._queue:
+                    try:
+                        await self._sessions.publish_status(session_id)
+                    except Exception:
+                        # A position update is cosmetic; the dispatcher must live on.
+                        log.exception("session %s: could not publish its position", session_id)
+
+    def _start_job(self, session_id: str) -> None:
+        job = _Job(session_id, WorkerProcess())
+        job.task = asyncio.create_task(self._supervise(job), name=f"supervise {session_id}")
+        job.task.add_done_callback(lambda task: self._job_done(job, task))
+        self._jobs[session_id] = job
+
+    def _job_done(self, job: _Job, task: asyncio.Task[None]) -> None:
+        if self._jobs.get(job.session_id) is job:
+            del self._jobs[job.session_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: supervisor crashed", job.session_id, exc_info=task.exception())
+        self._wakeup.set()
+
+    async def _stop(self, job: _Job) -> None:
+        """Cancel a job's supervisor (which terminates its worker); return once it is gone."""
+        if not job.stopping:
+            job.stopping = True
+            job.task.cancel()
+        # asyncio.wait, not await: a caller that is itself cancelled must not cancel it again.
+        await asyncio.wait({job.task})
+        await job.worker.terminate()
+
+    # ---- supervising one job ------------------------------------------------------------
+
+    async def _supervise(self, job: _Job) -> None:
+        session_id = job.session_id
+        try:
+            await self._run(job)
+        except SessionNotFound:
+            log.info("session %s was deleted while running; its worker is stopped", session_id)
+        except Exception:
+            log.exception("session %s: unexpected error while supervising", session_id)
+            with contextlib.suppress(SessionError):
+                await self._record(
+                    session_id, _Outcome(error="Internal error while running the job"), 0.0
+                )
+        finally:
+            await job.worker.terminate()
+
+    async def _run(self, job: _Job) -> None:
+        session_id = job.session_id
+        pending = await self._sessions.get(session_id)
+        if pending.status is not SessionStatus.PENDING:
+            return  # cancelled before its turn came
+        session = await self._sessions.update(
+            session_id,
+            status=SessionStatus.PROCESSING,
+            attempts=pending.attempts + 1,
+            progress=0.0,
+            current_step=STARTING_STEP,
+        )
+        if session.status is not SessionStatus.PROCESSING:
+            return
+        started = asyncio.get_running_loop().time()
+        try:
+            outcome = await asyncio.wait_for(self._work(job, session), self._job_timeout)
+        except asyncio.TimeoutError:
+            await job.worker.terminate()
+            outcome = _Outcome(error=f"Job exceeded the time limit of {self._job_timeout:g} s")
+        await self._record(session_id, outcome, asyncio.get_running_loop().time() - started)
+        if job.worker.pid is not None:
+            await job.worker.wait(EXIT_AFTER_RESULT_SECONDS)
+
+    async def _work(self, job: _Job, session: Session) -> _Outcome:
+        """Spawn the worker, send the job, follow its events to the end."""
+        worker = job.worker
+        assert session.analysis_type is not None
+        spec = JobSpec(
+            session_id=session.id,
+            analysis_type=session.analysis_type,
+            video_path=session.upload_path,
+            output_dir=session.output_dir,
+            model=self._model,
+            params=session.params,
+            filename=session.video.filename,
+        )
+        await asyncio.to_thread(Path(session.output_dir).mkdir, parents=True, exist_ok=True)
+        try:
+            await worker.start(self._command, self._env)
+        except OSError as exc:
+            return _Outcome(error="Could not start the worker process", detail=repr(exc))
+        log.info(
+            "session %s started (attempt %d, pid %d)", session.id, session.attempts, worker.pid
+        )
+        await worker.send(spec)
+        terminal = await self._follow(session.id, worker)
+        if isinstance(terminal, Result):
+            return _Outcome(results=terminal.results)
+        if isinstance(terminal, Error):
+            return _Outcome(error=terminal.message, detail=f"{terminal.error}: {terminal.message}")
+        # Stdout ended with no terminal event: the worker died. Say how.
+        await worker.wait(EXIT_AFTER_EOF_SECONDS)
+        return _Outcome(
+            error=worker.describe_exit(tail_lines=ERROR_TAIL_LINES),
+            detail=worker.describe_exit(),
+        )
+
+    async def _follow(self, session_id: str, worker: WorkerProcess) -> Result | Error | None:
+        """Fold the worker's events into the session until its terminal event or stdout's end."""
+        async with contextlib.aclosing(worker.events()) as events:
+            async for event in events:
+                if isinstance(event, Progress):
+                    await self._sessions.update(
+                        session_id, progress=event.progress, current_step=event.step
+                    )
+                elif isinstance(event, Partial):
+                    await self._sessions.add_partial(session_id, event.item)
+                elif isinstance(event, Log):
+                    level = logging.getLevelName(event.level.value.upper())
+                    worker_log.log(level, "session %s worker: %s", session_id, event.message)
+                elif isinstance(event, InvalidLine):
+                    log.warning(
+                        "session %s: worker printed a line that is not an event (%s): %r",
+                        session_id,
+                        event.reason,
+                        event.line,
+                    )
+                elif isinstance(event, (Result, Error)):
+                    return event
+        return None
+
+    async def _record(self, session_id: str, outcome: _Outcome, seconds: float) -> None:
+        """Store how the run ended and log the transition, unless it was cancelled first."""
+        if outcome.results is not None:
+            session = await self._sessions.update(
+                session_id,
+                status=SessionStatus.COMPLETED,
+                results=outcome.results,
+                current_step=COMPLETED_STEP,
+            )
+            if session.status is SessionStatus.COMPLETED:
+                log.info("session %s completed in %.1f s", session_id, seconds)
+            return
+        session = await self._sessions.update(
+            session_id, status=SessionStatus.FAILED, error=outcome.error
+        )
+        if session.status is SessionStatus.FAILED:
+            log.warning("session %s failed: %s", session_id, outcome.detail or outcome.error)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._accepting else "not started"
+        return (
+            f"<JobRunner {state} running={len(self._jobs)}/{self._max_concurrent} "
+            f"queued={len(self._queue)}>"
+        )

@@ -1,0 +1,134 @@
+"""The one door for session state changes: persist through the store, publish through the hub.
+
+Every change goes store first, then hub, under a per-session lock, so the order of the
+status events a subscriber sees is the order of the snapshots the store kept. The rules
+that hold for every caller live here:
+  * a terminal session (completed, failed, cancelled) never changes again;
+  * progress never goes down while a run is processing;
+  * a terminal status publishes `status`, then exactly one terminal event, then nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from server.events import EventHub
+from server.models import Session, SessionStatus, status_body
+from server.paths import DataPaths
+from server.store import SessionStore
+
+
+class Sessions:
+    """Reads and changes sessions; every change is stored, then published."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        hub: EventHub,
+        paths: DataPaths,
+        queue_position: Callable[[str], int | None],
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._paths = paths
+        self._queue_position = queue_position
+        # Weak values: a session's lock lives only while someone holds or waits for it.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @property
+    def hub(self) -> EventHub:
+        """The hub the changes are published on (for subscribers)."""
+        return self._hub
+
+    async def create(self, session: Session) -> Session:
+        """Store a new session and publish its first status event."""
+        async with self._lock(session.id):
+            await self._store.add(session)
+            self._publish(session)
+        return session
+
+    async def get(self, session_id: str) -> Session:
+        """The current snapshot; raises SessionNotFound."""
+        return await self._store.get(session_id)
+
+    async def list(
+        self, status: SessionStatus | None = None, limit: int | None = None
+    ) -> list[Session]:
+        """Sessions newest first, optionally of one status, at most `limit`."""
+        return await self._store.list(status=status, limit=limit)
+
+    async def update(self, session_id: str, **changes: Any) -> Session:
+        """Apply `changes` (Session fields), store the snapshot and publish it.
+
+        A terminal session is returned unchanged and nothing is published. While the
+        session stays `processing`, a lower `progress` keeps the higher one. Reaching
+        `completed` sets progress to 1.0. Raises SessionNotFound.
+        """
+        async with self._lock(session_id):
+            current = await self._store.get(session_id)
+            if current.status.is_terminal:
+                return current
+            status = changes.get("status", current.status)
+            if (
+                "progress" in changes
+                and current.status is SessionStatus.PROCESSING
+                and status is SessionStatus.PROCESSING
+            ):
+                changes["progress"] = max(current.progress, changes["progress"])
+            if status is SessionStatus.COMPLETED:
+                changes["progress"] = 1.0
+            session = current.replace(**changes)
+            await self._store.put(session)
+            self._publish(session)
+            return session
+
+    async def add_partial(self, session_id: str, item: dict[str, Any]) -> None:
+        """Publish one partial result of a processing session; ignored for any other status."""
+        async with self._lock(session_id):
+            session = await self._store.get(session_id)
+            if session.status is SessionStatus.PROCESSING:
+                self._hub.publish(session_id, "partial", {"sessionId": session_id, "item": item})
+
+    async def publish_status(self, session_id: str) -> None:
+        """Publish the current status again (its queue position changed); not once terminal."""
+        async with self._lock(session_id):
+            session = await self._store.get(session_id)
+            if not session.status.is_terminal:
+                self._hub.publish(session_id, "status", self.body(session))
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the session, its upload and every artifact; end its event streams.
+
+        Raises SessionNotFound. Stopping a live job first is the caller's business.
+        """
+        async with self._lock(session_id):
+            await self._store.get(session_id)
+            await self._store.delete(session_id)
+            self._hub.forget(session_id)
+        # rmtree of a big upload or many thumbnails must not stall the event loop.
+        await asyncio.to_thread(self._paths.remove_session_files, session_id)
+
+    def body(self, session: Session) -> dict[str, Any]:
+        """The status body of API.md, with the session's current queue position."""
+        position = (
+            self._queue_position(session.id) if session.status is SessionStatus.PENDING else None
+        )
+        return status_body(session, position)
+
+    def _publish(self, session: Session) -> None:
+        body = self.body(session)
+        self._hub.publish(session.id, "status", body)
+        if session.status.is_terminal:
+            self._hub.publish(session.id, session.status.value, body)
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
+
+    def __repr__(self) -> str:
+        return f"<Sessions store={self._store!r} hub={self._hub!r}>"

@@ -1,0 +1,409 @@
+"""JobRunner against tiny real child processes (tests/fixtures/fake_worker.py).
+
+Each test names the rule it checks. Waits are bounded only to turn a hang into a failure.
+"""
+
+import asyncio
+import logging
+
+import pytest
+
+from protocol import AnalysisType
+from server import runner as runner_module
+from server.models import (
+    QueueFull,
+    RunnerClosed,
+    SessionConflict,
+    SessionNotFound,
+    SessionStatus,
+)
+from server.worker_process import WorkerProcess
+from tests.server.conftest import WAIT, eventually, process_alive
+
+
+async def replay(harness, session_id) -> list:
+    """Every kept event of a finished session, from the first."""
+
+    async def collect():
+        return [event async for event in harness.hub.subscribe(session_id, last_event_id=0)]
+
+    return await asyncio.wait_for(collect(), WAIT)
+
+
+def transitions(caplog, session_id) -> list[str]:
+    """The runner's own log lines about one session (worker log lines excluded)."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "server.runner" and session_id in record.getMessage()
+    ]
+
+
+# ---- a job's life -----------------------------------------------------------------------
+
+
+async def test_a_job_runs_to_completion_with_the_job_spec_it_was_given(make_runner):
+    harness = await make_runner()
+    submitted = await harness.submit("succeed")
+    assert submitted.status is SessionStatus.PENDING
+    done = await harness.finished(submitted.id)
+    assert done.status is SessionStatus.COMPLETED
+    assert done.progress == 1.0
+    assert done.current_step == "Completed"
+    assert done.attempts == 1
+    assert done.results["spec"] == {
+        "session_id": submitted.id,
+        "model": "test-model",
+        "params": {"mode": "succeed"},
+        "filename": "clip.mp4",
+        "analysis_type": "highlights",
+        "video_path_exists": True,
+    }
+
+
+async def test_a_jobs_events_are_ordered_and_end_with_exactly_one_terminal_event(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("succeed")
+    await harness.finished(session.id)
+    events = await replay(harness, session.id)
+    ids = [event.id for event in events]
+    assert ids == sorted(set(ids))
+    assert [event.name for event in events].count("completed") == 1
+    assert events[-1].name == "completed"
+    partials = [event.data for event in events if event.name == "partial"]
+    assert partials == [
+        {"sessionId": session.id, "item": {"start": 0.0, "end": 10.0}},
+        {"sessionId": session.id, "item": {"start": 10.0, "end": 20.0}},
+    ]
+    statuses = [event.data["status"] for event in events if event.name == "status"]
+    assert statuses[:3] == ["uploaded", "pending", "processing"]
+    assert statuses[-1] == "completed"
+    steps = [event.data["currentStep"] for event in events if event.name == "status"]
+    assert "Starting worker" in steps and "Analyzing segment 2/2" in steps
+
+
+async def test_each_transition_is_logged_once_with_the_session_id(make_runner, caplog):
+    caplog.set_level(logging.INFO)
+    harness = await make_runner()
+    session = await harness.submit("succeed")
+    await harness.finished(session.id)
+    lines = transitions(caplog, session.id)
+    assert [line.split()[2] for line in lines] == ["queued", "started", "completed"]
+    assert any(
+        r.name == "server.runner.worker" and "segment 1 done" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_progress_never_goes_down_within_a_run(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("progress_down")
+    await harness.finished(session.id)
+    events = await replay(harness, session.id)
+    progress = [
+        e.data["progress"] for e in events if e.name == "status" and e.data["status"] != "pending"
+    ]
+    assert progress == sorted(progress)
+    assert 0.5 in progress and 0.3 not in progress
+
+
+async def test_a_result_line_of_several_megabytes_completes_the_job(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("huge_result")
+    done = await harness.finished(session.id)
+    assert done.status is SessionStatus.COMPLETED
+    assert len(done.results["blob"]) == 8_000_000
+
+
+# ---- concurrency and the queue ----------------------------------------------------------
+
+
+async def test_never_more_than_max_concurrent_worker_processes_at_once(make_runner, monkeypatch):
+    live, most = set(), []
+
+    class CountingWorker(WorkerProcess):
+        async def start(self, command, env=None):
+            await super().start(command, env)
+            live.add(self)
+            most.append(len(live))
+
+        async def terminate(self):
+            await super().terminate()
+            live.discard(self)
+
+    monkeypatch.setattr(runner_module, "WorkerProcess", CountingWorker)
+    harness = await make_runner(max_concurrent=2)
+    sessions = [await harness.submit("succeed") for _ in range(6)]
+    done = await asyncio.gather(*(harness.finished(s.id) for s in sessions))
+    assert all(s.status is SessionStatus.COMPLETED for s in done)
+    assert len(most) == 6
+    assert max(most) == 2
+
+
+async def test_queued_jobs_have_positions_that_move_up_as_the_queue_shifts(make_runner):
+    harness = await make_runner(max_concurrent=1)
+    running = await harness.submit("sleep")
+    await harness.sleeping(running.id)
+    first, second, third = [await harness.submit("sleep") for _ in range(3)]
+    assert [harness.runner.queue_position(s.id) for s in (first, second, third)] == [1, 2, 3]
+    assert harness.runner.queued_count == 3 and harness.runner.running_count == 1
+    assert harness.sessions.body(await harness.sessions.get(third.id))["queuePosition"] == 3
+
+    await harness.runner.cancel(first.id)
+    await harness.until(second.id, lambda body: body["queuePosition"] == 1)
+    await harness.until(third.id, lambda body: body["queuePosition"] == 2)
+
+    await harness.runner.cancel(running.id)
+    await harness.sleeping(second.id)
+    await harness.until(third.id, lambda body: body["queuePosition"] == 1)
+    assert harness.runner.running_count == 1
+
+
+async def test_a_full_queue_refuses_with_queue_full_and_leaves_the_session_uploaded(make_runner):
+    harness = await make_runner(max_concurrent=1, max_queued=1)
+    await harness.submit("sleep")
+    assert harness.runner.has_room()
+    await harness.submit("sleep")
+    assert not harness.runner.has_room()
+    refused = await harness.upload()
+    with pytest.raises(QueueFull) as error:
+        await harness.runner.submit(refused.id, AnalysisType.WORKOUT, {})
+    assert error.value.retry_after_seconds > 0
+    assert (await harness.sessions.get(refused.id)).status is SessionStatus.UPLOADED
+
+
+async def test_a_session_can_be_submitted_only_once(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("sleep")
+    with pytest.raises(SessionConflict, match=r"^Session already started \(status: "):
+        await harness.runner.submit(session.id, AnalysisType.HIGHLIGHTS, {})
+
+
+async def test_submitting_an_unknown_session_is_session_not_found(make_runner):
+    harness = await make_runner()
+    with pytest.raises(SessionNotFound):
+        await harness.runner.submit("nope", AnalysisType.HIGHLIGHTS, {})
+
+
+# ---- cancel -----------------------------------------------------------------------------
+
+
+async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(make_runner):
+    harness = await make_runner(max_concurrent=1)
+    running = await harness.submit("sleep")
+    queued = await harness.submit("succeed")
+    cancelled = await harness.runner.cancel(queued.id)
+    assert cancelled.status is SessionStatus.CANCELLED
+    assert harness.runner.queue_position(queued.id) is None
+    assert harness.runner.queued_count == 0
+    await harness.runner.cancel(running.id)
+    events = await replay(harness, queued.id)
+    assert [e.name for e in events][-2:] == ["status", "cancelled"]
+    assert "processing" not in [e.data["status"] for e in events]
+
+
+async def test_cancel_returns_only_once_the_worker_process_is_gone(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("sleep")
+    pid = await harness.sleeping(session.id)
+    cancelled = await harness.runner.cancel(session.id)
+    assert cancelled.status is SessionStatus.CANCELLED
+    assert not process_alive(pid)
+    assert harness.runner.running_count == 0
+    assert (await harness.sessions.get(session.id)).status is SessionStatus.CANCELLED
+
+
+async def test_cancel_kills_the_workers_children_too(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("grandchild")
+    pid = await harness.sleeping(session.id)
+    grandchild = harness.pid_file(session.id, "grandchild.pid")
+    await harness.runner.cancel(session.id)
+    assert not process_alive(pid)
+    assert not process_alive(grandchild)
+
+
+async def test_a_worker_ignoring_sigterm_is_killed_before_cancel_returns(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("ignore_sigterm")
+    pid = await harness.sleeping(session.id)
+    await harness.runner.cancel(session.id)
+    assert not process_alive(pid)
+
+
+async def test_cancel_is_idempotent_and_publishes_one_cancelled_event(make_runner, caplog):
+    caplog.set_level(logging.INFO)
+    harness = await make_runner()
+    session = await harness.submit("sleep")
+    pid = await harness.sleeping(session.id)
+    together = await asyncio.gather(*(harness.runner.cancel(session.id) for _ in range(3)))
+    again = await harness.runner.cancel(session.id)
+    assert {s.status for s in [*together, again]} == {SessionStatus.CANCELLED}
+    assert not process_alive(pid)
+    events = await replay(harness, session.id)
+    assert [e.name for e in events].count("cancelled") == 1
+    assert [line.split()[2] for line in transitions(caplog, session.id)].count("cancelled") == 1
+
+
+async def test_the_final_status_is_cancelled_even_if_the_worker_answers_with_a_result(
+    make_runner,
+):
+    """The worker prints a result as it is terminated: cancel was recorded first, and stays."""
+    harness = await make_runner()
+    session = await harness.submit("result_on_term")
+    await harness.sleeping(session.id)
+    await harness.runner.cancel(session.id)
+    final = await harness.sessions.get(session.id)
+    assert final.status is SessionStatus.CANCELLED
+    assert final.results is None
+    names = [e.name for e in await replay(harness, session.id)]
+    assert names[-1] == "cancelled"
+    assert "completed" not in names and "failed" not in names
+
+
+async def test_cancelling_an_uploaded_session_just_marks_it_cancelled(make_runner):
+    harness = await make_runner()
+    session = await harness.upload()
+    assert (await harness.runner.cancel(session.id)).status is SessionStatus.CANCELLED
+    with pytest.raises(SessionConflict):
+        await harness.runner.submit(session.id, AnalysisType.HIGHLIGHTS, {})
+
+
+async def test_cancelling_a_finished_session_is_a_conflict_naming_its_status(make_runner):
+    harness = await make_runner()
+    completed = await harness.submit("succeed")
+    failed = await harness.submit("crash")
+    for session, status in ((completed, "completed"), (failed, "failed")):
+        await harness.finished(session.id)
+        with pytest.raises(SessionConflict, match=f"^Session already {status}$") as error:
+            await harness.runner.cancel(session.id)
+        assert error.value.session.status.value == status
+
+
+# ---- failures stay inside their job -----------------------------------------------------
+
+
+async def test_a_crashing_worker_fails_its_job_with_exit_code_and_stderr_others_go_on(
+    make_runner, caplog
+):
+    harness = await make_runner()
+    crash = await harness.submit("crash")
+    fine = await harness.submit("succeed")
+    crashed = await harness.finished(crash.id)
+    assert crashed.status is SessionStatus.FAILED
+    assert crashed.error == "worker exited with code 3: RuntimeError: boom"
+    assert (await harness.finished(fine.id)).status is SessionStatus.COMPLETED
+    (failure,) = [line for line in transitions(caplog, crash.id) if " failed: " in line]
+    assert "Traceback" in failure  # the log gets the whole stderr tail
+    assert (await harness.finished((await harness.submit("succeed")).id)).results
+
+
+async def test_garbage_on_stdout_is_logged_and_never_kills_the_job(make_runner, caplog):
+    harness = await make_runner()
+    session = await harness.submit("garbage")
+    done = await harness.finished(session.id)
+    assert done.status is SessionStatus.COMPLETED
+    warnings = [line for line in transitions(caplog, session.id) if "not an event" in line]
+    assert len(warnings) == 4
+
+
+async def test_stdout_ending_without_a_terminal_event_fails_the_job(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("no_terminal")
+    done = await harness.finished(session.id)
+    assert done.status is SessionStatus.FAILED
+    assert done.error == "worker exited with code 0"
+
+
+async def test_an_error_event_fails_the_job_with_the_workers_message(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("error")
+    done = await harness.finished(session.id)
+    assert done.status is SessionStatus.FAILED
+    assert done.error == "no video stream"
+
+
+async def test_a_job_over_the_time_limit_is_terminated_and_failed(make_runner):
+    harness = await make_runner(job_timeout=1)
+    session = await harness.submit("sleep")
+    pid = await harness.sleeping(session.id)
+    done = await harness.finished(session.id)
+    assert done.status is SessionStatus.FAILED
+    assert done.error == "Job exceeded the time limit of 1 s"
+    assert not process_alive(pid)
+
+
+async def test_a_worker_that_cannot_start_fails_its_job_and_the_runner_goes_on(
+    make_runner, tmp_path
+):
+    harness = await make_runner(worker_command=(str(tmp_path / "no-such-worker"),))
+    for _ in range(2):
+        done = await harness.finished((await harness.submit("succeed")).id)
+        assert done.status is SessionStatus.FAILED
+        assert done.error == "Could not start the worker process"
+    assert harness.runner.running_count == 0
+
+
+async def test_deleting_a_running_session_stops_its_worker(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("sleep")
+    pid = await harness.sleeping(session.id)
+    waiting = asyncio.ensure_future(harness.runner.wait(session.id))
+    await harness.sessions.delete(session.id)
+    with pytest.raises(SessionNotFound):
+        await asyncio.wait_for(waiting, WAIT)
+    # The supervisor notices at the worker's next event; nothing here waits for that.
+    assert await eventually(lambda: harness.runner.running_count == 0)
+    assert not process_alive(pid)
+
+
+# ---- waiting and closing ----------------------------------------------------------------
+
+
+async def test_wait_returns_a_finished_session_at_once_and_a_running_one_when_it_ends(
+    make_runner,
+):
+    harness = await make_runner()
+    session = await harness.submit("succeed")
+    done = await harness.finished(session.id)
+    assert await harness.runner.wait(session.id) == done
+
+
+async def test_close_stops_workers_and_leaves_their_sessions_as_they_were(make_runner):
+    """Interrupted, not failed: a later restart may run them again."""
+    harness = await make_runner(max_concurrent=1)
+    running = await harness.submit("sleep")
+    pid = await harness.sleeping(running.id)
+    queued = await harness.submit("sleep")
+    await harness.runner.close()
+    assert not process_alive(pid)
+    assert (await harness.sessions.get(running.id)).status is SessionStatus.PROCESSING
+    assert (await harness.sessions.get(queued.id)).status is SessionStatus.PENDING
+    assert harness.runner.running_count == 0
+    with pytest.raises(RunnerClosed):
+        await harness.submit("succeed")
+    await harness.runner.close()
+
+
+async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
+    harness = await make_runner()
+    session = await harness.submit("sleep")
+    await harness.sleeping(session.id)
+    waiting = asyncio.ensure_future(harness.runner.wait(session.id))
+    await harness.runner.close()
+    await harness.hub.close()
+    with pytest.raises(RunnerClosed):
+        await asyncio.wait_for(waiting, WAIT)
+
+
+def test_repr_shows_slots_and_queue(data_paths):
+    from server.events import EventHub
+    from server.job_queue import JobQueue
+    from server.runner import JobRunner
+    from server.sessions import Sessions
+    from server.store import MemoryStore
+
+    queue = JobQueue(3)
+    sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
+    runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)
+    assert repr(runner) == "<JobRunner not started running=0/2 queued=0>"
