@@ -1,0 +1,81 @@
+"""The periodic sweep: expired sessions go with their files, and so do files of no session.
+
+A session expires SESSION_TTL_HOURS after its last update, unless it is live (pending or
+processing): a long queue or a long job never loses its upload. After a crash, DATA_DIR
+can hold folders no session owns (an upload cut off mid-stream, a session deleted while
+its files were being removed); those go too, except the ones an upload is writing now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from server.models import SessionStatus, utcnow
+from server.paths import DataPaths
+from server.sessions import Sessions
+
+log = logging.getLogger("server.janitor")
+
+LIVE = (SessionStatus.PENDING, SessionStatus.PROCESSING)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    expired_sessions: int
+    orphan_paths: int
+
+
+class Janitor:
+    """Removes expired sessions and orphan files; `run` repeats `sweep` until cancelled."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        paths: DataPaths,
+        ttl: timedelta,
+        *,
+        uploading: Callable[[str], bool],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._paths = paths
+        self._ttl = ttl
+        self._uploading = uploading  # True for an id whose upload is being received now
+        self._clock = clock
+
+    async def sweep(self) -> SweepReport:
+        """One pass over every session and every folder under DATA_DIR."""
+        cutoff = self._clock() - self._ttl
+        expired = 0
+        for session in await self._sessions.list():
+            if session.status not in LIVE and session.updated_at < cutoff:
+                await self._sessions.delete(session.id)
+                expired += 1
+                log.info("session %s expired (last update %s)", session.id, session.updated_at)
+        known = {session.id for session in await self._sessions.list()}
+        orphans = 0
+        for parent in (self._paths.uploads, self._paths.artifacts):
+            for entry in parent.iterdir() if parent.is_dir() else ():
+                if entry.name in known or self._uploading(entry.name):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    await asyncio.to_thread(shutil.rmtree, entry, True)
+                else:
+                    entry.unlink(missing_ok=True)
+                orphans += 1
+                log.info("removed orphan %s/%s", parent.name, entry.name)
+        return SweepReport(expired, orphans)
+
+    async def run(self, interval_seconds: float) -> None:
+        """Sweep now and every `interval_seconds`; a failed pass is logged, not fatal."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed; trying again in %s s", interval_seconds)
+            await asyncio.sleep(interval_seconds)

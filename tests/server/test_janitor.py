@@ -1,0 +1,99 @@
+"""Expiry: old sessions go with their files; live sessions and uploads in progress never do."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from server.janitor import Janitor, SweepReport
+from server.models import SessionNotFound, SessionStatus, utcnow
+from tests.server.conftest import new_session
+
+TTL = timedelta(hours=24)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def add(sessions, paths, status: SessionStatus, *, age: timedelta, clock: Clock):
+    session = new_session(paths, status=status)
+    session = session.replace(updated_at=clock.now - age)
+    paths.output_dir(session.id).mkdir(parents=True)
+    (paths.output_dir(session.id) / "reel.mp4").write_bytes(b"x")
+    return await sessions.create(session)
+
+
+async def test_sessions_expire_a_ttl_after_their_last_update_with_their_files(
+    make_sessions, data_paths, clock
+):
+    sessions = make_sessions()
+    janitor = Janitor(sessions, data_paths, TTL, uploading=lambda _id: False, clock=clock)
+    old = await add(
+        sessions, data_paths, SessionStatus.COMPLETED, age=TTL + timedelta(1), clock=clock
+    )
+    young = await add(sessions, data_paths, SessionStatus.FAILED, age=TTL / 2, clock=clock)
+
+    report = await janitor.sweep()
+
+    assert report.expired_sessions == 1 and report.orphan_paths == 0
+    with pytest.raises(SessionNotFound):
+        await sessions.get(old.id)
+    assert not data_paths.upload_dir(old.id).exists()
+    assert not data_paths.output_dir(old.id).exists()
+    assert (await sessions.get(young.id)).status is SessionStatus.FAILED
+    assert (data_paths.output_dir(young.id) / "reel.mp4").exists()
+
+    clock.now += TTL  # now the young one is old too
+    assert (await janitor.sweep()).expired_sessions == 1
+    assert await sessions.list() == []
+
+
+@pytest.mark.parametrize("status", [SessionStatus.PENDING, SessionStatus.PROCESSING])
+async def test_live_sessions_never_expire_nor_lose_files(make_sessions, data_paths, clock, status):
+    sessions = make_sessions()
+    janitor = Janitor(sessions, data_paths, TTL, uploading=lambda _id: False, clock=clock)
+    live = await add(sessions, data_paths, status, age=TTL * 10, clock=clock)
+
+    assert await janitor.sweep() == SweepReport(expired_sessions=0, orphan_paths=0)
+    assert (await sessions.get(live.id)).status is status
+    assert (data_paths.output_dir(live.id) / "reel.mp4").exists()
+    assert any(data_paths.upload_dir(live.id).iterdir())
+
+
+async def test_files_of_no_session_are_swept_but_not_an_upload_in_progress(
+    make_sessions, data_paths, clock
+):
+    sessions = make_sessions()
+    kept = await add(sessions, data_paths, SessionStatus.COMPLETED, age=timedelta(0), clock=clock)
+    orphan_upload = data_paths.upload_dir("0f0e0d0c-0000-4000-8000-000000000000")
+    orphan_upload.mkdir()
+    (orphan_upload / "source.mp4").write_bytes(b"half an upload")
+    orphan_artifacts = data_paths.output_dir("1f0e0d0c-0000-4000-8000-000000000000")
+    (orphan_artifacts / "thumbnails").mkdir(parents=True)
+    stray_file = data_paths.uploads / "stray.tmp"
+    stray_file.write_bytes(b"")
+    receiving = data_paths.upload_dir("2f0e0d0c-0000-4000-8000-000000000000")
+    receiving.mkdir()
+    janitor = Janitor(
+        sessions, data_paths, TTL, uploading=lambda sid: sid == receiving.name, clock=clock
+    )
+
+    report = await janitor.sweep()
+
+    assert report == SweepReport(expired_sessions=0, orphan_paths=3)
+    assert not orphan_upload.exists() and not orphan_artifacts.exists() and not stray_file.exists()
+    assert receiving.exists()
+    assert data_paths.upload_dir(kept.id).exists() and data_paths.output_dir(kept.id).exists()
