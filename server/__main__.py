@@ -1,0 +1,54 @@
+"""`python -m server`: read the configuration, set up logging, serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from server.app import create_app
+from server.config import Config
+
+# Requests waiting on a job or streaming events are released by the app's on_shutdown,
+# so a shutdown only waits this long for ordinary requests still in flight.
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, with the path but never the query: it may hold an access_token."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %d %.3fs",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags and environment, then run the service in the foreground."""
+    config = Config.from_env_and_args(argv, os.environ)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("server").info("Starting with %r", config)
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        access_log_class=AccessLogger,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        print=logging.getLogger("server").info,
+    )
+
+
+if __name__ == "__main__":
+    main()

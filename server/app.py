@@ -1,0 +1,102 @@
+"""`create_app(config)`: the whole service as one aiohttp application, built the same way by
+`python -m server` and by the tests.
+
+Long-lived things (store, event hub, queue, sessions, job runner) are made in a
+`cleanup_ctx` generator and closed after its `yield`. Streams and synchronous waits are
+released earlier, in `on_shutdown`, because aiohttp waits for open requests before it
+runs the cleanup: closing the hub and the runner there ends SSE streams and pending
+synchronous analyses instead of letting them hold the shutdown open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server import handlers_legacy, handlers_service, handlers_sessions, keys
+from server.config import Config
+from server.events import EventHub
+from server.job_queue import JobQueue
+from server.middlewares import Cors, api_key_middleware, errors
+from server.paths import DataPaths
+from server.responses import API_PREFIX
+from server.runner import JobRunner
+from server.sessions import Sessions
+from server.store import MemoryStore
+
+
+def create_app(config: Config) -> web.Application:
+    """The application for `config`; its services start with it and stop with it."""
+    cors = Cors(config.cors_origins)
+    middlewares = [errors, cors.preflight]
+    if config.api_key:
+        middlewares.append(api_key_middleware(config.api_key))
+    app = web.Application(middlewares=middlewares)
+    app[keys.CONFIG] = config
+    app.on_response_prepare.append(cors.on_response_prepare)
+    app.cleanup_ctx.append(services)
+    app.on_shutdown.append(release_waiters)
+    add_routes(app.router)
+    return app
+
+
+async def services(app: web.Application) -> AsyncIterator[None]:
+    """Start the store, hub, queue, sessions and runner; close them when the app stops."""
+    config = app[keys.CONFIG]
+    paths = DataPaths(config.data_dir)
+    paths.create()
+    store = MemoryStore()
+    hub = EventHub()
+    queue = JobQueue(config.max_queued_jobs)
+    sessions = Sessions(store, hub, paths, queue.position)
+    runner = JobRunner(
+        sessions,
+        queue,
+        paths=paths,
+        model=config.model,
+        max_concurrent=config.max_concurrent_jobs,
+        job_timeout=config.job_timeout_seconds,
+        worker_command=config.worker_command,
+    )
+    app[keys.PATHS] = paths
+    app[keys.HUB] = hub
+    app[keys.SESSIONS] = sessions
+    app[keys.RUNNER] = runner
+    await runner.start()
+    try:
+        yield
+    finally:
+        await runner.close()
+        await hub.close()
+        await store.close()
+
+
+async def release_waiters(app: web.Application) -> None:
+    """End event streams and running jobs before aiohttp waits for open requests."""
+    await app[keys.RUNNER].close()
+    await app[keys.HUB].close()
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """Every route of API.md; the names are used by the auth middleware and the index."""
+    # Any segment, braces included: a malformed id must reach the handler to be a 400.
+    v1, sid = API_PREFIX, "{sessionId:[^/]+}"
+    h = handlers_sessions
+    router.add_get("/", handlers_service.index, name="index")
+    router.add_get("/health", handlers_service.health, name="health")
+    router.add_get("/api/v1/openapi.json", handlers_service.openapi, name="openapi")
+    router.add_post(f"{v1}/upload", h.upload, name="upload")
+    router.add_get(f"{v1}/status/{sid}", h.status, name="status")
+    router.add_get(f"{v1}/progress/{sid}", h.status, name="progress")
+    router.add_get(f"{v1}/results/{sid}", h.results, name="results")
+    router.add_get(f"{v1}/results/{sid}/reel", h.reel, name="reel")
+    router.add_get(f"{v1}/results/{sid}/thumbnails/{{n:[^/]+}}", h.thumbnail, name="thumbnail")
+    router.add_post(f"{v1}/cancel/{sid}", h.cancel, name="cancel")
+    router.add_delete(f"{v1}/cleanup/{sid}", h.cleanup, name="cleanup")
+    router.add_delete(f"{v1}/session/{sid}", h.cleanup, name="session")
+    router.add_post(f"{v1}/analyze/{sid}", h.analyze, name="analyze")
+    router.add_get(f"{v1}/events/{sid}", h.events, name="events")
+    router.add_get(f"{v1}/sessions", h.list_sessions, name="sessions")
+    router.add_post("/analyze/highlights", handlers_legacy.analyze_highlights, name="highlights")
+    router.add_post("/analyze/workout", handlers_legacy.analyze_workout, name="workout")

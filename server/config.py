@@ -1,0 +1,183 @@
+"""Settings of the service: environment variables, each mirrored by a command-line flag.
+
+A flag wins over its variable; a bad value of either is an argparse error that names the
+setting, so `python -m server` stops with one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import DEFAULT_MODEL
+
+SERVICE_NAME = "smolvlm-video-server"
+# Kept equal to setup.cfg's version (a test checks it): the service is often run from a
+# checkout that was never pip-installed, so package metadata cannot be relied on.
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of API.md's configuration table, plus a few knobs tests turn."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    model: str = DEFAULT_MODEL
+    max_concurrent_jobs: int = 2
+    max_queued_jobs: int = 32
+    max_upload_mb: int = 2048
+    max_video_seconds: float = 3600.0
+    job_timeout_seconds: float | None = None
+    session_ttl_hours: float = 24.0
+    api_key: str | None = field(default=None, repr=False)  # a secret stays out of logs
+    cors_origins: tuple[str, ...] = ()
+    warm_workers: int = 1
+    # Not settings an operator needs; tests point them at fixture scripts or shorten them.
+    worker_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker")
+    sse_ping_seconds: float = 15.0
+    disconnect_poll_seconds: float = 0.5
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @classmethod
+    def from_env_and_args(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Config:
+        """Read the environment, then the flags (a flag wins); exits with usage on a bad value.
+
+        `argv` defaults to the command line and `environ` to the process environment.
+        """
+        environ = environ if environ is not None else os.environ
+        parser = _parser()
+        args = parser.parse_args(argv)
+        values: dict[str, Any] = {}
+        for setting in _SETTINGS:
+            raw = getattr(args, setting.name)
+            source = setting.flag
+            if raw is None and setting.env in environ:
+                raw, source = environ[setting.env], setting.env
+            if raw is None:
+                continue
+            try:
+                values[setting.name] = setting.parse(raw)
+            except ValueError as exc:
+                parser.error(f"{source}: {exc}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _port(raw: str) -> int:
+    port = _int(raw)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must be a port number from 1 to 65535, got {raw!r}")
+    return port
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be an integer, got {raw!r}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {raw!r}")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {raw!r}")
+    return value
+
+
+def _positive_number(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"must be a positive number, got {raw!r}")
+    return value
+
+
+def _timeout(raw: str) -> float | None:
+    """Empty or 0 means no limit."""
+    if raw.strip() in ("", "0"):
+        return None
+    return _positive_number(raw)
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(f"origins look like https://app.example.com or *, got {origin!r}")
+    return origins
+
+
+_SETTINGS = (
+    _Setting("host", "HOST", _text, "interface to listen on"),
+    _Setting("port", "PORT", _port, "port to listen on"),
+    _Setting("data_dir", "DATA_DIR", lambda raw: Path(_text(raw)), "uploads, artifacts, store"),
+    _Setting("model", "SMOLVLM_MODEL", _text, "Hugging Face id or local path of the model"),
+    _Setting("max_concurrent_jobs", "MAX_CONCURRENT_JOBS", _positive_int, "workers at once"),
+    _Setting("max_queued_jobs", "MAX_QUEUED_JOBS", _positive_int, "pending jobs before 503"),
+    _Setting("max_upload_mb", "MAX_UPLOAD_MB", _positive_int, "upload limit in MiB"),
+    _Setting("max_video_seconds", "MAX_VIDEO_SECONDS", _positive_number, "longest video"),
+    _Setting("job_timeout_seconds", "JOB_TIMEOUT_SECONDS", _timeout, "0 = no limit"),
+    _Setting("session_ttl_hours", "SESSION_TTL_HOURS", _positive_number, "session expiry"),
+    _Setting("api_key", "API_KEY", _optional_text, "require Authorization: Bearer <key>"),
+    _Setting("cors_origins", "CORS_ORIGINS", _origins, "comma-separated allowed origins"),
+    _Setting("warm_workers", "WARM_WORKERS", _non_negative_int, "idle workers kept loaded"),
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="SmolVLM2 video analysis service. Every flag can also be set by the "
+        "environment variable named in its help; the flag wins.",
+    )
+    for setting in _SETTINGS:
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            metavar=setting.env,
+            default=None,
+            help=f"{setting.help} (env {setting.env})",
+        )
+    return parser

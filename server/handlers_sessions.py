@@ -1,0 +1,259 @@
+"""Handlers of the v1 session API (`/api/v1/video/...`).
+
+Thin on purpose: each reads its input, calls the sessions or the runner, and shapes the
+answer. Domain errors (SessionNotFound, SessionConflict, QueueFull...) propagate and are
+turned into HTTP by the `errors` middleware, in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
+from server import keys
+from server.models import Session, SessionConflict, SessionStatus
+from server.responses import (
+    API_PREFIX,
+    ApiError,
+    finished_session_error,
+    public_results,
+    reel_name,
+    thumbnail_name,
+)
+from server.sse import stream_events
+from server.uploads import UploadLimits, accept_upload
+
+MAX_LIST_LIMIT = 1000
+
+
+def session_id_of(request: web.Request) -> str:
+    """The path's session id, or a 400 when it is not a UUID4 (any case; answered lower)."""
+    raw = request.match_info["sessionId"]
+    try:
+        parsed = uuid.UUID(raw)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.version != 4 or str(parsed) != raw.lower():
+        raise ApiError(400, "Invalid session id", "A session id is a UUID4 string")
+    return str(parsed)
+
+
+def status_url(session_id: str) -> str:
+    return f"{API_PREFIX}/status/{session_id}"
+
+
+def accepted(session: Session, message: str) -> web.Response:
+    """202 with a Location header pointing at the status URL."""
+    return web.json_response(
+        {"sessionId": session.id, "status": session.status.value, "message": message},
+        status=202,
+        headers={"Location": status_url(session.id)},
+    )
+
+
+def upload_limits(request: web.Request) -> UploadLimits:
+    config = request.app[keys.CONFIG]
+    return UploadLimits(config.max_upload_bytes, config.max_video_seconds)
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Upload a video; with `analysis_type` its analysis is queued at once."""
+    app = request.app
+    session = await accept_upload(
+        request,
+        sessions=app[keys.SESSIONS],
+        runner=app[keys.RUNNER],
+        paths=app[keys.PATHS],
+        limits=upload_limits(request),
+    )
+    if session.status is SessionStatus.UPLOADED:
+        message = (
+            "Video uploaded successfully; start the analysis with "
+            f"POST {API_PREFIX}/analyze/{session.id}"
+        )
+    else:
+        message = "Video uploaded successfully, processing started"
+    return accepted(session, message)
+
+
+async def analyze(request: web.Request) -> web.Response:
+    """Start the analysis of an `uploaded` session (two-step flow)."""
+    session_id = session_id_of(request)
+    sessions = request.app[keys.SESSIONS]
+    await sessions.get(session_id)
+    analysis_type, params = await _analysis_request(request)
+    session = await request.app[keys.RUNNER].submit(session_id, analysis_type, params)
+    return accepted(session, "Processing started")
+
+
+async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[str, Any]]:
+    """`analysis_type` and validated `params` from a JSON or form body."""
+    body: dict[str, Any]
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "Bad request", "The body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "Bad request", "The body must be a JSON object")
+    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        body = {name: value for name, value in form.items() if isinstance(value, str)}
+    else:
+        body = {}
+    if body.get("analysis_type") in (None, ""):
+        raise ApiError(
+            400,
+            "Bad request",
+            "analysis_type is required: highlights or workout, "
+            'e.g. {"analysis_type": "highlights", "params": {}}',
+        )
+    analysis_type = parse_analysis_type(body["analysis_type"])
+    params = body.get("params")
+    if isinstance(params, str):
+        params = parse_params_json(params)
+    return analysis_type, validate_params(analysis_type, params)
+
+
+async def status(request: web.Request) -> web.Response:
+    """The status body of a session (also served as `progress`)."""
+    sessions = request.app[keys.SESSIONS]
+    session = await sessions.get(session_id_of(request))
+    return web.json_response(sessions.body(session))
+
+
+async def results(request: web.Request) -> web.Response:
+    """The results of a completed session, artifact names turned into URLs."""
+    session = await _finished(request)
+    return web.json_response(
+        {
+            "sessionId": session.id,
+            "status": session.status.value,
+            "results": public_results(session.id, session.results or {}),
+        }
+    )
+
+
+async def reel(request: web.Request) -> web.FileResponse:
+    """The highlight reel MP4 (Range requests work, so a <video> tag can seek)."""
+    session = await _finished(request)
+    name = reel_name(session.results)
+    if name is None:
+        raise ApiError(404, "No reel", "This session has no highlight reel", session_id=session.id)
+    return web.FileResponse(_artifact(session, name), headers={"Content-Type": "video/mp4"})
+
+
+async def thumbnail(request: web.Request) -> web.FileResponse:
+    """The thumbnail JPEG of the n-th highlight."""
+    session = await _finished(request)
+    raw = request.match_info["n"]
+    index = _natural(raw)
+    if index is None:
+        raise ApiError(
+            400,
+            "Bad request",
+            "The thumbnail number is a highlight index: 0, 1, ...",
+            session_id=session.id,
+        )
+    name = thumbnail_name(session.results, index)
+    if name is None:
+        raise ApiError(404, "No thumbnail", f"There is no thumbnail {raw}", session_id=session.id)
+    return web.FileResponse(_artifact(session, name), headers={"Content-Type": "image/jpeg"})
+
+
+async def _finished(request: web.Request) -> Session:
+    """The session of the path if it completed; else the error `results` answers with."""
+    session = await request.app[keys.SESSIONS].get(session_id_of(request))
+    error = finished_session_error(session)
+    if error is not None:
+        raise error
+    return session
+
+
+def _artifact(session: Session, name: str) -> Path:
+    """A worker-named artifact, only if it really lies inside the session's output dir."""
+    folder = Path(session.output_dir).resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder) or not path.is_file():
+        raise ApiError(404, "Not found", "The artifact is missing", session_id=session.id)
+    return path
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """Cancel a queued or running job; answers once its worker process is gone."""
+    session = await request.app[keys.RUNNER].cancel(session_id_of(request))
+    return web.json_response(
+        {
+            "sessionId": session.id,
+            "status": session.status.value,
+            "message": "Processing cancelled successfully",
+        }
+    )
+
+
+async def cleanup(request: web.Request) -> web.Response:
+    """Cancel a live job, then delete the session, its upload and its artifacts."""
+    session_id = session_id_of(request)
+    sessions = request.app[keys.SESSIONS]
+    session = await sessions.get(session_id)
+    if not session.status.is_terminal:
+        # It may finish on its own meanwhile; deleting it is what was asked either way.
+        with contextlib.suppress(SessionConflict):
+            await request.app[keys.RUNNER].cancel(session_id)
+    await sessions.delete(session_id)
+    return web.json_response(
+        {"sessionId": session_id, "message": "Session cleaned up successfully"}
+    )
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `status`, `partial`, then one terminal event."""
+    session_id = session_id_of(request)
+    await request.app[keys.SESSIONS].get(session_id)
+    config = request.app[keys.CONFIG]
+    return await stream_events(
+        request,
+        request.app[keys.HUB],
+        session_id,
+        ping_seconds=config.sse_ping_seconds,
+        poll_seconds=config.disconnect_poll_seconds,
+    )
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Status bodies of the sessions, newest first, optionally by `status` and `limit`."""
+    status_filter = _status_filter(request.query.get("status"))
+    limit = _limit(request.query.get("limit"))
+    sessions = request.app[keys.SESSIONS]
+    found = await sessions.list(status=status_filter, limit=limit)
+    bodies = [sessions.body(session) for session in found]
+    return web.json_response({"sessions": bodies, "count": len(bodies)})
+
+
+def _status_filter(raw: str | None) -> SessionStatus | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return SessionStatus(raw)
+    except ValueError:
+        allowed = ", ".join(status.value for status in SessionStatus)
+        raise ApiError(400, "Bad request", f"status must be one of {allowed}") from None
+
+
+def _limit(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    limit = _natural(raw)
+    if limit is None or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ApiError(400, "Bad request", f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return limit
+
+
+def _natural(raw: str) -> int | None:
+    """0, 1, 2... written in plain ASCII digits, else None."""
+    return int(raw) if raw.isascii() and raw.isdigit() else None

@@ -1,0 +1,17 @@
+"""Every `web.AppKey` of the application, in one place (no module globals hold state)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.config import Config
+from server.events import EventHub
+from server.paths import DataPaths
+from server.runner import JobRunner
+from server.sessions import Sessions
+
+CONFIG = web.AppKey("config", Config)
+PATHS = web.AppKey("paths", DataPaths)
+HUB = web.AppKey("hub", EventHub)
+SESSIONS = web.AppKey("sessions", Sessions)
+RUNNER = web.AppKey("runner", JobRunner)

@@ -1,0 +1,63 @@
+"""The events stream of a session: server-sent events over aiohttp-sse.
+
+Each hub event goes out as `id:`, `event:` and one JSON `data:` line; aiohttp-sse adds
+the comment pings that keep idle connections (and proxies) alive. The stream ends after
+the terminal event, when the hub closes (server shutdown), or when the client leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
+
+from server.disconnect import unless_client_leaves
+from server.events import EventHub, ServerEvent
+from server.responses import ApiError
+
+LAST_EVENT_ID_HEADER = "Last-Event-ID"
+# EventSource cannot set headers on its first connection; a page may pass the id here.
+LAST_EVENT_ID_QUERY = "lastEventId"
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """The id the client has already seen (header first, then query), or None."""
+    raw = request.headers.get(LAST_EVENT_ID_HEADER) or request.query.get(LAST_EVENT_ID_QUERY)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ApiError(400, "Bad request", f"{LAST_EVENT_ID_HEADER} must be an event id")
+    return value
+
+
+async def stream_events(
+    request: web.Request,
+    hub: EventHub,
+    session_id: str,
+    *,
+    ping_seconds: float,
+    poll_seconds: float,
+) -> web.StreamResponse:
+    """Answer an events request: 204 if the client already has the terminal event, else stream."""
+    after = last_event_id(request)
+    if after is not None and hub.is_finished(session_id, after):
+        # 204 is what makes a browser's EventSource stop reconnecting.
+        return web.Response(status=204)
+    async with contextlib.aclosing(hub.subscribe(session_id, after)) as events:
+        async with sse_response(request, ping_interval=ping_seconds) as stream:
+            with contextlib.suppress(ConnectionResetError):
+                await unless_client_leaves(request, _forward(events, stream), poll_seconds)
+    return stream
+
+
+async def _forward(events: AsyncIterator[ServerEvent], stream: EventSourceResponse) -> None:
+    async for event in events:
+        data = json.dumps(event.data, separators=(",", ":"), allow_nan=False)
+        await stream.send(data, id=str(event.id), event=event.name)
