@@ -10,20 +10,28 @@ synchronous analyses instead of letting them hold the shutdown open.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from aiohttp import web
 
 from server import handlers_legacy, handlers_service, handlers_sessions, keys
 from server.config import Config
 from server.events import EventHub
+from server.janitor import Janitor
 from server.job_queue import JobQueue
 from server.middlewares import Cors, api_key_middleware, errors
 from server.paths import DataPaths
 from server.responses import API_PREFIX
 from server.runner import JobRunner
 from server.sessions import Sessions
-from server.store import MemoryStore
+from server.sqlite_store import SqliteStore
+from server.uploads import UploadSlots
+
+STORE_FILE = "sessions.db"
+# Expiry is measured in hours; a sweep every few minutes keeps disk use close to the TTL.
+SWEEP_INTERVAL_SECONDS = 300.0
 
 
 def create_app(config: Config) -> web.Application:
@@ -42,11 +50,15 @@ def create_app(config: Config) -> web.Application:
 
 
 async def services(app: web.Application) -> AsyncIterator[None]:
-    """Start the store, hub, queue, sessions and runner; close them when the app stops."""
+    """Start the store, hub, queue, sessions, runner and sweep; close them when the app stops.
+
+    Sessions a previous process left pending or processing are queued again, and every
+    stored session is announced on the (new, empty) event hub.
+    """
     config = app[keys.CONFIG]
     paths = DataPaths(config.data_dir)
     paths.create()
-    store = MemoryStore()
+    store = await SqliteStore(paths.root / STORE_FILE).open()
     hub = EventHub()
     queue = JobQueue(config.max_queued_jobs)
     sessions = Sessions(store, hub, paths, queue.position)
@@ -63,10 +75,19 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     app[keys.HUB] = hub
     app[keys.SESSIONS] = sessions
     app[keys.RUNNER] = runner
+    uploads = app[keys.UPLOADS] = UploadSlots(config.max_concurrent_uploads)
+    janitor = Janitor(
+        sessions, paths, timedelta(hours=config.session_ttl_hours), uploading=uploads.__contains__
+    )
     await runner.start()
+    await runner.recover()
+    await sessions.announce_all()
+    sweeping = asyncio.create_task(janitor.run(SWEEP_INTERVAL_SECONDS), name="expiry sweep")
     try:
         yield
     finally:
+        sweeping.cancel()
+        await asyncio.gather(sweeping, return_exceptions=True)
         await runner.close()
         await hub.close()
         await store.close()

@@ -39,6 +39,7 @@ class Config:
     api_key: str | None = field(default=None, repr=False)  # a secret stays out of logs
     cors_origins: tuple[str, ...] = ()
     warm_workers: int = 1
+    max_concurrent_uploads: int = 8
     # Not settings an operator needs; tests point them at fixture scripts or shorten them.
     worker_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker")
     sse_ping_seconds: float = 15.0
@@ -163,6 +164,7 @@ _SETTINGS = (
     _Setting("api_key", "API_KEY", _optional_text, "require Authorization: Bearer <key>"),
     _Setting("cors_origins", "CORS_ORIGINS", _origins, "comma-separated allowed origins"),
     _Setting("warm_workers", "WARM_WORKERS", _non_negative_int, "idle workers kept loaded"),
+    _Setting("max_concurrent_uploads", "MAX_CONCURRENT_UPLOADS", _positive_int, "uploads at once"),
 )
 
 

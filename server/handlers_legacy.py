@@ -40,6 +40,7 @@ async def _analyze_now(request: web.Request, analysis_type: AnalysisType) -> web
         runner=runner,
         paths=app[keys.PATHS],
         limits=upload_limits(request),
+        slots=app[keys.UPLOADS],
         fixed_type=analysis_type,
     )
     try:

@@ -70,6 +70,7 @@ async def upload(request: web.Request) -> web.Response:
         runner=app[keys.RUNNER],
         paths=app[keys.PATHS],
         limits=upload_limits(request),
+        slots=app[keys.UPLOADS],
     )
     if session.status is SessionStatus.UPLOADED:
         message = (

@@ -21,11 +21,15 @@ class JobQueue:
         # A dict keeps insertion order and makes membership and removal O(1).
         self._ids: dict[str, None] = {}
 
-    def push(self, session_id: str) -> None:
-        """Append a session; raises QueueFull (with a retry-after) when the queue is full."""
+    def push(self, session_id: str, *, over_limit: bool = False) -> None:
+        """Append a session; raises QueueFull (with a retry-after) when the queue is full.
+
+        `over_limit` is for jobs accepted earlier (re-queued after a restart): the limit
+        guards against new work, and refusing old work would lose it.
+        """
         if session_id in self._ids:
             raise ValueError(f"session {session_id} is already queued")
-        if not self.has_room():
+        if not over_limit and not self.has_room():
             raise QueueFull(self.retry_after_seconds)
         self._ids[session_id] = None
 

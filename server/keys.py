@@ -9,9 +9,11 @@ from server.events import EventHub
 from server.paths import DataPaths
 from server.runner import JobRunner
 from server.sessions import Sessions
+from server.uploads import UploadSlots
 
 CONFIG = web.AppKey("config", Config)
 PATHS = web.AppKey("paths", DataPaths)
 HUB = web.AppKey("hub", EventHub)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
+UPLOADS = web.AppKey("uploads", UploadSlots)

@@ -110,10 +110,22 @@ class SessionConflict(SessionError):
         self.session = session
 
 
-class QueueFull(SessionError):
-    def __init__(self, retry_after_seconds: int) -> None:
-        super().__init__("Too many jobs queued; try again later")
+class ServerBusy(SessionError):
+    """The server has no room for this now; the client should retry after a while."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class QueueFull(ServerBusy):
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__("Too many jobs queued; try again later", retry_after_seconds)
+
+
+class TooManyUploads(ServerBusy):
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__("Too many uploads in progress; try again shortly", retry_after_seconds)
 
 
 class InvalidVideo(SessionError):

@@ -16,9 +16,9 @@ from aiohttp import web
 from protocol import ParamsError, model_display_name
 from server.models import (
     InvalidVideo,
-    QueueFull,
     ResultsNotReady,
     RunnerClosed,
+    ServerBusy,
     Session,
     SessionConflict,
     SessionError,
@@ -114,7 +114,7 @@ def api_error_for(exc: Exception) -> ApiError | None:
             session_id=exc.session.id,
             status=exc.session.status.value,
         )
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, ServerBusy):
         return ApiError(
             503,
             "Server busy",

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ EXIT_AFTER_EOF_SECONDS = 5.0
 # Lines of stderr put in a failed session's error; the log line gets the whole tail.
 ERROR_TAIL_LINES = 1
 STARTING_STEP = "Starting worker"
+RESTARTED_STEP = "Queued again after a server restart"
 COMPLETED_STEP = "Completed"
 
 
@@ -124,6 +126,36 @@ class JobRunner:
             self._paths.create()
             self._dispatcher = asyncio.create_task(self._dispatch(), name="job dispatcher")
             self._accepting = True
+
+    async def recover(self) -> int:
+        """Queue again, oldest first, the jobs a previous server process left unfinished.
+
+        Their sessions were pending or processing when that process stopped (a restart,
+        a crash, kill -9). A worker's run cannot be resumed, so each starts over, with its
+        old artifacts removed and a status that says why. Returns how many were queued.
+        """
+        async with self._lock:
+            unfinished = [
+                session
+                for session in await self._sessions.list()
+                if session.status in (SessionStatus.PENDING, SessionStatus.PROCESSING)
+            ]
+            for session in sorted(unfinished, key=lambda s: s.created_at):
+                await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
+                await self._sessions.update(
+                    session.id,
+                    status=SessionStatus.PENDING,
+                    progress=0.0,
+                    current_step=RESTARTED_STEP,
+                    error=None,
+                    results=None,
+                )
+                self._queue.push(session.id, over_limit=True)
+                log.info("session %s queued again after a restart", session.id)
+            if unfinished:
+                self._positions_changed = True
+                self._wakeup.set()
+        return len(unfinished)
 
     async def close(self) -> None:
         """Refuse new work and stop every running worker; return once they are gone.

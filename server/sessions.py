@@ -99,6 +99,17 @@ class Sessions:
             if not session.status.is_terminal:
                 self._hub.publish(session_id, "status", self.body(session))
 
+    async def announce_all(self) -> None:
+        """Publish the state of every stored session the hub knows nothing of.
+
+        After a restart the hub starts empty; without this, a subscriber to a session
+        loaded from the store would wait for a change that may never come.
+        """
+        for session in await self._store.list():
+            async with self._lock(session.id):
+                if self._hub.last_event_id(session.id) is None:
+                    self._publish(session)
+
     async def delete(self, session_id: str) -> None:
         """Remove the session, its upload and every artifact; end its event streams.
 

@@ -16,7 +16,7 @@ import errno
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from protocol import (
     validate_params,
 )
 from server.job_queue import RETRY_AFTER_SECONDS
-from server.models import QueueFull, Session, SessionNotFound, SessionStatus
+from server.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
 from server.paths import DataPaths
 from server.probe import probe_video
 from server.responses import ApiError
@@ -66,6 +66,39 @@ class UploadLimits:
     max_video_seconds: float
 
 
+class UploadSlots:
+    """The uploads being received now: at most `limit` at once, and whose folders they own.
+
+    The limit keeps a burst of large uploads from taking every connection and the disk's
+    bandwidth; the registry tells the expiry sweep which folders without a session are
+    still being written (a session is created only once its upload is complete).
+    """
+
+    # Uploads finish in seconds to minutes; a short wait is the honest hint.
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._ids: set[str] = set()
+
+    @contextlib.contextmanager
+    def claim(self, session_id: str) -> Iterator[None]:
+        """Hold a slot for `session_id` while receiving; raises TooManyUploads when full."""
+        if len(self._ids) >= self._limit:
+            raise TooManyUploads(self.RETRY_AFTER_SECONDS)
+        self._ids.add(session_id)
+        try:
+            yield
+        finally:
+            self._ids.discard(session_id)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 async def accept_upload(
     request: web.Request,
     *,
@@ -73,6 +106,7 @@ async def accept_upload(
     runner: JobRunner,
     paths: DataPaths,
     limits: UploadLimits,
+    slots: UploadSlots,
     fixed_type: AnalysisType | None = None,
 ) -> Session:
     """Stream, validate and probe an upload; create its session and submit it if it has a type.
@@ -85,6 +119,19 @@ async def accept_upload(
         raise QueueFull(RETRY_AFTER_SECONDS)
     _check_declared_length(request, limits.max_bytes)
     session_id = str(uuid.uuid4())
+    with slots.claim(session_id):
+        return await _accept(request, session_id, sessions, runner, paths, limits, fixed_type)
+
+
+async def _accept(
+    request: web.Request,
+    session_id: str,
+    sessions: Sessions,
+    runner: JobRunner,
+    paths: DataPaths,
+    limits: UploadLimits,
+    fixed_type: AnalysisType | None,
+) -> Session:
     created = False
     try:
         form = await receive_form(
