@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class _Job:
     worker: WorkerProcess
     task: asyncio.Task[None] = field(init=False)
     stopping: bool = False
+    started_at: float | None = None  # loop time when it became `processing`
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,13 @@ class JobRunner:
         job_timeout: float | None = None,
         worker_command: Sequence[str] = (sys.executable, "-m", "inference_worker"),
         worker_env: Mapping[str, str] | None = None,
+        on_finished: Callable[[str, str, float], None] | None = None,
     ) -> None:
-        """`worker_env` adds to (or overrides) the server's environment for every worker."""
+        """`worker_env` adds to (or overrides) the server's environment for every worker.
+
+        `on_finished(analysis_type, status, seconds)` is told of every job that ran and
+        ended completed, failed or cancelled (not of jobs interrupted by a shutdown).
+        """
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self._sessions = sessions
@@ -108,6 +114,7 @@ class JobRunner:
         self._job_timeout = job_timeout
         self._command = tuple(worker_command)
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
+        self._on_finished = on_finished
         self._jobs: dict[str, _Job] = {}
         self._lock = asyncio.Lock()  # serialises submit and cancel decisions
         self._wakeup = asyncio.Event()
@@ -346,6 +353,18 @@ class JobRunner:
                 )
         finally:
             await job.worker.terminate()
+            await self._report_finished(job)
+
+    async def _report_finished(self, job: _Job) -> None:
+        if self._on_finished is None or job.started_at is None:
+            return
+        try:
+            session = await self._sessions.get(job.session_id)
+        except SessionNotFound:
+            return
+        if session.status.is_terminal and session.analysis_type is not None:
+            seconds = asyncio.get_running_loop().time() - job.started_at
+            self._on_finished(session.analysis_type.value, session.status.value, seconds)
 
     async def _run(self, job: _Job) -> None:
         session_id = job.session_id
@@ -361,7 +380,7 @@ class JobRunner:
         )
         if session.status is not SessionStatus.PROCESSING:
             return
-        started = asyncio.get_running_loop().time()
+        started = job.started_at = asyncio.get_running_loop().time()
         try:
             outcome = await asyncio.wait_for(self._work(job, session), self._job_timeout)
         except asyncio.TimeoutError:

@@ -4,12 +4,15 @@ Each test names the rule it checks. Waits are bounded only to turn a hang into a
 """
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
 
 from protocol import AnalysisType
 from server import runner as runner_module
+from server.events import EventHub
+from server.job_queue import JobQueue
 from server.models import (
     QueueFull,
     RunnerClosed,
@@ -17,8 +20,17 @@ from server.models import (
     SessionNotFound,
     SessionStatus,
 )
+from server.runner import JobRunner
+from server.sessions import Sessions
+from server.store import MemoryStore
 from server.worker_process import WorkerProcess
-from tests.server.conftest import WAIT, eventually, process_alive
+from tests.server.conftest import (
+    FAKE_WORKER,
+    WAIT,
+    eventually,
+    new_session,
+    process_alive,
+)
 
 
 async def replay(harness, session_id) -> list:
@@ -407,3 +419,51 @@ def test_repr_shows_slots_and_queue(data_paths):
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
     runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)
     assert repr(runner) == "<JobRunner not started running=0/2 queued=0>"
+
+
+async def test_on_finished_is_told_of_every_job_that_ran_with_its_outcome(data_paths):
+    """The metrics hook: analysis type, final status and duration of each job that ran."""
+    told: list[tuple[str, str, float]] = []
+    queue, hub = JobQueue(10), EventHub()
+    sessions = Sessions(MemoryStore(), hub, data_paths, queue.position)
+    runner = JobRunner(
+        sessions,
+        queue,
+        paths=data_paths,
+        model="m",
+        worker_command=FAKE_WORKER,
+        on_finished=lambda *args: told.append(args),
+    )
+    await runner.start()
+    try:
+        ids = {}
+        for mode in ("succeed", "crash", "sleep"):
+            session = await sessions.create(new_session(data_paths))
+            await runner.submit(session.id, AnalysisType.WORKOUT, {"mode": mode})
+            ids[mode] = session.id
+        for mode in ("succeed", "crash"):
+            await asyncio.wait_for(runner.wait(ids[mode]), WAIT)
+        await until_sleeping(sessions, ids["sleep"])
+        await runner.cancel(ids["sleep"])
+        assert await eventually(lambda: len(told) == 3)
+    finally:
+        await runner.close()
+        await hub.close()
+    assert sorted((kind, status) for kind, status, _ in told) == [
+        ("workout", "cancelled"),
+        ("workout", "completed"),
+        ("workout", "failed"),
+    ]
+    assert all(seconds >= 0 for _, _, seconds in told)
+
+
+async def until_sleeping(sessions, session_id):
+    """Until the fake worker of a `sleep` job reports that it is running."""
+
+    async def watch():
+        async with contextlib.aclosing(sessions.hub.subscribe(session_id)) as events:
+            async for event in events:
+                if event.data.get("currentStep") == "Sleeping":
+                    return
+
+    await asyncio.wait_for(watch(), WAIT)
