@@ -46,6 +46,7 @@ from server.models import (
 )
 from server.paths import DataPaths
 from server.sessions import Sessions
+from server.warm_pool import WarmPool
 from server.worker_process import WorkerProcess
 
 log = logging.getLogger("server.runner")
@@ -98,11 +99,13 @@ class JobRunner:
         worker_command: Sequence[str] = (sys.executable, "-m", "inference_worker"),
         worker_env: Mapping[str, str] | None = None,
         on_finished: Callable[[str, str, float], None] | None = None,
+        warm_workers: int = 0,
     ) -> None:
         """`worker_env` adds to (or overrides) the server's environment for every worker.
 
         `on_finished(analysis_type, status, seconds)` is told of every job that ran and
         ended completed, failed or cancelled (not of jobs interrupted by a shutdown).
+        `warm_workers` idle workers are kept started with the model loaded.
         """
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -115,6 +118,7 @@ class JobRunner:
         self._command = tuple(worker_command)
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
         self._on_finished = on_finished
+        self._warm = WarmPool(warm_workers, self._command, model, self._env)
         self._jobs: dict[str, _Job] = {}
         self._lock = asyncio.Lock()  # serialises submit and cancel decisions
         self._wakeup = asyncio.Event()
@@ -133,6 +137,7 @@ class JobRunner:
             self._paths.create()
             self._dispatcher = asyncio.create_task(self._dispatch(), name="job dispatcher")
             self._accepting = True
+            self._warm.fill()
 
     async def recover(self) -> int:
         """Queue again, oldest first, the jobs a previous server process left unfinished.
@@ -186,6 +191,7 @@ class JobRunner:
         await asyncio.gather(*(job.task for job in jobs), return_exceptions=True)
         # Normally done by each supervisor; this also covers one cancelled before it began.
         await asyncio.gather(*(job.worker.terminate() for job in jobs))
+        await self._warm.close()
 
     # ---- what the HTTP layer calls ------------------------------------------------------
 
@@ -316,7 +322,8 @@ class JobRunner:
                         log.exception("session %s: could not publish its position", session_id)
 
     def _start_job(self, session_id: str) -> None:
-        job = _Job(session_id, WorkerProcess())
+        # Taken here, synchronously, so that cancel and close always see the job's process.
+        job = _Job(session_id, self._warm.take() or WorkerProcess())
         job.task = asyncio.create_task(self._supervise(job), name=f"supervise {session_id}")
         job.task.add_done_callback(lambda task: self._job_done(job, task))
         self._jobs[session_id] = job
@@ -391,8 +398,7 @@ class JobRunner:
             await job.worker.wait(EXIT_AFTER_RESULT_SECONDS)
 
     async def _work(self, job: _Job, session: Session) -> _Outcome:
-        """Spawn the worker, send the job, follow its events to the end."""
-        worker = job.worker
+        """Hand the job to its worker (warm, or started now) and follow its events to the end."""
         assert session.analysis_type is not None
         spec = JobSpec(
             session_id=session.id,
@@ -404,30 +410,71 @@ class JobRunner:
             filename=session.video.filename,
         )
         await asyncio.to_thread(Path(session.output_dir).mkdir, parents=True, exist_ok=True)
-        try:
-            await worker.start(self._command, self._env)
-        except OSError as exc:
-            return _Outcome(error="Could not start the worker process", detail=repr(exc))
+        warm = job.worker.pid is not None
+        if not warm and not await self._start_worker(job.worker):
+            return _Outcome(error="Could not start the worker process")
         log.info(
-            "session %s started (attempt %d, pid %d)", session.id, session.attempts, worker.pid
+            "session %s started (attempt %d, pid %d%s)",
+            session.id,
+            session.attempts,
+            job.worker.pid,
+            ", warm" if warm else "",
         )
-        await worker.send(spec)
-        terminal = await self._follow(session.id, worker)
+        terminal, heard = await self._deliver(job.worker, spec)
+        if terminal is None and warm and not heard:
+            # A warm worker that died while idle, or as the job reached it, did no work:
+            # the job gets a fresh process instead of failing for it.
+            log.warning(
+                "session %s: warm worker ended before the job began (%s); starting a new one",
+                session.id,
+                job.worker.describe_exit(),
+            )
+            await job.worker.terminate()
+            job.worker = WorkerProcess()
+            if not await self._start_worker(job.worker):
+                return _Outcome(error="Could not start the worker process")
+            terminal, heard = await self._deliver(job.worker, spec)
         if isinstance(terminal, Result):
             return _Outcome(results=terminal.results)
         if isinstance(terminal, Error):
             return _Outcome(error=terminal.message, detail=f"{terminal.error}: {terminal.message}")
         # Stdout ended with no terminal event: the worker died. Say how.
-        await worker.wait(EXIT_AFTER_EOF_SECONDS)
+        await job.worker.wait(EXIT_AFTER_EOF_SECONDS)
         return _Outcome(
-            error=worker.describe_exit(tail_lines=ERROR_TAIL_LINES),
-            detail=worker.describe_exit(),
+            error=job.worker.describe_exit(tail_lines=ERROR_TAIL_LINES),
+            detail=job.worker.describe_exit(),
         )
 
-    async def _follow(self, session_id: str, worker: WorkerProcess) -> Result | Error | None:
-        """Fold the worker's events into the session until its terminal event or stdout's end."""
+    async def _start_worker(self, worker: WorkerProcess) -> bool:
+        try:
+            await worker.start(self._command, self._env)
+        except OSError:
+            log.exception("could not start a worker process")
+            return False
+        return True
+
+    async def _deliver(
+        self, worker: WorkerProcess, spec: JobSpec
+    ) -> tuple[Result | Error | None, bool]:
+        """Send the JobSpec and follow the events; the terminal one, and whether any came."""
+        try:
+            await worker.send(spec)
+        except (BrokenPipeError, ConnectionResetError):
+            return None, False  # it was already gone; its exit says how
+        terminal, lines = await self._follow(spec.session_id, worker)
+        return terminal, lines > 0
+
+    async def _follow(
+        self, session_id: str, worker: WorkerProcess
+    ) -> tuple[Result | Error | None, int]:
+        """Fold the worker's events into the session until its terminal event or stdout's end.
+
+        Returns the terminal event (None if stdout ended first) and how many lines came.
+        """
+        lines = 0
         async with contextlib.aclosing(worker.events()) as events:
             async for event in events:
+                lines += 1
                 if isinstance(event, Progress):
                     await self._sessions.update(
                         session_id, progress=event.progress, current_step=event.step
@@ -445,8 +492,8 @@ class JobRunner:
                         event.line,
                     )
                 elif isinstance(event, (Result, Error)):
-                    return event
-        return None
+                    return event, lines
+        return None, lines
 
     async def _record(self, session_id: str, outcome: _Outcome, seconds: float) -> None:
         """Store how the run ended and log the transition, unless it was cancelled first."""

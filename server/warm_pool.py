@@ -1,0 +1,92 @@
+"""Warm workers: processes started ahead of jobs, each already holding the model.
+
+Starting a worker means starting Python, importing mlx_vlm and loading the model: seconds
+that every job would otherwise wait before its first real progress. A warm worker has
+done all that and waits for its JobSpec on stdin. It still takes exactly one job and then
+exits, so cancelling a job kills its process and frees its memory as before; a fresh
+worker is started behind each one taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+
+from server.worker_process import WorkerProcess
+
+log = logging.getLogger("server.warm_pool")
+
+
+class WarmPool:
+    """Keeps `size` idle workers started with `--model MODEL`; `take` hands one out."""
+
+    def __init__(
+        self, size: int, command: Sequence[str], model: str, env: Mapping[str, str] | None
+    ) -> None:
+        self._size = size
+        # The worker loads the model named by --model before it reads its JobSpec.
+        self._command = (*command, "--model", model)
+        self._env = env
+        self._idle: list[WorkerProcess] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def fill(self) -> None:
+        """Start workers until `size` of them are idle or starting."""
+        starting = sum(1 for task in self._tasks if task.get_name() == "start warm worker")
+        for _ in range(self._size - len(self._idle) - starting):
+            self._spawn(self._start_one(), "start warm worker")
+
+    def take(self) -> WorkerProcess | None:
+        """An idle worker that is still alive (oldest first: the most likely to be ready).
+
+        Synchronous on purpose: a caller cancelled while waiting could otherwise lose
+        the worker it was handed. Dead idle workers are reaped in the background.
+        """
+        while self._idle:
+            worker = self._idle.pop(0)
+            if worker.returncode is None:
+                self.fill()
+                return worker
+            log.warning("warm worker died while idle: %s", worker.describe_exit())
+            self._spawn(worker.terminate(), "reap warm worker")
+        self.fill()
+        return None
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    async def close(self) -> None:
+        """Stop starting workers and end the idle ones; return once they are gone."""
+        self._closed = True
+        for task in list(self._tasks):
+            if task.get_name() == "start warm worker":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(worker.terminate() for worker in idle))
+
+    def _spawn(self, coroutine, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self) -> None:
+        worker = WorkerProcess(label="warm worker")
+        try:
+            await worker.start(self._command, self._env)
+        except OSError:
+            log.exception("could not start a warm worker; jobs will start their own")
+            return
+        except asyncio.CancelledError:
+            await worker.terminate()
+            raise
+        if self._closed:
+            await worker.terminate()
+            return
+        self._idle.append(worker)
+
+    def __repr__(self) -> str:
+        return f"<WarmPool idle={len(self._idle)}/{self._size}>"
