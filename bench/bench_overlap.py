@@ -1,4 +1,4 @@
-"""Decode-ahead: a job's segments with decoding overlapped with the model, against one after the other.
+"""Decode-ahead: a job with decoding overlapped with the model, against one after the other.
 
 The same workout analysis runs twice on the same 720p clip with the tiny model: once
 with the worker's `prefetched` (the next segment's frames decode in a background thread
@@ -87,8 +87,7 @@ def run(quick: bool = False) -> list[dict]:
             overlapped,
             "decode then model, in turn",
             sequential,
-            "< 1x, near max/sum = "
-            f"{max(decoding, modelling) / (decoding + modelling):.2f}x",
+            f"< 1x, near max/sum = {max(decoding, modelling) / (decoding + modelling):.2f}x",
         )
     ]
 

@@ -34,11 +34,11 @@ LOADED = 0.05  # the worker's progress once the model is loaded
 SETTLE_SECONDS = 4.0
 
 
-async def first_progress_latency(http: aiohttp.ClientSession, base: str, video: Path) -> float:
+async def first_progress_latency(http: aiohttp.ClientSession, base: str, video: bytes) -> float:
     """Seconds from the upload's 202 to a status event with the model loaded."""
     form = aiohttp.FormData()
     form.add_field("analysis_type", "highlights")
-    form.add_field("file", video.read_bytes(), filename="clip.mp4", content_type="video/mp4")
+    form.add_field("file", video, filename="clip.mp4", content_type="video/mp4")
     async with http.post(f"{base}/api/v1/video/upload", data=form) as response:
         assert response.status == 202, await response.text()
         accepted = time.perf_counter()
@@ -54,10 +54,8 @@ async def first_progress_latency(http: aiohttp.ClientSession, base: str, video: 
     return latency
 
 
-async def measure(warm_workers: int, model_dir: Path, video: Path, data_dir: Path) -> list[float]:
-    config = Config(
-        port=0, data_dir=data_dir, model=str(model_dir), warm_workers=warm_workers
-    )
+async def measure(warm_workers: int, model_dir: Path, video: bytes, data_dir: Path) -> list[float]:
+    config = Config(port=0, data_dir=data_dir, model=str(model_dir), warm_workers=warm_workers)
     app = create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -83,7 +81,7 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
         tmp_path = Path(tmp)
         model_dir = build_tiny_model(tmp_path / "model")
-        video = write_video(tmp_path / "clip.mp4", seconds=10.0, width=320, height=240)
+        video = write_video(tmp_path / "clip.mp4", seconds=10.0, width=320, height=240).read_bytes()
         cold = asyncio.run(measure(0, model_dir, video, tmp_path / "cold"))
         warm = asyncio.run(measure(1, model_dir, video, tmp_path / "warm"))
     return [
