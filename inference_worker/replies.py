@@ -138,15 +138,20 @@ _LABEL_AT = re.compile(
 _FIELD_TRIM = "\"',{}[] \t\r\n"
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    """The JSON object in the reply, with lower-case keys, if there is one."""
-    start, end = text.find("{"), text.rfind("}")
+def _json_between(text: str, opening: str, closing: str) -> Any:
+    """The JSON value from the first `opening` to the last `closing`, or None."""
+    start, end = text.find(opening), text.rfind(closing)
     if start < 0 or end <= start:
         return None
     try:
-        data = json.loads(text[start : end + 1])
+        return json.loads(text[start : end + 1])
     except ValueError:
         return None
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object in the reply, with lower-case keys, if there is one."""
+    data = _json_between(text, "{", "}")
     return {str(k).lower(): v for k, v in data.items()} if isinstance(data, dict) else None
 
 
@@ -378,13 +383,7 @@ def parse_criteria(reply: object, limit: int = MAX_CRITERIA) -> list[str]:
 
 
 def _json_strings(text: str) -> list[str] | None:
-    start, end = text.find("["), text.rfind("]")
-    if start < 0 or end <= start:
-        return None
-    try:
-        data = json.loads(text[start : end + 1])
-    except ValueError:
-        return None
+    data = _json_between(text, "[", "]")
     if not isinstance(data, list):
         return None
     return [item for item in data if isinstance(item, str)] or None
