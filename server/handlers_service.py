@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -11,17 +12,60 @@ from server import keys
 from server.config import SERVICE_NAME, VERSION
 from server.openapi import openapi_document
 
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+# The same URL answers JSON or the page, so caches must key on Accept; and a browser
+# should revalidate the page (cheap: FileResponse sends an ETag) to see a new version.
+_INDEX_HEADERS = {hdrs.VARY: hdrs.ACCEPT}
+_PAGE_HEADERS = {**_INDEX_HEADERS, hdrs.CACHE_CONTROL: "no-cache"}
 
-async def index(request: web.Request) -> web.Response:
-    """The service's name, version and endpoints."""
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The service's name, version and endpoints (a browser gets the live page instead)."""
+    if prefers_html(request.headers.get(hdrs.ACCEPT, "")):
+        return web.FileResponse(PAGE, headers=_PAGE_HEADERS)
     return web.json_response(
         {
             "service": SERVICE_NAME,
             "version": VERSION,
             "openapi": "/api/v1/openapi.json",
             "endpoints": endpoints(request.app),
-        }
+        },
+        headers=_INDEX_HEADERS,
     )
+
+
+def prefers_html(accept: str) -> bool:
+    """Whether an Accept header ranks text/html strictly above application/json.
+
+    Browsers send `text/html,...,*/*;q=0.8`; API clients send nothing, `*/*` or JSON, and a
+    tie keeps the JSON the contract promises.
+    """
+    return _quality(accept, "text/html") > _quality(accept, "application/json")
+
+
+def _quality(accept: str, media_type: str) -> float:
+    """The q value Accept gives `media_type`: the most specific matching range decides."""
+    family = media_type.split("/")[0] + "/*"
+    specificity = {media_type: 2, family: 1, "*/*": 0}
+    best, best_rank = 0.0, -1
+    for media_range in accept.split(","):
+        name, *parameters = (part.strip() for part in media_range.split(";"))
+        rank = specificity.get(name.lower(), -1)
+        if rank <= best_rank:
+            continue
+        best, best_rank = _q(parameters), rank
+    return best
+
+
+def _q(parameters: list[str]) -> float:
+    for parameter in parameters:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return min(max(float(value), 0.0), 1.0)
+            except ValueError:
+                return 0.0  # a weight that is not a number: treat as "not acceptable"
+    return 1.0
 
 
 def endpoints(app: web.Application) -> list[dict[str, Any]]:

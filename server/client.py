@@ -1,0 +1,403 @@
+"""`python -m server.client` (installed as `smolvlm-client`): the job API from a terminal.
+
+    smolvlm-client upload match.mp4 --analysis highlights --params '{"segment_seconds": 5}'
+    smolvlm-client watch ID      # live progress from the event stream, items as found
+    smolvlm-client results ID    # pretty JSON; also `status ID` and `cancel ID`
+
+`--url` picks the server (default http://127.0.0.1:8000); `--api-key` or SMOLVLM_API_KEY
+sends `Authorization: Bearer <key>`. Exit codes: 0 ok, 1 the job failed or was cancelled,
+2 a usage, connection or API error, each reported as one line on stderr.
+
+Only aiohttp and `protocol` are used: a client needs nothing of the server's internals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import mimetypes
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import aiohttp
+
+from protocol import AnalysisType, ParamsError, parse_params_json
+
+PROG = "smolvlm-client"
+DEFAULT_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "SMOLVLM_API_KEY"
+API = "/api/v1/video"
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
+# Ctrl-C: the shell convention (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+# The errors of `results` that mean the job itself ended badly (API.md §3), not the request.
+JOB_FAILED_ERRORS = frozenset({"Analysis failed", "Session was cancelled"})
+TERMINAL_EVENTS = ("completed", "failed", "cancelled")
+
+# A server that does not answer a connect in this long is not coming.
+CONNECT_TIMEOUT_SECONDS = 10.0
+# The server pings idle event streams every 15 s by default; silence this long is a dead link.
+STREAM_READ_TIMEOUT_SECONDS = 60.0
+# A dropped event stream is resumed with Last-Event-ID; give up after this many failures
+# in a row (a restarting server is back within a few seconds).
+STREAM_RETRIES = 5
+STREAM_RETRY_DELAY_SECONDS = 1.0
+
+
+class ClientError(Exception):
+    """Something went wrong that the user should read as one line; carries the exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def api_error(status: int, reason: str, body: Any, retry_after: str | None = None) -> ClientError:
+    """One line from API.md's JSON error body; exit code 1 when it says the job ended badly."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        error, message = body["error"], body.get("message")
+        text = f"{error}: {message}" if message and message != error else error
+        exit_code = EXIT_JOB_FAILED if error in JOB_FAILED_ERRORS else EXIT_ERROR
+    else:
+        text, exit_code = f"the server answered {status} {reason}".strip(), EXIT_ERROR
+    if retry_after:
+        text += f"; retry after {retry_after} s"
+    return ClientError(f"{text} (HTTP {status})", exit_code)
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    """One server-sent event: its id, name and decoded JSON data."""
+
+    id: str | None
+    name: str
+    data: Any
+
+
+class ApiClient:
+    """The v1 session API over one aiohttp ClientSession; use as `async with`."""
+
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS),
+        )
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._http.close()
+
+    async def upload(self, video: Path, analysis: str, params: dict[str, Any]) -> dict:
+        """Stream `video` to the upload route, its analysis queued; the 202 body (`sessionId`)."""
+        content_type = mimetypes.guess_type(video.name)[0] or "application/octet-stream"
+        with video.open("rb") as file:
+            form = aiohttp.FormData()
+            form.add_field("analysis_type", analysis)
+            form.add_field("params", json.dumps(params))
+            form.add_field("file", file, filename=video.name, content_type=content_type)
+            return await self._json("POST", f"{API}/upload", data=form)
+
+    async def status(self, session_id: str) -> dict:
+        return await self._json("GET", f"{API}/status/{_segment(session_id)}")
+
+    async def results(self, session_id: str) -> dict:
+        return await self._json("GET", f"{API}/results/{_segment(session_id)}")
+
+    async def cancel(self, session_id: str) -> dict:
+        return await self._json("POST", f"{API}/cancel/{_segment(session_id)}")
+
+    async def events(self, session_id: str) -> AsyncIterator[ServerEvent]:
+        """The session's events up to its terminal one, resuming a dropped stream without loss."""
+        url = f"{self.url}{API}/events/{_segment(session_id)}"
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=STREAM_READ_TIMEOUT_SECONDS
+        )
+        # From the session's first event, so a late watcher still sees every partial item.
+        last_id = "0"
+        connected, failures = False, 0
+        while True:
+            headers = {"Last-Event-ID": last_id}
+            try:
+                async with self._http.get(url, headers=headers, timeout=timeout) as response:
+                    if response.status == 204:
+                        return  # API.md: the terminal event was already delivered
+                    if response.status != 200:
+                        raise await _error_from(response)
+                    connected = True
+                    async for event in parse_sse(response.content):
+                        failures = 0
+                        last_id = event.id or last_id
+                        yield event
+                        if event.name in TERMINAL_EVENTS:
+                            return
+            except (
+                aiohttp.ClientPayloadError,
+                aiohttp.ServerDisconnectedError,
+                asyncio.TimeoutError,
+            ):
+                pass
+            except aiohttp.ClientConnectionError:
+                if not connected:
+                    raise  # never reached the server: report it rather than retry quietly
+            failures += 1
+            if failures > STREAM_RETRIES:
+                raise ClientError(f"lost the event stream of {session_id} and could not resume it")
+            await asyncio.sleep(STREAM_RETRY_DELAY_SECONDS)
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict:
+        async with self._http.request(method, self.url + path, **kwargs) as response:
+            if response.status >= 400:
+                raise await _error_from(response)
+            return await response.json()
+
+
+def _segment(session_id: str) -> str:
+    """The id as one path segment: whatever was typed, it cannot reach another route."""
+    return quote(session_id, safe="")
+
+
+async def _error_from(response: aiohttp.ClientResponse) -> ClientError:
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        body = None
+    return api_error(
+        response.status, response.reason or "", body, response.headers.get("Retry-After")
+    )
+
+
+async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[ServerEvent]:
+    """Server-sent events from a response body (the WHATWG event-stream format)."""
+    event_id, name, data = None, "message", []
+    async for raw in stream:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield ServerEvent(event_id, name, json.loads("\n".join(data)))
+            event_id, name, data = None, "message", []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+        elif field == "id":
+            event_id = value
+        # An empty field is a comment (the server's keep-alive ping); others are ignored.
+
+
+def describe_item(item: dict[str, Any]) -> str:
+    """One line for a partial highlight or workout segment."""
+    when = f"{item.get('start_time', '?')}-{item.get('end_time', '?')}"
+    if "exercise" in item:
+        reps = f", {item['reps']} reps" if item.get("reps") is not None else ""
+        notes = f" - {item['form_notes']}" if item.get("form_notes") else ""
+        return f"  + {when}  {item.get('exercise') or 'rest'}{reps}{notes}"
+    return f"  + {when}  significance {item.get('significance')}  {item.get('description', '')}"
+
+
+class ProgressDisplay:
+    """A one-line bar on a terminal, plain lines (one per step) anywhere else."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.live = out.isatty()
+        # On a terminal the bar as drawn (to redraw it under a message); else the last step.
+        self._line = ""
+
+    def status(self, body: dict[str, Any]) -> None:
+        percent = int(min(max(float(body.get("progress") or 0.0), 0.0), 1.0) * 100)
+        if body.get("status") == "pending":
+            position = body.get("queuePosition")
+            step = f"waiting in the queue (position {position})" if position else "waiting"
+        else:
+            step = body.get("currentStep") or body.get("status", "")
+        if self.live:
+            self._draw(percent, step)
+        elif step != self._line:
+            self._line = step
+            print(f"[{percent:3d}%] {step}", file=self.out, flush=True)
+
+    def message(self, text: str) -> None:
+        """A line of its own, above the bar."""
+        self._clear()
+        print(text, file=self.out, flush=True)
+        if self.live and self._line:
+            self.out.write(self._line)
+            self.out.flush()
+
+    def end(self) -> None:
+        """Leave the last bar on screen and move below it."""
+        if self.live and self._line:
+            self.out.write("\n")
+            self._line = ""
+
+    def _draw(self, percent: int, step: str) -> None:
+        columns = shutil.get_terminal_size().columns
+        width = max(10, min(40, columns // 3))
+        filled = width * percent // 100
+        line = f"[{'#' * filled}{'-' * (width - filled)}] {percent:3d}%  {step}"
+        self._line = line[: columns - 1]
+        self.out.write("\r\x1b[2K" + self._line)
+        self.out.flush()
+
+    def _clear(self) -> None:
+        if self.live and self._line:
+            self.out.write("\r\x1b[2K")
+
+
+async def watch(client: ApiClient, session_id: str, out: TextIO) -> str:
+    """Show the session's progress and partial items until it ends; the terminal event's name."""
+    display = ProgressDisplay(out)
+    terminal: ServerEvent | None = None
+    try:
+        async with contextlib.aclosing(client.events(session_id)) as events:
+            async for event in events:
+                if event.name == "status":
+                    display.status(event.data)
+                elif event.name == "partial":
+                    display.message(describe_item(event.data.get("item", {})))
+                elif event.name in TERMINAL_EVENTS:
+                    terminal = event
+    finally:
+        display.end()
+    if terminal is None:
+        # The stream said 204: it had already ended; the status route tells how.
+        body = await client.status(session_id)
+        terminal = ServerEvent(None, body["status"], body)
+    if terminal.name == "failed":
+        reason = terminal.data.get("error") or "no reason given"
+        print(f"Analysis failed: {reason}", file=out, flush=True)
+    else:
+        print(f"Analysis {terminal.name}.", file=out, flush=True)
+    return terminal.name
+
+
+def print_json(body: Any, out: TextIO) -> None:
+    print(json.dumps(body, indent=2, ensure_ascii=False), file=out, flush=True)
+
+
+async def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Carry out one parsed command; the exit code."""
+    async with ApiClient(args.url, args.api_key) as client:
+        if args.command == "upload":
+            accepted = await client.upload(args.video, args.analysis, args.params)
+            session_id = accepted["sessionId"]
+            if args.no_watch:
+                print(session_id, file=out, flush=True)
+                return EXIT_OK
+            print(f"Uploaded {args.video.name}: session {session_id}", file=out, flush=True)
+            with _hint_on_interrupt(session_id):
+                ended = await watch(client, session_id, out)
+            if ended != "completed":
+                return EXIT_JOB_FAILED
+            print_json(await client.results(session_id), out)
+            return EXIT_OK
+        if args.command == "watch":
+            ended = await watch(client, args.session_id, out)
+            return EXIT_OK if ended == "completed" else EXIT_JOB_FAILED
+        call = {"status": client.status, "results": client.results, "cancel": client.cancel}
+        print_json(await call[args.command](args.session_id), out)
+        return EXIT_OK
+
+
+@contextlib.contextmanager
+def _hint_on_interrupt(session_id: str) -> Iterator[None]:
+    """Ctrl-C stops watching, not the job: say how to get back to it."""
+    try:
+        yield
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(
+            f"\nStopped watching; the job goes on. Later: {PROG} watch {session_id} "
+            f"(or {PROG} cancel {session_id})",
+            file=sys.stderr,
+        )
+        raise
+
+
+def _params(text: str) -> dict[str, Any]:
+    try:
+        return parse_params_json(text)
+    except ParamsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: global options, then one subcommand."""
+    main_parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Upload videos to a smolvlm-video-server and follow their analysis.",
+        epilog="Exit codes: 0 ok, 1 the job failed or was cancelled, 2 usage/connection/API error.",
+    )
+    main_parser.add_argument("--url", default=DEFAULT_URL, help=f"server (default {DEFAULT_URL})")
+    main_parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"API key if the server requires one (default: ${API_KEY_ENV})",
+    )
+    commands = main_parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    upload = commands.add_parser("upload", help="upload a video and watch its analysis")
+    upload.add_argument("video", type=Path, help="the video file")
+    upload.add_argument(
+        "--analysis",
+        choices=[kind.value for kind in AnalysisType],
+        default=AnalysisType.HIGHLIGHTS.value,
+        help="what to look for (default highlights)",
+    )
+    upload.add_argument(
+        "--params", type=_params, default={}, help="JSON object, e.g. '{\"segment_seconds\": 5}'"
+    )
+    upload.add_argument(
+        "--no-watch", action="store_true", help="print the session id and return at once"
+    )
+    for name, text in (
+        ("watch", "follow a session's progress until it ends"),
+        ("results", "print a completed session's results"),
+        ("status", "print a session's status"),
+        ("cancel", "cancel a session's job"),
+    ):
+        commands.add_parser(name, help=text).add_argument("session_id", metavar="ID")
+    return main_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `smolvlm-client`; returns the exit code."""
+    args = parser().parse_args(argv)
+    if args.command == "upload" and not args.video.is_file():
+        print(f"error: no such file: {args.video}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return asyncio.run(run(args, sys.stdout))
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except aiohttp.ClientConnectorError as exc:
+        # asyncio's strerror repeats the address: the errno's own text reads better. Name
+        # lookup errors (negative errno) carry theirs in strerror.
+        error = exc.os_error
+        reason = os.strerror(error.errno) if (error.errno or 0) > 0 else error.strerror or error
+        print(f"error: cannot connect to {args.url}: {reason}", file=sys.stderr)
+        return EXIT_ERROR
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        print(f"error: talking to {args.url} failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

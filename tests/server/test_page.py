@@ -1,0 +1,219 @@
+"""The live page at `GET /`: served to browsers only, and driven end to end in Chromium.
+
+The browser tests run Debian's headless Chromium (or $CHROMIUM) through Playwright against
+the real app on a loopback port, whose jobs run in the real worker with the tiny model (the
+steered one answers "8", so highlights, thumbnails and a reel are made). A missing browser
+fails these tests with the command that installs it: they are part of `make test`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.config import SERVICE_NAME
+from tests.media import write_text_file
+from tests.server.http_helpers import V1, start
+
+REAL_WORKER = (sys.executable, "-m", "inference_worker")
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+# As root and on a closed network: no sandbox (it needs a user namespace), and nothing
+# that phones home (each refused connection would only slow the start down).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+# A page step waits this long at most; the tiny model's jobs take a few seconds.
+STEP_TIMEOUT_MS = 30_000
+
+
+async def test_a_browser_gets_the_page(aiohttp_client, tmp_path):
+    client = await start(aiohttp_client, tmp_path)
+    response = await client.get("/", headers={"Accept": BROWSER_ACCEPT})
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    assert response.headers["Vary"] == "Accept"
+    assert "<title>SmolVLM2 video analysis</title>" in await response.text()
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [None, "*/*", "application/json", "text/html;q=0.5, application/json", "text/*;q=0, */*"],
+)
+async def test_api_clients_keep_the_json_index(aiohttp_client, tmp_path, accept):
+    """Only a client ranking text/html above JSON gets the page; a tie keeps API.md's JSON."""
+    client = await start(aiohttp_client, tmp_path)
+    response = await client.get("/", headers={"Accept": accept} if accept else {})
+    assert response.status == 200 and response.content_type == "application/json"
+    assert response.headers["Vary"] == "Accept"
+    assert (await response.json())["service"] == SERVICE_NAME
+
+
+async def test_the_page_needs_no_api_key(aiohttp_client, tmp_path):
+    """With API_KEY set the page still loads: the visitor types the key into it."""
+    client = await start(aiohttp_client, tmp_path, api_key="s3cret")
+    response = await client.get("/", headers={"Accept": "text/html"})
+    assert response.status == 200 and response.content_type == "text/html"
+
+
+# ---- in the browser ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """The browser's path; a clear failure (not a skip) when it is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"Chromium is needed for the page tests and is not at {CHROMIUM}: install it "
+            "with `apt-get install chromium`, or point $CHROMIUM at a Chromium or Chrome"
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(tmp_path, chromium):
+    """A fresh Chromium context (new empty profile in tmp_path), closed after the test."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            tmp_path / "chromium-profile",
+            executable_path=str(chromium),
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )
+        context.set_default_timeout(STEP_TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+async def open_page(aiohttp_client, tmp_path, browser, model: Path, **overrides):
+    """The app with the real worker on a loopback port, and the page open in the browser."""
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        like_run_app=True,
+        worker_command=REAL_WORKER,
+        model=str(model),
+        **overrides,
+    )
+    page = await browser.new_page()
+    # Items shown while the job runs (no thumbnail yet), recorded as they are added.
+    await page.add_init_script(
+        """
+        window.liveItems = [];
+        document.addEventListener("DOMContentLoaded", () => {
+          new MutationObserver((changes) => {
+            for (const change of changes) for (const node of change.addedNodes) {
+              if (node.tagName === "LI" && !node.querySelector("img")) {
+                window.liveItems.push(node.textContent);
+              }
+            }
+          }).observe(document.getElementById("items"), { childList: true });
+        });
+        """
+    )
+    await page.goto(str(client.make_url("/")))
+    return client, page
+
+
+async def start_job(page, video: Path, segment_seconds: int) -> None:
+    await page.get_by_label("Video file").set_input_files(video)
+    await page.get_by_role("radio", name="Highlights").check()
+    await page.get_by_label("Segment length").fill(str(segment_seconds))
+    await page.get_by_role("button", name="Analyze video").click()
+
+
+async def finished_with_thumbnails_and_reel(page) -> None:
+    await page.wait_for_function(
+        """() => {
+          const images = [...document.querySelectorAll("#items img")];
+          return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);
+        }"""
+    )
+    await page.wait_for_function(
+        """() => {
+          const reel = document.getElementById("reel");
+          return !reel.hidden && reel.readyState >= 1 && reel.duration > 0;
+        }"""
+    )
+
+
+async def test_a_highlights_job_runs_live_to_thumbnails_and_a_playing_reel(
+    aiohttp_client, tmp_path, browser, sample_video, steered_model_dir
+):
+    _, page = await open_page(aiohttp_client, tmp_path, browser, steered_model_dir)
+
+    await start_job(page, sample_video, segment_seconds=3)
+
+    await page.wait_for_function("document.getElementById('analysis-progress').value === 100")
+    await finished_with_thumbnails_and_reel(page)
+    assert await page.locator("#status").text_content() == "Done."
+    assert await page.locator("#upload-progress").evaluate("bar => bar.value") == 100
+    assert await page.locator("#analysis-percent").text_content() == "100%"
+    live = await page.evaluate("window.liveItems")
+    assert live and all("significance 8" in item for item in live)
+    assert await page.locator("#items li").count() == 1
+    assert "1 highlight in sample.mp4" in await page.locator("#summary").text_content()
+    assert await page.get_by_role("button", name="Analyze video").is_enabled()
+    assert not await page.locator("#error").is_visible()
+
+
+async def test_cancel_stops_a_running_job_and_says_so(
+    aiohttp_client, tmp_path, browser, make_video, tiny_model_dir
+):
+    client, page = await open_page(aiohttp_client, tmp_path, browser, tiny_model_dir)
+
+    await start_job(page, make_video("long.mp4", seconds=60.0), segment_seconds=1)
+    await page.locator("#status", has_text="Analyzing segment").wait_for()
+    session_id = await page.locator("#session-id").text_content()
+    await page.get_by_role("button", name="Cancel").click()
+
+    await page.locator("#status", has_text="Analysis cancelled.").wait_for()
+    status = await (await client.get(f"{V1}/status/{session_id}")).json()
+    assert status["status"] == "cancelled"
+    assert not await page.get_by_role("button", name="Cancel").is_visible()
+    assert await page.get_by_role("button", name="Analyze video").is_enabled()
+    assert 0 < await page.locator("#analysis-progress").evaluate("bar => bar.value") < 100
+
+
+async def test_a_refused_upload_shows_the_api_error_and_the_form_stays_usable(
+    aiohttp_client, tmp_path, browser, tiny_model_dir
+):
+    _, page = await open_page(aiohttp_client, tmp_path, browser, tiny_model_dir)
+
+    await start_job(page, write_text_file(tmp_path / "notes.mp4"), segment_seconds=10)
+
+    error = page.get_by_role("alert")
+    await error.filter(has_text="Unsupported media type: ").wait_for()
+    assert await page.get_by_role("button", name="Analyze video").is_enabled()
+
+
+async def test_with_an_api_key_the_page_sends_it_everywhere(
+    aiohttp_client, tmp_path, browser, sample_video, steered_model_dir
+):
+    """Upload and results (Bearer header), events (access_token query), media (fetched as blobs)."""
+    _, page = await open_page(
+        aiohttp_client, tmp_path, browser, steered_model_dir, api_key="s3cret"
+    )
+
+    await start_job(page, sample_video, segment_seconds=6)
+    await page.get_by_role("alert").filter(has_text="Unauthorized: ").wait_for()
+
+    await page.get_by_text("API key").first.click()  # opens the <details>
+    await page.get_by_label("API key").fill("s3cret")
+    await page.get_by_role("button", name="Analyze video").click()
+    await finished_with_thumbnails_and_reel(page)
+    assert await page.locator("#status").text_content() == "Done."
+    assert not await page.get_by_role("alert").is_visible()
