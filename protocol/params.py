@@ -97,7 +97,7 @@ def parse_params_json(text: str | None) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         raise ParamsError(f"params is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ParamsError('params must be a JSON object, e.g. {"segment_seconds": 10}')
@@ -114,7 +114,7 @@ def params_from_form(fields: dict[str, str]) -> dict[str, Any]:
     for name, text in fields.items():
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             value = text
         params[name] = value if isinstance(value, (int, float, bool, type(None))) else text
     return params
@@ -130,7 +130,7 @@ def _check(spec: ParamSpec, value: object) -> Any:
         if not isinstance(value, str) or len(value) > (spec.max_length or 0):
             raise ParamsError(problem)
         return value.strip() or None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _is_finite(value):
         raise ParamsError(problem)
     if spec.kind is int:
         if value != int(value):
@@ -143,6 +143,14 @@ def _check(spec: ParamSpec, value: object) -> Any:
     ):
         raise ParamsError(problem)
     return value
+
+
+def _is_finite(number: float) -> bool:
+    """Whether `number` is a finite float; a JSON int like 10**400 has none (OverflowError)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _fmt(number: float | None) -> str:

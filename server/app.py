@@ -21,6 +21,7 @@ from server.config import Config
 from server.events import EventHub
 from server.janitor import Janitor
 from server.job_queue import JobQueue
+from server.metrics import Metrics, metrics
 from server.middlewares import Cors, api_key_middleware, errors
 from server.paths import DataPaths
 from server.responses import API_PREFIX
@@ -42,6 +43,7 @@ def create_app(config: Config) -> web.Application:
         middlewares.append(api_key_middleware(config.api_key))
     app = web.Application(middlewares=middlewares)
     app[keys.CONFIG] = config
+    app[keys.METRICS] = Metrics()
     app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
@@ -70,12 +72,16 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         max_concurrent=config.max_concurrent_jobs,
         job_timeout=config.job_timeout_seconds,
         worker_command=config.worker_command,
+        on_finished=app[keys.METRICS].job_finished,
+        warm_workers=config.warm_workers,
     )
     app[keys.PATHS] = paths
     app[keys.HUB] = hub
     app[keys.SESSIONS] = sessions
     app[keys.RUNNER] = runner
-    uploads = app[keys.UPLOADS] = UploadSlots(config.max_concurrent_uploads)
+    uploads = app[keys.UPLOADS] = UploadSlots(
+        config.max_concurrent_uploads, on_bytes=app[keys.METRICS].uploaded
+    )
     janitor = Janitor(
         sessions, paths, timedelta(hours=config.session_ttl_hours), uploading=uploads.__contains__
     )
@@ -107,6 +113,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/", handlers_service.index, name="index")
     router.add_get("/health", handlers_service.health, name="health")
     router.add_get("/api/v1/openapi.json", handlers_service.openapi, name="openapi")
+    router.add_get("/metrics", metrics, name="metrics")
     router.add_post(f"{v1}/upload", h.upload, name="upload")
     router.add_get(f"{v1}/status/{sid}", h.status, name="status")
     router.add_get(f"{v1}/progress/{sid}", h.status, name="progress")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
 from server import keys
@@ -98,12 +99,19 @@ async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[st
     if request.content_type == "application/json":
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, LookupError, RecursionError):
+            # LookupError: a charset Python does not know; RecursionError: "[[[[..." too deep.
             raise ApiError(400, "Bad request", "The body is not valid JSON") from None
         if not isinstance(body, dict):
             raise ApiError(400, "Bad request", "The body must be a JSON object")
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError, AssertionError, BadHttpMessage):
+            # A missing boundary, a broken part header, an unknown charset: the client's doing.
+            raise ApiError(
+                400, "Bad request", "The form body cannot be read; send JSON or a well-formed form"
+            ) from None
         body = {name: value for name, value in form.items() if isinstance(value, str)}
     else:
         body = {}
@@ -257,4 +265,7 @@ def _limit(raw: str | None) -> int | None:
 
 def _natural(raw: str) -> int | None:
     """0, 1, 2... written in plain ASCII digits, else None."""
-    return int(raw) if raw.isascii() and raw.isdigit() else None
+    try:
+        return int(raw) if raw.isascii() and raw.isdigit() else None
+    except ValueError:  # over int()'s 4300-digit guard: no index or limit is that long
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from server.config import Config
@@ -11,9 +13,14 @@ from server.runner import JobRunner
 from server.sessions import Sessions
 from server.uploads import UploadSlots
 
+if TYPE_CHECKING:
+    # Typed by annotation only: server.metrics imports this module for its handler.
+    from server.metrics import Metrics
+
 CONFIG = web.AppKey("config", Config)
 PATHS = web.AppKey("paths", DataPaths)
 HUB = web.AppKey("hub", EventHub)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

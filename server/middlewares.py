@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import hdrs, web
 
+from server.disconnect import client_gone
 from server.responses import api_error_for, error_response
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 EXPOSED_HEADERS = "Location, Retry-After"
 # Browsers cache a preflight at most this long anyway (Chromium caps at 2 hours).
 PREFLIGHT_MAX_AGE_SECONDS = 7200
+# nginx's status for a request whose client left before the answer (never sent to anyone).
+CLIENT_CLOSED_REQUEST = 499
 
 
 @web.middleware
@@ -47,9 +50,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             if name in exc.headers
         }
         return error_response(exc.status, exc.reason, _http_message(request, exc), headers=headers)
-    except (asyncio.CancelledError, ConnectionError):
-        # The client went away (or the server is stopping): nobody is left to answer.
+    except asyncio.CancelledError:
+        # The server is stopping (or a test server cancels on disconnect): nobody to answer.
         raise
+    except ConnectionError:
+        if not client_gone(request):
+            raise
+        # The client went away mid-request (an upload cut off, a legacy caller hanging up).
+        # Raised on, aiohttp would log a traceback and a 500 for it; this answer, like
+        # nginx's 499, reaches nobody and only tells the access log what happened.
+        log.info("%s %s: the client went away before its answer", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
     except Exception as exc:
         api_error = api_error_for(exc)
         if api_error is not None:

@@ -14,6 +14,7 @@ from server.models import SessionStatus
 
 _V1 = "/api/v1/video"
 _JSON = "application/json"
+_UUID4 = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 
 
 def openapi_document() -> dict[str, Any]:
@@ -40,7 +41,8 @@ def openapi_document() -> dict[str, Any]:
                     "name": "sessionId",
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "format": "uuid"},
+                    # Only UUID4s are ids (any other string is a 400): version 4, RFC variant.
+                    "schema": {"type": "string", "format": "uuid", "pattern": _UUID4},
                 }
             },
         },
@@ -62,6 +64,22 @@ def _paths() -> dict[str, Any]:
         "/": {"get": _op("Service name, version and endpoints", [], {"200": _json_any()})},
         "/health": {"get": _op("Health, model and job counts", [], {"200": _json_any()})},
         "/api/v1/openapi.json": {"get": _op("This document", [], {"200": _json_any()})},
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (text format 0.0.4); needs the API key when one is set",
+                [],
+                {
+                    "200": {
+                        "description": "Sessions by status, queue, running jobs, job times",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {
+                        "description": "API key missing or wrong (only when API_KEY is set)",
+                        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                },
+            )
+        },
         f"{_V1}/upload": {
             "post": {
                 **_op(

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from protocol import (
     AnalysisType,
@@ -49,6 +50,9 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 MAX_FILENAME_CHARS = 120
 _EXTENSION = re.compile(r"[a-z0-9]{1,5}")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# What aiohttp's multipart reader raises for a body it cannot parse: a part header line
+# over 8 KiB or with a NUL in it is a BadHttpMessage, the client's fault like the others.
+_MALFORMED = (ValueError, AssertionError, RuntimeError, BadHttpMessage)
 
 
 @dataclass
@@ -77,9 +81,11 @@ class UploadSlots:
     # Uploads finish in seconds to minutes; a short wait is the honest hint.
     RETRY_AFTER_SECONDS = 5
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_bytes: Callable[[int], None] | None = None) -> None:
+        """`on_bytes(n)` is told of every chunk of n bytes an upload writes (for metrics)."""
         self._limit = limit
         self._ids: set[str] = set()
+        self.on_bytes = on_bytes or (lambda size: None)
 
     @contextlib.contextmanager
     def claim(self, session_id: str) -> Iterator[None]:
@@ -120,7 +126,9 @@ async def accept_upload(
     _check_declared_length(request, limits.max_bytes)
     session_id = str(uuid.uuid4())
     with slots.claim(session_id):
-        return await _accept(request, session_id, sessions, runner, paths, limits, fixed_type)
+        return await _accept(
+            request, session_id, sessions, runner, paths, limits, fixed_type, slots.on_bytes
+        )
 
 
 async def _accept(
@@ -131,6 +139,7 @@ async def _accept(
     paths: DataPaths,
     limits: UploadLimits,
     fixed_type: AnalysisType | None,
+    on_bytes: Callable[[int], None],
 ) -> Session:
     created = False
     try:
@@ -139,6 +148,7 @@ async def _accept(
             paths.upload_dir(session_id),
             max_bytes=limits.max_bytes,
             before_file=lambda fields: _job_of(fields, fixed_type, complete=False),
+            on_bytes=on_bytes,
         )
         analysis_type, params = _job_of(form.fields, fixed_type, complete=True)
         assert form.video_path is not None  # receive_form raises without a file
@@ -223,12 +233,13 @@ async def receive_form(
     *,
     max_bytes: int,
     before_file: Callable[[dict[str, str]], object] = lambda fields: None,
+    on_bytes: Callable[[int], None] = lambda size: None,
 ) -> ReceivedForm:
     """Read a multipart body: exactly one file (field `file` or `video`) goes to `folder`.
 
     Text fields may come before or after the file. `before_file` sees the fields read so
-    far just before the file is streamed, to refuse bad input early. The caller removes
-    `folder` if this raises.
+    far just before the file is streamed, to refuse bad input early; `on_bytes` is told of
+    every chunk written. The caller removes `folder` if this raises.
     """
     if request.content_type != "multipart/form-data":
         raise ApiError(400, "No file", "Send the video as multipart/form-data in a `file` field")
@@ -245,18 +256,17 @@ async def receive_form(
                 raise ApiError(400, "More than one file", "Send exactly one video per upload")
             before_file(form.fields)
             path = folder / source_name(safe_filename(part.filename))
-            size = await _save(part, path, max_bytes)
+            size = await _save(part, path, max_bytes, on_bytes)
             if size == 0 and not part.filename:
                 # What a browser form sends when no file was chosen: no file, not a bad one.
                 path.unlink()
                 continue
             form.video_path, form.filename = path, safe_filename(part.filename)
         elif part.filename is not None or not part.name:
+            # safe_filename(None) is "video", an accepted field: name the nameless part as such.
+            what = f"file field {safe_filename(part.name)!r}" if part.name else "nameless form part"
             raise ApiError(
-                400,
-                "Bad request",
-                f"Unexpected file field {safe_filename(part.name)!r}; "
-                f"send the video as `{FILE_FIELDS[0]}`",
+                400, "Bad request", f"Unexpected {what}; send the video as `{FILE_FIELDS[0]}`"
             )
         elif part.name in form.fields:
             raise ApiError(400, "Bad request", f"Field {part.name!r} was given twice")
@@ -270,15 +280,19 @@ async def receive_form(
 async def _next_part(reader: Any) -> Any:
     try:
         return await reader.next()
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except _MALFORMED as exc:
         raise _malformed(exc) from None
 
 
 def _malformed(exc: Exception) -> ApiError:
-    return ApiError(400, "Bad request", f"Malformed multipart body: {exc}")
+    # BadHttpMessage's str() starts "400, message:"; its `message` is the useful part.
+    detail = exc.message if isinstance(exc, BadHttpMessage) else exc
+    return ApiError(400, "Bad request", f"Malformed multipart body: {detail}")
 
 
-async def _save(part: BodyPartReader, path: Path, max_bytes: int) -> int:
+async def _save(
+    part: BodyPartReader, path: Path, max_bytes: int, on_bytes: Callable[[int], None]
+) -> int:
     """Stream one part to `path`; 413 the moment it passes `max_bytes`, 507 on a full disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     size = 0
@@ -292,6 +306,7 @@ async def _save(part: BodyPartReader, path: Path, max_bytes: int) -> int:
                 if size > max_bytes:
                     raise too_large(max_bytes)
                 await asyncio.to_thread(out.write, chunk)
+                on_bytes(len(chunk))
     except OSError as exc:
         if exc.errno in _DISK_FULL:
             raise ApiError(
@@ -304,7 +319,7 @@ async def _save(part: BodyPartReader, path: Path, max_bytes: int) -> int:
 async def _read_chunk(part: BodyPartReader) -> bytes:
     try:
         return await part.read_chunk(CHUNK_BYTES)
-    except (ValueError, AssertionError, RuntimeError) as exc:
+    except _MALFORMED as exc:
         raise _malformed(exc) from None
 
 

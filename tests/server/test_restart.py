@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -25,10 +20,9 @@ from tests.server.http_helpers import (
     upload_id,
     video_form,
 )
+from tests.server.server_process import ServerProcess, children_of
 
-REPO = Path(__file__).resolve().parents[2]
-# Bounds against hangs only.
-START_BOUND = 60.0
+# A bound against hangs only.
 JOB_BOUND = 120.0
 
 
@@ -92,69 +86,6 @@ async def test_too_many_uploads_at_once_get_a_503_with_retry_after(
     assert response.status == 503 and response.headers["Retry-After"] == "5"
     assert body["error"] == "Server busy" and "uploads in progress" in body["message"]
     assert (await client.post(f"{V1}/upload", data=video_form(sample_video))).status == 202
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.add(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-    return found
-
-
-class ServerProcess:
-    """A real `python -m server` on a loopback port."""
-
-    def __init__(self, data_dir: Path, model_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(data_dir),
-                "--model",
-                str(model_dir),
-                "--warm-workers",
-                "0",
-            ],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        deadline = asyncio.get_running_loop().time() + START_BOUND
-        while True:
-            try:
-                async with http.get(f"{self.url}/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert asyncio.get_running_loop().time() < deadline, "server did not start"
-            assert self.proc.poll() is None, "server exited"
-            await asyncio.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 async def status_of(http, server, session_id) -> dict:
