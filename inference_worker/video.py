@@ -98,6 +98,9 @@ def probe(path: Path | str, filename: str = "") -> VideoInfo:
             duration = _checked_duration(container, stream)
         except av.FFmpegError as error:
             raise InvalidVideo(CORRUPT) from error
+        if duration <= 0:
+            # One frame and no length: a picture in a video container (a one-frame GIF, say).
+            raise InvalidVideo(STILL_IMAGE)
         width, height = _square_pixel_size(first.width, first.height, _pixel_aspect(stream))
         rotation = clockwise_rotation(first)
         if rotation in (90, 270):

@@ -211,6 +211,8 @@ def _load_object(line: str | bytes) -> dict[str, Any] | str:
         data = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         return f"not JSON: {exc}"
+    except RecursionError:
+        return "not JSON: nested too deeply"
     if not isinstance(data, dict):
         return "not a JSON object"
     return data

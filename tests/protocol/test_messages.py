@@ -147,3 +147,8 @@ def test_model_display_name_never_shows_a_server_path(tmp_path):
     assert model_display_name(str(local)) == "tiny-smolvlm2"
     assert model_display_name(str(local) + "/") == "tiny-smolvlm2"
     assert model_display_name("/opt/missing/weights") == "weights"
+
+
+def test_json_nested_too_deeply_is_an_invalid_line_not_a_crash():
+    decoded = decode_event("[" * 100_000 + "]" * 100_000)
+    assert isinstance(decoded, InvalidLine) and "nested" in decoded.reason

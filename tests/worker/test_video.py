@@ -270,3 +270,15 @@ def test_a_reader_works_from_a_background_thread(sample_video):
         thread.join()
         assert indices(results[0]) == [20, 80]
         assert indices(reader.frames_at([9.0])) == [90]
+
+
+def test_a_one_frame_gif_is_a_still_image_but_an_animated_gif_is_a_video(tmp_path):
+    """A picture in a video container has no length; frames over time make a video."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "one.gif")
+    with pytest.raises(InvalidVideo, match="still image"):
+        probe(tmp_path / "one.gif")
+    frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(5)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=200)
+    assert probe(tmp_path / "anim.gif").duration_seconds == pytest.approx(1.0)
