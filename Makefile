@@ -26,7 +26,7 @@ run: $(STAMP)
 	DATA_DIR=$(DATA_DIR) $(PY) -m server
 
 bench: $(STAMP)
-	$(TEST_ENV) $(PY) -m bench
+	$(TEST_ENV) $(PY) -m bench --write docs/BENCHMARKS.md
 
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m bench.demo
