@@ -144,4 +144,10 @@ def _spec_from_args(args: argparse.Namespace) -> JobSpec:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Leave without interpreter teardown. Every event is already written and flushed and
+    # every artifact renamed or removed by now; tearing down MLX and the imported modules
+    # costs ~0.2 s of CPU, which with many workers sharing two cores stretches into
+    # seconds of a cancel waiting for the process to be gone (measured: cancel p99 2.5 s).
+    sys.stderr.flush()
+    os._exit(status)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
+import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,12 @@ class ServerEvent:
     def is_terminal(self) -> bool:
         """Whether this is the session's last event (completed, failed or cancelled)."""
         return self.name in TERMINAL_EVENT_NAMES
+
+    @functools.cached_property
+    def sse_frame(self) -> bytes:
+        """The event as a server-sent-events frame, built once for all its subscribers."""
+        data = json.dumps(self.data, separators=(",", ":"), allow_nan=False)
+        return f"id: {self.id}\r\nevent: {self.name}\r\ndata: {data}\r\n\r\n".encode()
 
 
 @dataclass(eq=False)

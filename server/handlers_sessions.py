@@ -133,7 +133,7 @@ async def status(request: web.Request) -> web.Response:
     """The status body of a session (also served as `progress`)."""
     sessions = request.app[keys.SESSIONS]
     session = await sessions.get(session_id_of(request))
-    return web.json_response(sessions.body(session))
+    return web.Response(body=sessions.body_json(session), content_type="application/json")
 
 
 async def results(request: web.Request) -> web.Response:

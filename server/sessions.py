@@ -11,6 +11,7 @@ that hold for every caller live here:
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,8 @@ class Sessions:
         self._queue_position = queue_position
         # Weak values: a session's lock lives only while someone holds or waits for it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # The last status body served per session, as JSON, with the snapshot it was made of.
+        self._bodies: dict[str, tuple[Session, bytes]] = {}
 
     @property
     def hub(self) -> EventHub:
@@ -119,6 +122,7 @@ class Sessions:
             await self._store.get(session_id)
             await self._store.delete(session_id)
             self._hub.forget(session_id)
+            self._bodies.pop(session_id, None)
         # rmtree of a big upload or many thumbnails must not stall the event loop.
         await asyncio.to_thread(self._paths.remove_session_files, session_id)
 
@@ -128,6 +132,23 @@ class Sessions:
             self._queue_position(session.id) if session.status is SessionStatus.PENDING else None
         )
         return status_body(session, position)
+
+    def body_json(self, session: Session) -> bytes:
+        """`body(session)` as JSON bytes, made once per snapshot.
+
+        Status polls are most of the traffic and repeat the same answer until the session
+        changes; snapshots are immutable, so the bytes stay right while the snapshot is
+        the same object. A pending body is made every time: its queue position moves
+        without a new snapshot.
+        """
+        if session.status is SessionStatus.PENDING:
+            return json.dumps(self.body(session)).encode()
+        cached = self._bodies.get(session.id)
+        if cached is not None and cached[0] is session:
+            return cached[1]
+        data = json.dumps(self.body(session)).encode()
+        self._bodies[session.id] = (session, data)
+        return data
 
     def _publish(self, session: Session) -> None:
         body = self.body(session)

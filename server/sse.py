@@ -1,14 +1,14 @@
 """The events stream of a session: server-sent events over aiohttp-sse.
 
-Each hub event goes out as `id:`, `event:` and one JSON `data:` line; aiohttp-sse adds
-the comment pings that keep idle connections (and proxies) alive. The stream ends after
+Each hub event goes out as `id:`, `event:` and one JSON `data:` line (framed once per
+event, in `ServerEvent.sse_frame`); aiohttp-sse sets up the response and adds the comment
+pings that keep idle connections (and proxies) alive. The stream ends after
 the terminal event, when the hub closes (server shutdown), or when the client leaves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -58,6 +58,9 @@ async def stream_events(
 
 
 async def _forward(events: AsyncIterator[ServerEvent], stream: EventSourceResponse) -> None:
+    # Each event's frame is built once and written as is to every subscriber: with 1,000
+    # subscribers, EventSourceResponse.send's per-call framing and JSON doubled the delivery
+    # delay. A subscriber that stops reading is still cut off by the TCP user timeout
+    # aiohttp-sse sets on the socket.
     async for event in events:
-        data = json.dumps(event.data, separators=(",", ":"), allow_nan=False)
-        await stream.send(data, id=str(event.id), event=event.name)
+        await stream.write(event.sse_frame)

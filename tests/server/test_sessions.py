@@ -1,6 +1,7 @@
 """Sessions: every change is stored then published, terminal is final, progress only rises."""
 
 import asyncio
+import json
 from datetime import timedelta
 
 import pytest
@@ -159,3 +160,28 @@ async def test_list_is_newest_first_and_filtered(make_sessions, data_paths):
     assert [s.id for s in await sessions.list()] == [second.id, first.id]
     assert [s.id for s in await sessions.list(status=SessionStatus.PENDING)] == [second.id]
     assert len(await sessions.list(limit=1)) == 1
+
+
+async def test_body_json_is_made_once_per_snapshot_and_follows_every_change(
+    make_sessions, data_paths
+):
+    """Polls reuse the bytes of an unchanged snapshot; any change gives a fresh body."""
+    sessions = make_sessions()
+    session = await sessions.create(new_session(data_paths, status=SessionStatus.PROCESSING))
+    first = sessions.body_json(session)
+    assert sessions.body_json(await sessions.get(session.id)) is first
+    assert json.loads(first) == sessions.body(session)
+
+    changed = await sessions.update(session.id, progress=0.5, current_step="Halfway")
+    body = json.loads(sessions.body_json(changed))
+    assert body["progress"] == 0.5 and body["currentStep"] == "Halfway"
+
+
+async def test_a_pending_body_always_carries_the_current_queue_position(make_sessions, data_paths):
+    positions = {"place": 3}
+    sessions = make_sessions(queue_position=lambda _id: positions["place"])
+    session = await sessions.create(new_session(data_paths, status=SessionStatus.PENDING))
+
+    assert json.loads(sessions.body_json(session))["queuePosition"] == 3
+    positions["place"] = 1  # the queue moved; the snapshot did not
+    assert json.loads(sessions.body_json(session))["queuePosition"] == 1
