@@ -44,7 +44,8 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=middlewares)
     app[keys.CONFIG] = config
     app[keys.METRICS] = Metrics()
-    app.on_response_prepare.append(cors.on_response_prepare)
+    if config.cors_origins:  # with no origin allowed the hook would add nothing to a response
+        app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
     add_routes(app.router)

@@ -8,6 +8,7 @@ turned into HTTP by the `errors` middleware, in one place.
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,16 @@ from server.sse import stream_events
 from server.uploads import UploadLimits, accept_upload
 
 MAX_LIST_LIMIT = 1000
+_CANONICAL_UUID4 = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+)
 
 
 def session_id_of(request: web.Request) -> str:
     """The path's session id, or a 400 when it is not a UUID4 (any case; answered lower)."""
     raw = request.match_info["sessionId"]
+    if _CANONICAL_UUID4.fullmatch(raw):
+        return raw  # the form every client echoes back: no need to parse it (polls are hot)
     try:
         parsed = uuid.UUID(raw)
     except ValueError:

@@ -25,6 +25,19 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HTTP_WORKER = (sys.executable, str(FIXTURES / "http_worker.py"))
 V1 = "/api/v1/video"
 # Status checks in tests are short sleeps in a loop; this only bounds a broken test.
+# Every route that takes a session id, with its method ({id} to be filled in).
+ID_ROUTES = [
+    ("GET", V1 + "/status/{id}"),
+    ("GET", V1 + "/progress/{id}"),
+    ("GET", V1 + "/results/{id}"),
+    ("GET", V1 + "/results/{id}/reel"),
+    ("GET", V1 + "/results/{id}/thumbnails/0"),
+    ("POST", V1 + "/cancel/{id}"),
+    ("DELETE", V1 + "/cleanup/{id}"),
+    ("DELETE", V1 + "/session/{id}"),
+    ("POST", V1 + "/analyze/{id}"),
+    ("GET", V1 + "/events/{id}"),
+]
 POLL_SECONDS = 0.02
 POLL_LIMIT_SECONDS = 30.0
 

@@ -39,7 +39,13 @@ from tests.media import (
     write_truncated,
     write_zero_bytes,
 )
-from tests.server.http_helpers import POLL_LIMIT_SECONDS, POLL_SECONDS, V1, RunAppLikeServer
+from tests.server.http_helpers import (
+    ID_ROUTES,
+    POLL_LIMIT_SECONDS,
+    POLL_SECONDS,
+    V1,
+    RunAppLikeServer,
+)
 from tests.server.http_helpers import make_config as http_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -739,18 +745,6 @@ async def test_analyze_with_a_body_it_cannot_use_is_a_400_and_the_session_waits_
 
 # ---- ids, methods, keys on every route -----------------------------------------------------
 
-ID_ROUTES = [
-    ("GET", V1 + "/status/{id}"),
-    ("GET", V1 + "/progress/{id}"),
-    ("GET", V1 + "/results/{id}"),
-    ("GET", V1 + "/results/{id}/reel"),
-    ("GET", V1 + "/results/{id}/thumbnails/0"),
-    ("POST", V1 + "/cancel/{id}"),
-    ("DELETE", V1 + "/cleanup/{id}"),
-    ("DELETE", V1 + "/session/{id}"),
-    ("POST", V1 + "/analyze/{id}"),
-    ("GET", V1 + "/events/{id}"),
-]
 SOME_UUID4 = "3f0e2a4c-5b6d-4e7f-8a9b-0c1d2e3f4a5b"
 MALFORMED_IDS = [
     "nope",

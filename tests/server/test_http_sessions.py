@@ -8,6 +8,7 @@ import pytest
 
 from server import keys
 from tests.server.http_helpers import (
+    ID_ROUTES,
     V1,
     finished,
     start,
@@ -24,18 +25,6 @@ NOT_UUID4 = [
     "{" + str(uuid.uuid4()) + "}",
     str(uuid.uuid4()).replace("-", ""),
     "550e8400e29b-41d4-a716-446655440000--",  # 36 characters, hyphens misplaced
-]
-ID_ROUTES = [
-    ("GET", V1 + "/status/{id}"),
-    ("GET", V1 + "/progress/{id}"),
-    ("GET", V1 + "/results/{id}"),
-    ("GET", V1 + "/results/{id}/reel"),
-    ("GET", V1 + "/results/{id}/thumbnails/0"),
-    ("POST", V1 + "/cancel/{id}"),
-    ("DELETE", V1 + "/cleanup/{id}"),
-    ("DELETE", V1 + "/session/{id}"),
-    ("POST", V1 + "/analyze/{id}"),
-    ("GET", V1 + "/events/{id}"),
 ]
 
 
