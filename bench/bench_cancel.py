@@ -72,7 +72,12 @@ def run(quick: bool = False) -> list[dict]:
             )
         )
         sleepers = [_sleeper(stack) for _ in range(jobs)]
-        ids = [_submit(service, video) for _ in range(jobs)]
+        ids = [
+            servers.upload(
+                service.url, video, {"analysis_type": "highlights"}, CANCEL_TIMEOUT_SECONDS
+            )
+            for _ in range(jobs)
+        ]
         _wait_until_running(service, ids)
         cancel_times, kill_times, alive = [], [], 0
         connection = http.client.HTTPConnection(HOST, service.port, timeout=CANCEL_TIMEOUT_SECONDS)
@@ -129,28 +134,6 @@ def _kill(process: subprocess.Popen) -> float:
     servers.signal_group(process.pid, signal.SIGTERM)
     process.wait(SLEEPER_REAP_SECONDS)
     return time.perf_counter() - started
-
-
-def _submit(service: servers.ServerProcess, video: Path) -> str:
-    """Upload `video` for a highlights analysis; the new session's id."""
-    boundary = "bench-cancel-boundary"
-    body = b"".join(
-        [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="analysis_type"\r\n\r\n'
-            "highlights\r\n".encode(),
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-            'filename="hour.mp4"\r\nContent-Type: video/mp4\r\n\r\n'.encode(),
-            video.read_bytes(),
-            f"\r\n--{boundary}--\r\n".encode(),
-        ]
-    )
-    request = urllib.request.Request(
-        f"{service.url}{V1}/upload",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    with urllib.request.urlopen(request, timeout=CANCEL_TIMEOUT_SECONDS) as answer:
-        return json.load(answer)["sessionId"]
 
 
 def _wait_until_running(service: servers.ServerProcess, ids: list[str]) -> None:

@@ -133,7 +133,7 @@ def _p99(values: list[float]) -> float:
 
 def _service_round(service: servers.ServerProcess, video: Path) -> dict:
     """Subscribe to a fresh session, start its analysis, and collect the fan-out."""
-    session_id = _upload(service, video)
+    session_id = servers.upload(service.url, video)
     path = f"{V1}/events/{session_id}"
     with ClientProcess(subscribe, service.port, path, SUBSCRIBERS, signals_ready=True) as client:
         client.wait_ready(CONNECT_TIMEOUT_SECONDS)
@@ -214,25 +214,6 @@ def _worker_command(video: Path, model: Path, output_dir: Path) -> list[str]:
         "--output-dir",
         str(output_dir),
     ]
-
-
-def _upload(service: servers.ServerProcess, video: Path) -> str:
-    boundary = "bench-sse-boundary"
-    body = b"".join(
-        [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-            'filename="clip.mp4"\r\nContent-Type: video/mp4\r\n\r\n'.encode(),
-            video.read_bytes(),
-            f"\r\n--{boundary}--\r\n".encode(),
-        ]
-    )
-    request = urllib.request.Request(
-        f"{service.url}{V1}/upload",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    with urllib.request.urlopen(request) as answer:
-        return json.load(answer)["sessionId"]
 
 
 def _post_json(server: servers.ServerProcess, path: str, payload: Any) -> None:

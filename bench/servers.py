@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import multiprocessing
 import os
 import queue
@@ -295,6 +296,32 @@ def raise_open_files_limit(connections: int) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def upload(url: str, video: Path, fields: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """POST `video` (and text `fields`) to a service's upload route; the new session's id.
+
+    Built by hand with the standard library: the benchmarks that need a session made
+    this way run their clients in plain threads or other processes.
+    """
+    boundary = "bench-upload-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in (fields or {}).items()
+    ]
+    parts += [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{video.name}"\r\nContent-Type: video/mp4\r\n\r\n'.encode(),
+        video.read_bytes(),
+        f"\r\n--{boundary}--\r\n".encode(),
+    ]
+    request = urllib.request.Request(
+        f"{url}/api/v1/video/upload",
+        data=b"".join(parts),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return json.load(answer)["sessionId"]
 
 
 async def _health(request: web.Request) -> web.Response:
