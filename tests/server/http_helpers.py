@@ -70,6 +70,29 @@ async def start(
     return await aiohttp_client(RunAppLikeServer(app) if like_run_app else app)
 
 
+async def start_watching_route(
+    aiohttp_client: Any, tmp_path: Path, route: str, *, like_run_app: bool
+) -> tuple[TestClient, asyncio.Event]:
+    """A test client whose returned event is set once a handler of `route` has ended.
+
+    For disconnect tests: a client that leaves must not leave its handler running.
+    """
+    app = create_app(make_config(tmp_path))
+    ended = asyncio.Event()
+
+    @web.middleware
+    async def note_the_end(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            if request.match_info.route.name == route:
+                ended.set()
+
+    app.middlewares.append(note_the_end)
+    client = await aiohttp_client(RunAppLikeServer(app) if like_run_app else app)
+    return client, ended
+
+
 def video_form(
     video: Path | None, filename: str = "clip.mp4", field: str = "file", **fields: str
 ) -> aiohttp.FormData:

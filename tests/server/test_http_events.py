@@ -7,16 +7,13 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
-from aiohttp import web
 
-from server.app import create_app
 from tests.server.http_helpers import (
     POLL_LIMIT_SECONDS,
     V1,
-    RunAppLikeServer,
     finished,
-    make_config,
     start,
+    start_watching_route,
     upload_id,
 )
 
@@ -158,19 +155,9 @@ async def test_a_stream_whose_client_left_ends_on_the_server(
     aiohttp_client, tmp_path, sample_video, like_run_app
 ):
     """An idle session publishes nothing, so the handler must notice the disconnect itself."""
-    app = create_app(make_config(tmp_path))
-    ended = asyncio.Event()
-
-    @web.middleware
-    async def note_the_end(request, handler):
-        try:
-            return await handler(request)
-        finally:
-            if request.match_info.route.name == "events":
-                ended.set()
-
-    app.middlewares.append(note_the_end)
-    client = await aiohttp_client(RunAppLikeServer(app) if like_run_app else app)
+    client, ended = await start_watching_route(
+        aiohttp_client, tmp_path, "events", like_run_app=like_run_app
+    )
     session_id = await upload_id(client, sample_video)
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(f"GET {V1}/events/{session_id} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())

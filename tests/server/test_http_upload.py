@@ -9,10 +9,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from server import keys, uploads
-from server.app import create_app
 from server.uploads import safe_filename, source_name
 from tests.media import (
     write_audio_only,
@@ -24,11 +22,10 @@ from tests.media import (
 from tests.server.http_helpers import (
     POLL_LIMIT_SECONDS,
     V1,
-    RunAppLikeServer,
     files_under,
     finished,
-    make_config,
     start,
+    start_watching_route,
     upload,
     video_form,
 )
@@ -271,18 +268,9 @@ async def test_a_client_that_leaves_mid_upload_leaves_nothing_behind(
     aiohttp_client, tmp_path, sample_video, like_run_app
 ):
     """A client gone half-way through its upload: the partial file and folder go too."""
-    app = create_app(make_config(tmp_path))
-    ended = asyncio.Event()
-
-    @web.middleware
-    async def note_the_end(request, handler):
-        try:
-            return await handler(request)
-        finally:
-            ended.set()
-
-    app.middlewares.append(note_the_end)
-    client = await aiohttp_client(RunAppLikeServer(app) if like_run_app else app)
+    client, ended = await start_watching_route(
+        aiohttp_client, tmp_path, "upload", like_run_app=like_run_app
+    )
     boundary = "leavingboundary"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="clip.mp4"\r\n\r\n'
