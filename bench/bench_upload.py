@@ -48,7 +48,7 @@ from aiohttp import BodyPartReader, web
 from bench import servers
 from bench.common import row
 from bench.servers import HOST
-from server.uploads import CHUNK_BYTES
+from server.web.uploads import CHUNK_BYTES
 from tests.media import write_video
 
 MIB = 1024 * 1024

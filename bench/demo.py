@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from server import client
+from client import cli as client
 
 DEMO_DATA = Path("demo-data")
 MODEL_DIR = DEMO_DATA / "steered-smolvlm2"

@@ -16,19 +16,20 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from server import handlers_legacy, handlers_service, handlers_sessions, keys
+from server import keys
+from server.web import handlers_legacy, handlers_service, handlers_sessions
 from server.config import Config
-from server.events import EventHub
-from server.janitor import Janitor
-from server.job_queue import JobQueue
-from server.metrics import Metrics, metrics
-from server.middlewares import Cors, api_key_middleware, errors
-from server.paths import DataPaths
-from server.responses import API_PREFIX
-from server.runner import JobRunner
-from server.sessions import Sessions
-from server.sqlite_store import SqliteStore
-from server.uploads import UploadSlots
+from server.state.events import EventHub
+from server.state.janitor import Janitor
+from server.jobs.job_queue import JobQueue
+from server.web.metrics import Metrics, metrics
+from server.web.middlewares import Cors, api_key_middleware, errors
+from server.state.paths import DataPaths
+from server.web.responses import API_PREFIX
+from server.jobs.runner import JobRunner
+from server.state.sessions import Sessions
+from server.state.sqlite_store import SqliteStore
+from server.web.uploads import UploadSlots
 
 STORE_FILE = "sessions.db"
 # Expiry is measured in hours; a sweep every few minutes keeps disk use close to the TTL.

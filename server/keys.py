@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from server.config import Config
-from server.events import EventHub
-from server.paths import DataPaths
-from server.runner import JobRunner
-from server.sessions import Sessions
-from server.uploads import UploadSlots
+from server.state.events import EventHub
+from server.state.paths import DataPaths
+from server.jobs.runner import JobRunner
+from server.state.sessions import Sessions
+from server.web.uploads import UploadSlots
 
 if TYPE_CHECKING:
-    # Typed by annotation only: server.metrics imports this module for its handler.
-    from server.metrics import Metrics
+    # Typed by annotation only: server.web.metrics imports this module for its handler.
+    from server.web.metrics import Metrics
 
 CONFIG = web.AppKey("config", Config)
 PATHS = web.AppKey("paths", DataPaths)

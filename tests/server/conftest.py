@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from protocol import AnalysisType, VideoInfo
-from server.events import EventHub
-from server.job_queue import JobQueue
-from server.models import Session, SessionStatus
-from server.paths import DataPaths
-from server.runner import JobRunner
-from server.sessions import Sessions
-from server.store import MemoryStore
+from server.state.events import EventHub
+from server.jobs.job_queue import JobQueue
+from server.state.models import Session, SessionStatus
+from server.state.paths import DataPaths
+from server.jobs.runner import JobRunner
+from server.state.sessions import Sessions
+from server.state.store import MemoryStore
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FAKE_WORKER = (sys.executable, str(FIXTURES / "fake_worker.py"))

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server import keys
 from server.app import create_app
 from server.config import Config
-from server.models import Session
+from server.state.models import Session
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HTTP_WORKER = (sys.executable, str(FIXTURES / "http_worker.py"))

@@ -1,4 +1,4 @@
-"""`python -m server.client` as a user runs it: a real process against the real app, whose
+"""`python -m client` as a user runs it: a real process against the real app, whose
 jobs run in the real worker with the tiny model, on a loopback port.
 
 Output is checked as a terminal user or a script sees it: plain lines when stdout is not
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server import client as cli_module
+from client import cli as cli_module
 from tests.media import write_text_file
 from tests.server.http_helpers import start, until_running
 
@@ -47,11 +47,11 @@ def client_env(**extra: str) -> dict[str, str]:
 
 
 async def cli(url: str, *args: str, env: dict[str, str] | None = None) -> Run:
-    """Run `python -m server.client --url URL ARGS...` to the end, stdout a pipe (not a TTY)."""
+    """Run `python -m client --url URL ARGS...` to the end, stdout a pipe (not a TTY)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server.client",
+        "client",
         "--url",
         url,
         *args,
@@ -231,7 +231,7 @@ class TerminalWatch:
     """
 
     def __init__(self, url: str, session_id: str) -> None:
-        self.args = (sys.executable, "-m", "server.client", "--url", url, "watch", session_id)
+        self.args = (sys.executable, "-m", "client", "--url", url, "watch", session_id)
         self.text = ""
         self.code: int | None = None
         self._changed = asyncio.Event()

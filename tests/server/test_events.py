@@ -5,7 +5,7 @@ import contextlib
 
 import pytest
 
-from server.events import MAX_BACKLOG, EventHub, ServerEvent
+from server.state.events import MAX_BACKLOG, EventHub, ServerEvent
 
 WAIT = 30.0  # only a bound against hangs
 

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from server import keys
-from server.models import SessionStatus
+from server.state.models import SessionStatus
 from tests.media import write_text_file
 from tests.server.http_helpers import (
     POLL_LIMIT_SECONDS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.responses import error_body, public_results, reel_name, thumbnail_name
+from server.web.responses import error_body, public_results, reel_name, thumbnail_name
 
 SID = "550e8400-e29b-41d4-a716-446655440000"
 BASE = f"/api/v1/video/results/{SID}"

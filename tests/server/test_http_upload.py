@@ -10,8 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server import keys, uploads
-from server.uploads import safe_filename, source_name
+from server import keys
+from server.web import uploads
+from server.web.uploads import safe_filename, source_name
 from tests.media import (
     write_audio_only,
     write_still_image,

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from server.janitor import Janitor, SweepReport
-from server.models import SessionNotFound, SessionStatus, utcnow
+from server.state.janitor import Janitor, SweepReport
+from server.state.models import SessionNotFound, SessionStatus, utcnow
 from tests.server.conftest import new_session
 
 TTL = timedelta(hours=24)

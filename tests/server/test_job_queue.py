@@ -2,8 +2,8 @@
 
 import pytest
 
-from server.job_queue import RETRY_AFTER_SECONDS, JobQueue
-from server.models import QueueFull
+from server.jobs.job_queue import RETRY_AFTER_SECONDS, JobQueue
+from server.state.models import QueueFull
 
 
 def test_jobs_leave_in_arrival_order():

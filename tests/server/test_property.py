@@ -38,7 +38,7 @@ from schemathesis.config import SchemathesisConfig
 from server import keys
 from server.app import create_app
 from server.config import Config
-from server.openapi import openapi_document
+from server.web.openapi import openapi_document
 from tests.server.http_helpers import V1, make_config
 
 # Per operation and kind of input (46 runs); most answers take a millisecond, uploads probe.

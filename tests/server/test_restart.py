@@ -10,7 +10,7 @@ import pytest
 
 from server import keys
 from server.app import create_app
-from server.runner import RESTARTED_STEP
+from server.jobs.runner import RESTARTED_STEP
 from tests.server.conftest import dies
 from tests.server.http_helpers import (
     V1,

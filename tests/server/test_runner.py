@@ -10,20 +10,20 @@ import logging
 import pytest
 
 from protocol import AnalysisType
-from server import runner as runner_module
-from server.events import EventHub
-from server.job_queue import JobQueue
-from server.models import (
+from server.jobs import runner as runner_module
+from server.state.events import EventHub
+from server.jobs.job_queue import JobQueue
+from server.state.models import (
     QueueFull,
     RunnerClosed,
     SessionConflict,
     SessionNotFound,
     SessionStatus,
 )
-from server.runner import JobRunner
-from server.sessions import Sessions
-from server.store import MemoryStore
-from server.worker_process import WorkerProcess
+from server.jobs.runner import JobRunner
+from server.state.sessions import Sessions
+from server.state.store import MemoryStore
+from server.jobs.worker_process import WorkerProcess
 from tests.server.conftest import (
     FAKE_WORKER,
     WAIT,
@@ -47,7 +47,7 @@ def transitions(caplog, session_id) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "server.runner" and session_id in record.getMessage()
+        if record.name == "server.jobs.runner" and session_id in record.getMessage()
     ]
 
 
@@ -102,7 +102,7 @@ async def test_each_transition_is_logged_once_with_the_session_id(make_runner, c
     lines = transitions(caplog, session.id)
     assert [line.split()[2] for line in lines] == ["queued", "started", "completed"]
     assert any(
-        r.name == "server.runner.worker" and "segment 1 done" in r.getMessage()
+        r.name == "server.jobs.runner.worker" and "segment 1 done" in r.getMessage()
         for r in caplog.records
     )
 
@@ -409,11 +409,11 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
 
 
 def test_repr_shows_slots_and_queue(data_paths):
-    from server.events import EventHub
-    from server.job_queue import JobQueue
-    from server.runner import JobRunner
-    from server.sessions import Sessions
-    from server.store import MemoryStore
+    from server.state.events import EventHub
+    from server.jobs.job_queue import JobQueue
+    from server.jobs.runner import JobRunner
+    from server.state.sessions import Sessions
+    from server.state.store import MemoryStore
 
     queue = JobQueue(3)
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)

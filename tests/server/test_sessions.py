@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from server.models import SessionNotFound, SessionStatus, utcnow
+from server.state.models import SessionNotFound, SessionStatus, utcnow
 from tests.server.conftest import new_session
 
 WAIT = 30.0  # only a bound against hangs

@@ -15,8 +15,8 @@ from datetime import timedelta
 import pytest
 
 from protocol import AnalysisType, VideoInfo
-from server.models import Session, SessionNotFound, SessionStatus, utcnow
-from server.sqlite_store import SqliteStore, session_from_json, session_to_json
+from server.state.models import Session, SessionNotFound, SessionStatus, utcnow
+from server.state.sqlite_store import SqliteStore, session_from_json, session_to_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -116,7 +116,7 @@ WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from tests.server.test_sqlite_store import make_session
-    from server.sqlite_store import SqliteStore
+    from server.state.sqlite_store import SqliteStore
 
     async def main():
         store = await SqliteStore(sys.argv[1]).open()

@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import pytest
 
-from server.models import SessionNotFound, SessionStatus, utcnow
-from server.store import MemoryStore, SessionStore
+from server.state.models import SessionNotFound, SessionStatus, utcnow
+from server.state.store import MemoryStore, SessionStore
 from tests.server.conftest import new_session
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from protocol import AnalysisType, InvalidLine, JobSpec, Log, Partial, Progress, Result
-from server.worker_process import STDERR_TAIL_BYTES, WorkerProcess
+from server.jobs.worker_process import STDERR_TAIL_BYTES, WorkerProcess
 from tests.server.conftest import FAKE_WORKER, WAIT, dies, process_alive
 
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from server.models import SessionStatus, utcnow
-from server.paths import DataPaths
-from server.sessions import Sessions
+from server.state.models import SessionStatus, utcnow
+from server.state.paths import DataPaths
+from server.state.sessions import Sessions
 
-log = logging.getLogger("server.janitor")
+log = logging.getLogger("server.state.janitor")
 
 LIVE = (SessionStatus.PENDING, SessionStatus.PROCESSING)
 

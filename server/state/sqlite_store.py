@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from protocol import AnalysisType, VideoInfo
-from server.models import Session, SessionStatus
-from server.store import MemoryStore
+from server.state.models import Session, SessionStatus
+from server.state.store import MemoryStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

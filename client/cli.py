@@ -1,4 +1,4 @@
-"""`python -m server.client` (installed as `smolvlm-client`): the job API from a terminal.
+"""`python -m client` (installed as `smolvlm-client`): the job API from a terminal.
 
     smolvlm-client upload match.mp4 --analysis highlights --params '{"segment_seconds": 5}'
     smolvlm-client watch ID      # live progress from the event stream, items as found

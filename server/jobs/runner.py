@@ -34,8 +34,8 @@ from protocol import (
     Progress,
     Result,
 )
-from server.job_queue import JobQueue
-from server.models import (
+from server.jobs.job_queue import JobQueue
+from server.state.models import (
     QueueFull,
     RunnerClosed,
     Session,
@@ -44,14 +44,14 @@ from server.models import (
     SessionNotFound,
     SessionStatus,
 )
-from server.paths import DataPaths
-from server.sessions import Sessions
-from server.warm_pool import WarmPool
-from server.worker_process import WorkerProcess
+from server.state.paths import DataPaths
+from server.state.sessions import Sessions
+from server.jobs.warm_pool import WarmPool
+from server.jobs.worker_process import WorkerProcess
 
-log = logging.getLogger("server.runner")
+log = logging.getLogger("server.jobs.runner")
 # Worker `log` events: kept apart so the runner's own lines are one per job transition.
-worker_log = logging.getLogger("server.runner.worker")
+worker_log = logging.getLogger("server.jobs.runner.worker")
 
 # A finished worker exits by itself; this lets it free the model and flush before a signal.
 EXIT_AFTER_RESULT_SECONDS = 5.0

@@ -18,8 +18,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
 from server import keys
-from server.models import Session, SessionConflict, SessionStatus
-from server.responses import (
+from server.state.models import Session, SessionConflict, SessionStatus
+from server.web.responses import (
     API_PREFIX,
     ApiError,
     finished_session_error,
@@ -27,8 +27,8 @@ from server.responses import (
     reel_name,
     thumbnail_name,
 )
-from server.sse import stream_events
-from server.uploads import UploadLimits, accept_upload
+from server.web.sse import stream_events
+from server.web.uploads import UploadLimits, accept_upload
 
 MAX_LIST_LIMIT = 1000
 _CANONICAL_UUID4 = re.compile(

@@ -2,14 +2,14 @@
 
 The interface is async and minimal so that a durable store (SQLite) can replace the
 memory one without touching its callers. Stores hold snapshots only; they publish
-nothing and enforce no state rules: `server.sessions.Sessions` does both.
+nothing and enforce no state rules: `server.state.sessions.Sessions` does both.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from server.models import Session, SessionNotFound, SessionStatus
+from server.state.models import Session, SessionNotFound, SessionStatus
 
 
 class SessionStore(Protocol):

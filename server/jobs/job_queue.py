@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from server.models import QueueFull
+from server.state.models import QueueFull
 
 # A full queue drains at the pace of whole jobs (minutes each); asking sooner only adds load.
 RETRY_AFTER_SECONDS = 30

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from protocol import ParamsError, model_display_name
-from server.models import (
+from server.state.models import (
     InvalidVideo,
     ResultsNotReady,
     RunnerClosed,

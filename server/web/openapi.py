@@ -10,7 +10,7 @@ from typing import Any
 
 from protocol import SCHEMAS, AnalysisType, ParamSpec
 from server.config import SERVICE_NAME, VERSION
-from server.models import SessionStatus
+from server.state.models import SessionStatus
 
 _V1 = "/api/v1/video"
 _JSON = "application/json"

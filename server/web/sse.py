@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from server.disconnect import unless_client_leaves
-from server.events import EventHub, ServerEvent
-from server.responses import ApiError
+from server.web.disconnect import unless_client_leaves
+from server.state.events import EventHub, ServerEvent
+from server.web.responses import ApiError
 
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 # EventSource cannot set headers on its first connection; a page may pass the id here.

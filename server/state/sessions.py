@@ -16,10 +16,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from server.events import EventHub
-from server.models import Session, SessionStatus, status_body
-from server.paths import DataPaths
-from server.store import SessionStore
+from server.state.events import EventHub
+from server.state.models import Session, SessionStatus, status_body
+from server.state.paths import DataPaths
+from server.state.store import SessionStore
 
 
 class Sessions:

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import hdrs, web
 
-from server.disconnect import client_gone
-from server.responses import api_error_for, error_response
+from server.web.disconnect import client_gone
+from server.web.responses import api_error_for, error_response
 
 log = logging.getLogger(__name__)
 

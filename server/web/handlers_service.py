@@ -10,7 +10,7 @@ from aiohttp import hdrs, web
 from protocol import model_display_name
 from server import keys
 from server.config import SERVICE_NAME, VERSION
-from server.openapi import openapi_document
+from server.web.openapi import openapi_document
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 # The same URL answers JSON or the page, so caches must key on Accept; and a browser

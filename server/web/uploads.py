@@ -32,13 +32,13 @@ from protocol import (
     parse_params_json,
     validate_params,
 )
-from server.job_queue import RETRY_AFTER_SECONDS
-from server.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
-from server.paths import DataPaths
-from server.probe import probe_video
-from server.responses import ApiError
-from server.runner import JobRunner
-from server.sessions import Sessions
+from server.jobs.job_queue import RETRY_AFTER_SECONDS
+from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
+from server.state.paths import DataPaths
+from server.jobs.probe import probe_video
+from server.web.responses import ApiError
+from server.jobs.runner import JobRunner
+from server.state.sessions import Sessions
 
 FILE_FIELDS = ("file", "video")
 # Large reads keep the per-chunk overhead (one thread hop per write) negligible.

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.process_collector import ProcessCollector
 
 from server import keys
-from server.models import SessionStatus
+from server.state.models import SessionStatus
 
 NAMESPACE = "smolvlm"
 # Jobs take from seconds (a short clip) to an hour (MAX_VIDEO_SECONDS of footage).

@@ -13,9 +13,9 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
-from server.worker_process import WorkerProcess
+from server.jobs.worker_process import WorkerProcess
 
-log = logging.getLogger("server.warm_pool")
+log = logging.getLogger("server.jobs.warm_pool")
 
 
 class WarmPool:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocol import Error, InvalidLine, Result, VideoInfo
-from server.models import InvalidVideo
-from server.worker_process import WorkerProcess
+from server.state.models import InvalidVideo
+from server.jobs.worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
