@@ -34,6 +34,14 @@ class ErrorCode(str, Enum):
     INTERNAL_ERROR = "internal_error"
 
 
+class PartialKind(str, Enum):
+    """Which list of the results a partial item belongs to; the values are the wire strings."""
+
+    TIMELINE = "timeline"  # highlights: one judged segment
+    HIGHLIGHTS = "highlights"  # highlights: one kept highlight
+    SEGMENTS = "segments"  # workout: one stretch of one exercise (or rest)
+
+
 class LogLevel(str, Enum):
     DEBUG = "debug"
     INFO = "info"
@@ -113,8 +121,9 @@ class Progress:
 
 @dataclass(frozen=True)
 class Partial:
-    """One highlight or workout segment, sent as soon as it is found."""
+    """One item of a results list (`kind` names the list), sent as soon as it is found."""
 
+    kind: PartialKind
     item: dict[str, Any]
     type: str = field(default="partial", init=False)
 
@@ -167,6 +176,8 @@ def encode_event(event: Event) -> str:
     data = asdict(event)
     if isinstance(event, Log):
         data["level"] = event.level.value
+    elif isinstance(event, Partial):
+        data["kind"] = event.kind.value
     return json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
 
 
@@ -188,7 +199,7 @@ def decode_event(line: str | bytes) -> Event | InvalidLine:
             item = data["item"]
             if not isinstance(item, dict):
                 return InvalidLine(echo, "partial item must be an object")
-            return Partial(item)
+            return Partial(PartialKind(data["kind"]), item)
         if kind == "log":
             return Log(LogLevel(data.get("level", "info")), _text(data, "message"))
         if kind == "result":

@@ -480,7 +480,7 @@ class JobRunner:
                         session_id, progress=event.progress, current_step=event.step
                     )
                 elif isinstance(event, Partial):
-                    await self._sessions.add_partial(session_id, event.item)
+                    await self._sessions.add_partial(session_id, event.kind, event.item)
                 elif isinstance(event, Log):
                     level = logging.getLevelName(event.level.value.upper())
                     worker_log.log(level, "session %s worker: %s", session_id, event.message)

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from protocol import PartialKind
 from server.state.events import EventHub
 from server.state.models import Session, SessionStatus, status_body
 from server.state.paths import DataPaths
@@ -88,12 +89,14 @@ class Sessions:
             self._publish(session)
             return session
 
-    async def add_partial(self, session_id: str, item: dict[str, Any]) -> None:
-        """Publish one partial result of a processing session; ignored for any other status."""
+    async def add_partial(self, session_id: str, kind: PartialKind, item: dict[str, Any]) -> None:
+        """Publish one partial result (an item of the results list `kind`) of a processing
+        session; ignored for any other status."""
         async with self._lock(session_id):
             session = await self._store.get(session_id)
             if session.status is SessionStatus.PROCESSING:
-                self._hub.publish(session_id, "partial", {"sessionId": session_id, "item": item})
+                data = {"sessionId": session_id, "kind": kind.value, "item": item}
+                self._hub.publish(session_id, "partial", data)
 
     async def publish_status(self, session_id: str) -> None:
         """Publish the current status again (its queue position changed); not once terminal."""
