@@ -122,6 +122,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{v1}/results/{sid}", h.results, name="results")
     router.add_get(f"{v1}/results/{sid}/reel", h.reel, name="reel")
     router.add_get(f"{v1}/results/{sid}/thumbnails/{{n:[^/]+}}", h.thumbnail, name="thumbnail")
+    router.add_get(f"{v1}/results/{sid}/video", h.video, name="video")
+    router.add_get(f"{v1}/results/{sid}/chapters.vtt", h.chapters, name="chapters")
     router.add_post(f"{v1}/cancel/{sid}", h.cancel, name="cancel")
     router.add_delete(f"{v1}/cleanup/{sid}", h.cleanup, name="cleanup")
     router.add_delete(f"{v1}/session/{sid}", h.cleanup, name="session")

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
 from server import keys
 from server.state.models import Session, SessionConflict, SessionStatus
+from server.web.chapters import VTT_CONTENT_TYPE, chapters_vtt, session_chapters
 from server.web.responses import (
     API_PREFIX,
     ApiError,
@@ -181,6 +182,23 @@ async def thumbnail(request: web.Request) -> web.FileResponse:
     return web.FileResponse(_artifact(session, name), headers={"Content-Type": "image/jpeg"})
 
 
+async def video(request: web.Request) -> web.FileResponse:
+    """The uploaded video itself, in any state until cleanup (Range requests work)."""
+    session = await request.app[keys.SESSIONS].get(session_id_of(request))
+    return web.FileResponse(_upload(session))
+
+
+async def chapters(request: web.Request) -> web.Response:
+    """WebVTT chapters of a completed session, from its judged segments."""
+    session = await _finished(request)
+    found = session_chapters(session.results or {})
+    if not found:
+        raise ApiError(
+            404, "No chapters", "These results have no judged segments", session_id=session.id
+        )
+    return web.Response(text=chapters_vtt(found), content_type=VTT_CONTENT_TYPE, charset="utf-8")
+
+
 async def _finished(request: web.Request) -> Session:
     """The session of the path if it completed; else the error `results` answers with."""
     session = await request.app[keys.SESSIONS].get(session_id_of(request))
@@ -188,6 +206,14 @@ async def _finished(request: web.Request) -> Session:
     if error is not None:
         raise error
     return session
+
+
+def _upload(session: Session) -> Path:
+    """The session's uploaded video, while its file is there."""
+    path = Path(session.upload_path)
+    if not path.is_file():
+        raise ApiError(404, "Not found", "The uploaded video is gone", session_id=session.id)
+    return path
 
 
 def _artifact(session: Session, name: str) -> Path:

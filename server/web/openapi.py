@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import SCHEMAS, AnalysisType, ParamSpec
+from protocol import SCHEMAS, AnalysisType, ParamSpec, PartialKind
 from server.config import SERVICE_NAME, VERSION
 from server.state.models import SessionStatus
 
@@ -140,6 +140,33 @@ def _paths() -> dict[str, Any]:
                 404,
             )
         },
+        f"{_V1}/results/{{sessionId}}/video": {
+            "get": _op(
+                "The uploaded video, in any state until cleanup (HTTP Range supported)",
+                [*sid, _ACCESS_TOKEN],
+                {
+                    "200": _binary("video/*"),
+                    "206": _binary("video/*"),
+                },
+                400,
+                404,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/chapters.vtt": {
+            "get": _op(
+                "WebVTT chapters from the judged segments, for <track kind=chapters>",
+                [*sid, _ACCESS_TOKEN],
+                {
+                    "200": {
+                        "description": "WebVTT",
+                        "content": {"text/vtt": {"schema": {"type": "string"}}},
+                    }
+                },
+                400,
+                404,
+                500,
+            )
+        },
         f"{_V1}/cancel/{{sessionId}}": {
             "post": _op(
                 "Cancel a queued or running job (idempotent)",
@@ -181,11 +208,12 @@ def _paths() -> dict[str, Any]:
                     *sid,
                     {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
                     {"name": "lastEventId", "in": "query", "schema": {"type": "string"}},
-                    {"name": "access_token", "in": "query", "schema": {"type": "string"}},
+                    _ACCESS_TOKEN,
                 ],
                 {
                     "200": {
-                        "description": "An event stream",
+                        "description": "An event stream; a `partial` event's data is a "
+                        "PartialEvent, the others' a StatusBody",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
                     "204": {"description": "The client already has the terminal event"},
@@ -243,6 +271,10 @@ def _paths() -> dict[str, Any]:
             for kind in AnalysisType
         },
     }
+
+
+# Where EventSource, <video> and <track> (which cannot send headers) put the API key.
+_ACCESS_TOKEN = {"name": "access_token", "in": "query", "schema": {"type": "string"}}
 
 
 def _op(summary: str, parameters: list[Any], responses: dict[str, Any], *errors: int) -> dict:
@@ -422,6 +454,11 @@ def _schemas() -> dict[str, Any]:
                 **common,
                 "video_description": {"type": "string"},
                 "criteria": {"type": "array", "items": {"type": "string"}},
+                "timeline": {
+                    "type": "array",
+                    "description": "every judged segment, in time order",
+                    "items": {"$ref": "#/components/schemas/TimelineEntry"},
+                },
                 "highlights_found": {"type": "integer"},
                 "highlights": {
                     "type": "array",
@@ -449,6 +486,26 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+        "TimelineEntry": {
+            "type": "object",
+            "properties": {
+                **span,
+                "significance": {
+                    "type": ["integer", "null"],
+                    "description": "1-10; null when the model's reply could not be read",
+                },
+                "description": {"type": ["string", "null"]},
+            },
+        },
+        "PartialEvent": {
+            "type": "object",
+            "description": "data of an SSE `partial` event: one item of the results list `kind`",
+            "properties": {
+                "sessionId": {"type": "string"},
+                "kind": {"enum": [kind.value for kind in PartialKind]},
+                "item": {"type": "object"},
+            },
+        },
         "WorkoutResults": {
             "type": "object",
             "properties": {
@@ -472,6 +529,17 @@ def _schemas() -> dict[str, Any]:
                         "exercises": {"type": "array", "items": {"type": "string"}},
                         "total_reps": {"type": "integer"},
                         "active_seconds": {"type": "number"},
+                        "exercise_totals": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "exercise": {"type": "string"},
+                                    "reps": {"type": "integer"},
+                                    "seconds": {"type": "number"},
+                                },
+                            },
+                        },
                     },
                 },
             },

@@ -32,6 +32,8 @@ ID_ROUTES = [
     ("GET", V1 + "/results/{id}"),
     ("GET", V1 + "/results/{id}/reel"),
     ("GET", V1 + "/results/{id}/thumbnails/0"),
+    ("GET", V1 + "/results/{id}/video"),
+    ("GET", V1 + "/results/{id}/chapters.vtt"),
     ("POST", V1 + "/cancel/{id}"),
     ("DELETE", V1 + "/cleanup/{id}"),
     ("DELETE", V1 + "/session/{id}"),

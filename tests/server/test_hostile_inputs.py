@@ -795,6 +795,8 @@ ROUTE_METHODS = {
     f"{V1}/results/{{sessionId}}": {"GET"},
     f"{V1}/results/{{sessionId}}/reel": {"GET"},
     f"{V1}/results/{{sessionId}}/thumbnails/{{n}}": {"GET"},
+    f"{V1}/results/{{sessionId}}/video": {"GET"},
+    f"{V1}/results/{{sessionId}}/chapters.vtt": {"GET"},
     f"{V1}/cancel/{{sessionId}}": {"POST"},
     f"{V1}/cleanup/{{sessionId}}": {"DELETE"},
     f"{V1}/session/{{sessionId}}": {"DELETE"},
@@ -831,6 +833,11 @@ async def test_a_wrong_method_is_a_json_405_naming_the_allowed_ones(target, rout
         await assert_unharmed(target, before)
 
 
+QUERY_KEY_ROUTES = {
+    f"{V1}/events/{{sessionId}}",
+    f"{V1}/results/{{sessionId}}/video",
+    f"{V1}/results/{{sessionId}}/chapters.vtt",
+}
 PROTECTED = sorted(route for route in ROUTE_METHODS if route not in PUBLIC)
 BAD_CREDENTIALS = [
     {},
@@ -850,8 +857,9 @@ async def test_a_missing_or_wrong_api_key_is_a_401_on_every_protected_route(keye
     for headers in BAD_CREDENTIALS:
         answer = await refused(keyed, 401, method, concrete(route), headers=headers)
         assert answer["error"] == "Unauthorized"
-    if not route.startswith(f"{V1}/events/"):
-        # Only EventSource, which cannot send headers, may put the key in the query.
+    if route not in QUERY_KEY_ROUTES:
+        # Only EventSource, <video> and <track>, which cannot send headers, may put the key
+        # in the query.
         await refused(keyed, 401, method, concrete(route) + f"?access_token={KEY}")
 
 
