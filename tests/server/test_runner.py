@@ -376,9 +376,19 @@ async def test_wait_returns_a_finished_session_at_once_and_a_running_one_when_it
     make_runner,
 ):
     harness = await make_runner()
-    session = await harness.submit("succeed")
-    done = await harness.finished(session.id)
-    assert await harness.runner.wait(session.id) == done
+    session = await harness.submit("sleep")
+    await harness.sleeping(session.id)
+    waiting = asyncio.ensure_future(harness.runner.wait(session.id))
+    for _ in range(10):  # let the waiter reach its subscription
+        await asyncio.sleep(0)
+    assert not waiting.done()  # still running: the waiter waits
+    cancelled = await harness.runner.cancel(session.id)
+    assert await asyncio.wait_for(waiting, WAIT) == cancelled
+    # Finished: answered without ever suspending, i.e. at once.
+    at_once = harness.runner.wait(session.id)
+    with pytest.raises(StopIteration) as answered:
+        at_once.send(None)
+    assert answered.value.value == cancelled
 
 
 async def test_close_stops_workers_and_leaves_their_sessions_as_they_were(make_runner):
