@@ -419,12 +419,6 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
 
 
 def test_repr_shows_slots_and_queue(data_paths):
-    from server.jobs.job_queue import JobQueue
-    from server.jobs.runner import JobRunner
-    from server.state.events import EventHub
-    from server.state.sessions import Sessions
-    from server.state.store import MemoryStore
-
     queue = JobQueue(3)
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
     runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)
