@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from protocol import ParamsError, model_display_name
+from server.state.bodies import status_body
 from server.state.models import (
     InvalidVideo,
     ResultsNotReady,
@@ -24,8 +26,8 @@ from server.state.models import (
     SessionError,
     SessionNotFound,
     SessionStatus,
-    status_body,
 )
+from server.web.bodies import ErrorBody, json_response
 
 API_PREFIX = "/api/v1/video"
 
@@ -65,6 +67,20 @@ class ApiError(Exception):
         )
 
 
+def error_struct(
+    code: int,
+    error: str,
+    message: str | None = None,
+    *,
+    session_id: str | None = None,
+    **extra: Any,
+) -> ErrorBody:
+    """API.md's error shape; `sessionId` only when one is known, `extra` as ErrorBody allows."""
+    return ErrorBody(
+        error=error, message=message or error, session_id=session_id, code=code, **extra
+    )
+
+
 def error_body(
     code: int,
     error: str,
@@ -73,13 +89,8 @@ def error_body(
     session_id: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """API.md's error shape; `sessionId` only when one is known."""
-    body: dict[str, Any] = {"error": error, "message": message or error}
-    if session_id is not None:
-        body["sessionId"] = session_id
-    body.update(extra)
-    body["code"] = code
-    return body
+    """`error_struct(...)` as plain JSON data."""
+    return msgspec.to_builtins(error_struct(code, error, message, session_id=session_id, **extra))
 
 
 def error_response(
@@ -92,8 +103,8 @@ def error_response(
     **extra: Any,
 ) -> web.Response:
     """A JSON error response in API.md's shape."""
-    body = error_body(code, error, message, session_id=session_id, **extra)
-    return web.json_response(body, status=code, headers=headers)
+    body = error_struct(code, error, message, session_id=session_id, **extra)
+    return json_response(body, status=code, headers=headers)
 
 
 def api_error_for(exc: Exception) -> ApiError | None:
@@ -112,7 +123,7 @@ def api_error_for(exc: Exception) -> ApiError | None:
             "Conflict",
             str(exc),
             session_id=exc.session.id,
-            status=exc.session.status.value,
+            status=exc.session.status,
         )
     if isinstance(exc, ServerBusy):
         return ApiError(
@@ -143,8 +154,8 @@ def results_not_ready(session: Session) -> ApiError:
         "Results not ready",
         f"The session is {session.status.value}",
         session_id=session.id,
-        status=body["status"],
-        progress=body["progress"],
+        status=body.status,
+        progress=body.progress,
     )
 
 
@@ -160,7 +171,7 @@ def finished_session_error(session: Session) -> ApiError | None:
             "Session was cancelled",
             "The session was cancelled before it finished",
             session_id=session.id,
-            status=session.status.value,
+            status=session.status,
         )
     if session.status is not SessionStatus.COMPLETED:
         return results_not_ready(session)
