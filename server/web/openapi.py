@@ -12,6 +12,7 @@ from typing import Any
 
 from protocol import AnalysisType
 from server.config import SERVICE_NAME, VERSION
+from server.state.events import STATUS_EVENT_NAME, TERMINAL_EVENT_NAMES
 from server.state.models import SessionStatus
 from server.web.bodies import component_schemas
 
@@ -217,7 +218,8 @@ def _paths() -> dict[str, Any]:
                 {
                     "200": {
                         "description": "An event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        # In OpenAPI 3.1 an event stream's `schema` describes each event.
+                        "content": {"text/event-stream": {"schema": _events()}},
                     },
                     "204": {"description": "The client already has the terminal event"},
                 },
@@ -305,6 +307,28 @@ def _accepted() -> dict[str, Any]:
             }
         },
     }
+
+
+def _events() -> dict[str, Any]:
+    """One server-sent event: its name, its id in the session's log and its JSON data."""
+
+    def event(names: list[str], data: str) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["event", "id", "data"],
+            "properties": {
+                "event": {"enum": names},
+                "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": _JSON,
+                    "contentSchema": {"$ref": f"#/components/schemas/{data}"},
+                },
+            },
+        }
+
+    status_names = [STATUS_EVENT_NAME, *sorted(TERMINAL_EVENT_NAMES)]
+    return {"oneOf": [event(status_names, "StatusBody"), event(["partial"], "PartialData")]}
 
 
 def _one_of(*names: str) -> dict[str, Any]:
