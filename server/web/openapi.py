@@ -361,7 +361,11 @@ def _upload_body(*, with_type: bool, kind: AnalysisType | None = None) -> dict[s
     elif kind is not None:
         declared = component_schemas()[f"{kind.value.capitalize()}Params"]["properties"]
         properties.update(declared)
-        # Params come as one `params` JSON field or as individual fields, never both.
-        schema["not"] = {"anyOf": [{"required": ["params", name]} for name in declared]}
+        # Params come as one `params` JSON field or as individual fields, never both; an
+        # empty `params` field is the same as none.
+        schema["not"] = {
+            "anyOf": [{"required": ["params", name]} for name in declared],
+            "properties": {"params": {"pattern": "\\S"}},
+        }
     schema["properties"] = properties
     return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
