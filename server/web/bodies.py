@@ -1,4 +1,6 @@
-"""Every JSON body the HTTP API sends, declared once as a `msgspec.Struct`.
+"""Every JSON body the HTTP API sends, declared once as a `msgspec.Struct`, and the
+analyze request bodies it takes (those only describe: the checks and their messages stay
+in `protocol.params`, shared with the worker).
 
 The handlers build these classes and send them with `json_response`; the OpenAPI
 document's component schemas are generated from them (`component_schemas`), so the

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from protocol import ParamsError, model_display_name
@@ -67,7 +66,7 @@ class ApiError(Exception):
         )
 
 
-def error_struct(
+def error_body(
     code: int,
     error: str,
     message: str | None = None,
@@ -81,18 +80,6 @@ def error_struct(
     )
 
 
-def error_body(
-    code: int,
-    error: str,
-    message: str | None = None,
-    *,
-    session_id: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """`error_struct(...)` as plain JSON data."""
-    return msgspec.to_builtins(error_struct(code, error, message, session_id=session_id, **extra))
-
-
 def error_response(
     code: int,
     error: str,
@@ -103,7 +90,7 @@ def error_response(
     **extra: Any,
 ) -> web.Response:
     """A JSON error response in API.md's shape."""
-    body = error_struct(code, error, message, session_id=session_id, **extra)
+    body = error_body(code, error, message, session_id=session_id, **extra)
     return json_response(body, status=code, headers=headers)
 
 
