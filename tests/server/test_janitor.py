@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import timedelta
 
 import pytest
@@ -102,6 +103,7 @@ async def test_files_of_no_session_are_swept_but_not_an_upload_in_progress(
 
 
 async def test_each_pass_of_run_logs_what_it_removed(make_sessions, data_paths, clock, caplog):
+    caplog.set_level(logging.INFO, logger="server.state.janitor")
     sessions = make_sessions()
     janitor = Janitor(sessions, data_paths, TTL, uploading=lambda _id: False, clock=clock)
     await add(sessions, data_paths, SessionStatus.COMPLETED, age=TTL * 2, clock=clock)
