@@ -9,7 +9,7 @@ import jsonschema_rs
 import msgspec
 import pytest
 
-from protocol import AnalysisType
+from protocol import AnalysisType, PartialKind
 from server.state.bodies import PartialData, StatusBody
 from server.state.models import SessionStatus
 from server.web import bodies
@@ -49,6 +49,24 @@ HIGHLIGHTS = bodies.HighlightsResults(
         )
     ],
     reel=bodies.Reel(url=f"/api/v1/video/results/{SID}/reel", duration_seconds=10.0),
+    timeline=[
+        bodies.TimelineEntry(
+            start=120.0,
+            end=130.0,
+            start_time="02:00",
+            end_time="02:10",
+            significance=8,
+            description="a goal",
+        ),
+        bodies.TimelineEntry(
+            start=130.0,
+            end=140.0,
+            start_time="02:10",
+            end_time="02:20",
+            significance=None,
+            description=None,
+        ),
+    ],
 )
 WORKOUT = bodies.WorkoutResults(
     processing_time_seconds=80.1,
@@ -65,7 +83,12 @@ WORKOUT = bodies.WorkoutResults(
             form_notes="steady",
         )
     ],
-    summary=bodies.WorkoutSummary(exercises=["squat"], total_reps=12, active_seconds=30.0),
+    summary=bodies.WorkoutSummary(
+        exercises=["squat"],
+        total_reps=12,
+        active_seconds=30.0,
+        exercise_totals=[bodies.ExerciseTotal(exercise="squat", reps=12, seconds=30.0)],
+    ),
 )
 # One example of every declared body, as a handler would build it.
 EXAMPLES: dict[type, Any] = {
@@ -86,7 +109,9 @@ EXAMPLES: dict[type, Any] = {
     bodies.ResultsBody: bodies.ResultsBody(session_id=SID, status="completed", results=HIGHLIGHTS),
     bodies.HighlightsResults: HIGHLIGHTS,
     bodies.WorkoutResults: WORKOUT,
-    PartialData: PartialData(session_id=SID, item={"start": 0.0, "end": 2.0}),
+    PartialData: PartialData(
+        session_id=SID, kind=PartialKind.TIMELINE, item={"start": 0.0, "end": 2.0}
+    ),
     bodies.Health: bodies.Health(
         status="healthy", model="smolvlm-local", running=1, queued=0, version="0.1.0"
     ),
@@ -143,6 +168,15 @@ def test_results_are_converted_by_their_tag_and_an_undeclared_shape_is_refused()
     assert bodies.results_of(data) == WORKOUT
     with pytest.raises(msgspec.ValidationError):
         bodies.results_of({"analysisType": "workout", "segments": []})
+
+
+def test_results_stored_before_the_timeline_existed_still_convert_with_it_empty():
+    highlights = msgspec.to_builtins(HIGHLIGHTS)
+    del highlights["timeline"]
+    assert bodies.results_of(highlights).timeline == []
+    workout = msgspec.to_builtins(WORKOUT)
+    del workout["summary"]["exercise_totals"]
+    assert bodies.results_of(workout).summary.exercise_totals == []
 
 
 def _refs(node: Any) -> set[str]:
