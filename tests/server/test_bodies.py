@@ -49,23 +49,10 @@ HIGHLIGHTS = bodies.HighlightsResults(
         )
     ],
     reel=bodies.Reel(url=f"/api/v1/video/results/{SID}/reel", duration_seconds=10.0),
+    # The highlight's segment, then one whose reply could not be read.
     timeline=[
-        bodies.TimelineEntry(
-            start=120.0,
-            end=130.0,
-            start_time="02:00",
-            end_time="02:10",
-            significance=8,
-            description="a goal",
-        ),
-        bodies.TimelineEntry(
-            start=130.0,
-            end=140.0,
-            start_time="02:10",
-            end_time="02:20",
-            significance=None,
-            description=None,
-        ),
+        bodies.TimelineEntry(120.0, 130.0, "02:00", "02:10", 8, "a goal"),
+        bodies.TimelineEntry(130.0, 140.0, "02:10", "02:20", None, None),
     ],
 )
 WORKOUT = bodies.WorkoutResults(
