@@ -17,7 +17,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from server import keys
-from server.web import handlers_legacy, handlers_service, handlers_sessions
+from server.web import handlers_exports, handlers_legacy, handlers_service, handlers_sessions
 from server.config import Config
 from server.state.events import EventHub
 from server.state.janitor import Janitor
@@ -122,6 +122,9 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{v1}/results/{sid}", h.results, name="results")
     router.add_get(f"{v1}/results/{sid}/reel", h.reel, name="reel")
     router.add_get(f"{v1}/results/{sid}/thumbnails/{{n:[^/]+}}", h.thumbnail, name="thumbnail")
+    router.add_get(
+        f"{v1}/results/{sid}/export/{{format:[^/]+}}", handlers_exports.export, name="export"
+    )
     router.add_post(f"{v1}/cancel/{sid}", h.cancel, name="cancel")
     router.add_delete(f"{v1}/cleanup/{sid}", h.cleanup, name="cleanup")
     router.add_delete(f"{v1}/session/{sid}", h.cleanup, name="session")

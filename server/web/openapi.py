@@ -11,6 +11,7 @@ from typing import Any
 from protocol import SCHEMAS, AnalysisType, ParamSpec
 from server.config import SERVICE_NAME, VERSION
 from server.state.models import SessionStatus
+from server.web.exports import FORMATS as EXPORT_FORMATS
 
 _V1 = "/api/v1/video"
 _JSON = "application/json"
@@ -138,6 +139,33 @@ def _paths() -> dict[str, Any]:
                 {"200": _binary("image/jpeg")},
                 400,
                 404,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/export/{{format}}": {
+            "get": _op(
+                "The highlights as an editor's timeline: OpenTimelineIO, CMX 3600 EDL or FCPXML",
+                [
+                    *sid,
+                    {
+                        "name": "format",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": list(EXPORT_FORMATS)},
+                    },
+                ],
+                {
+                    "200": {
+                        "description": "A file of cuts from the uploaded video, at its frame rate",
+                        "content": {
+                            export.content_type: {"schema": {"type": "string"}}
+                            for export in EXPORT_FORMATS.values()
+                        },
+                    }
+                },
+                400,
+                404,
+                422,
+                500,
             )
         },
         f"{_V1}/cancel/{{sessionId}}": {

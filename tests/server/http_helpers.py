@@ -32,6 +32,7 @@ ID_ROUTES = [
     ("GET", V1 + "/results/{id}"),
     ("GET", V1 + "/results/{id}/reel"),
     ("GET", V1 + "/results/{id}/thumbnails/0"),
+    ("GET", V1 + "/results/{id}/export/otio"),
     ("POST", V1 + "/cancel/{id}"),
     ("DELETE", V1 + "/cleanup/{id}"),
     ("DELETE", V1 + "/session/{id}"),
