@@ -30,6 +30,7 @@ from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
 from server.web.uploads import UploadSlots
+from server.jobs.webhooks import WebhookDeliverer
 
 STORE_FILE = "sessions.db"
 # Expiry is measured in hours; a sweep every few minutes keeps disk use close to the TTL.
@@ -77,6 +78,13 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         on_finished=app[keys.METRICS].job_finished,
         warm_workers=config.warm_workers,
     )
+    webhooks = app[keys.WEBHOOKS] = WebhookDeliverer(
+        sessions,
+        config.webhook_secret,
+        allow_private=config.webhook_allow_private,
+        first_retry_seconds=config.webhook_first_retry_seconds,
+        retry_window_seconds=config.webhook_retry_seconds,
+    )
     app[keys.PATHS] = paths
     app[keys.HUB] = hub
     app[keys.SESSIONS] = sessions
@@ -87,6 +95,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     janitor = Janitor(
         sessions, paths, timedelta(hours=config.session_ttl_hours), uploading=uploads.__contains__
     )
+    await webhooks.start()  # first: a job may end as soon as the runner starts
     await runner.start()
     await runner.recover()
     await sessions.announce_all()
@@ -97,6 +106,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         sweeping.cancel()
         await asyncio.gather(sweeping, return_exceptions=True)
         await runner.close()
+        await webhooks.close()
         await hub.close()
         await store.close()
 

@@ -12,6 +12,7 @@ from server.state.paths import DataPaths
 from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.web.uploads import UploadSlots
+from server.jobs.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
     # Typed by annotation only: server.web.metrics imports this module for its handler.
@@ -23,4 +24,5 @@ HUB = web.AppKey("hub", EventHub)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
+WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from protocol import AnalysisType, VideoInfo
+from server.state.webhook_delivery import WebhookDelivery
 
 
 class SessionStatus(str, Enum):
@@ -55,6 +56,7 @@ class Session:
     error: str | None = None  # the message a client sees when the session failed
     results: dict[str, Any] | None = None  # the worker's results, artifact names relative
     attempts: int = 0  # how many times a worker was started for it (restarts re-run jobs)
+    webhook: WebhookDelivery | None = None  # where its end is announced, if anywhere
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
 
@@ -80,6 +82,19 @@ def status_body(session: Session, queue_position: int | None = None) -> dict[str
         "updatedAt": iso_utc(session.updated_at),
         "error": session.error,
         "queuePosition": queue_position if session.status is SessionStatus.PENDING else None,
+        "webhook": webhook_body(session.webhook) if session.webhook else None,
+    }
+
+
+def webhook_body(delivery: WebhookDelivery) -> dict[str, Any]:
+    """The status body's `webhook`: where the session's end goes and how far it got."""
+    return {
+        "url": delivery.url,
+        "state": delivery.state.value,
+        "attempts": delivery.attempts,
+        "lastStatus": delivery.last_status,
+        "lastError": delivery.last_error,
+        "deliveredAt": iso_utc(delivery.delivered_at) if delivery.delivered_at else None,
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from protocol import AnalysisType, VideoInfo
 from server.state.models import Session, SessionStatus
 from server.state.store import MemoryStore
+from server.state.webhook_delivery import WebhookDelivery
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -48,6 +49,7 @@ def session_to_json(session: Session) -> str:
             "error": session.error,
             "results": session.results,
             "attempts": session.attempts,
+            "webhook": session.webhook.to_dict() if session.webhook else None,
             "created_at": session.created_at.isoformat(),
             "updated_at": session.updated_at.isoformat(),
         },
@@ -70,6 +72,8 @@ def session_from_json(text: str) -> Session:
         error=data["error"],
         results=data["results"],
         attempts=data["attempts"],
+        # Absent in rows written before webhooks existed.
+        webhook=WebhookDelivery.from_dict(data["webhook"]) if data.get("webhook") else None,
         created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
     )

@@ -3,9 +3,10 @@
 One timeline of cuts from the uploaded file, at the video's own frame rate, built with
 OpenTimelineIO and written by its adapters (`otio_json`, `cmx_3600` from
 otio-cmx3600-adapter, `fcpx_xml` from otio-fcpx-xml-adapter). Each cut starts and ends
-at the frame boundary nearest the highlight's times (the later one on a tie). Two gaps of the adapters are closed
-here, each said where: an EDL has no rate of its own, so timecode exists only at SMPTE
-rates, and the FCPXML writer knows frame durations only from a small table.
+at the frame boundary nearest the highlight's times (the later one on a tie). Two gaps
+of the adapters are closed here, each said where: an EDL has no rate of its own, so
+timecode exists only at SMPTE rates, and the FCPXML writer knows frame durations only
+from a small table.
 
 No aiohttp here: `ExportRefused` says why a session cannot be exported; the handler maps it.
 """

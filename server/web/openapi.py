@@ -11,10 +11,17 @@ from typing import Any
 from protocol import SCHEMAS, AnalysisType, ParamSpec
 from server.config import SERVICE_NAME, VERSION
 from server.state.models import SessionStatus
+from server.state.webhook_delivery import DeliveryState
 from server.web.exports import FORMATS as EXPORT_FORMATS
 
 _V1 = "/api/v1/video"
 _JSON = "application/json"
+_WEBHOOK_URL = {
+    "type": "string",
+    "format": "uri",
+    "description": "POSTed the status body, signed (Standard Webhooks), when the session "
+    "ends; needs WEBHOOK_SECRET on the server",
+}
 _UUID4 = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 
 
@@ -325,6 +332,7 @@ def _upload_body(*, with_type: bool, kind: AnalysisType | None = None) -> dict[s
             "enum": [t.value for t in AnalysisType],
             "description": "Absent: two-step flow, status `uploaded`",
         }
+        properties["webhook_url"] = _WEBHOOK_URL
     elif kind is not None:
         for spec in SCHEMAS[kind]:
             properties[spec.name] = {**_param_schema(spec), "description": spec.help}
@@ -409,6 +417,21 @@ def _schemas() -> dict[str, Any]:
                 "updatedAt": {"type": "string", "format": "date-time"},
                 "error": nullable_string,
                 "queuePosition": {"type": ["integer", "null"]},
+                "webhook": {
+                    "oneOf": [{"$ref": "#/components/schemas/Webhook"}, {"type": "null"}],
+                    "description": "Where the session's end is POSTed, if a webhook_url was given",
+                },
+            },
+        },
+        "Webhook": {
+            "type": "object",
+            "properties": {
+                "url": {"type": "string"},
+                "state": {"enum": [state.value for state in DeliveryState]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "lastStatus": {"type": ["integer", "null"]},
+                "lastError": nullable_string,
+                "deliveredAt": {"type": ["string", "null"], "format": "date-time"},
             },
         },
         "AnalyzeRequest": {
@@ -423,6 +446,7 @@ def _schemas() -> dict[str, Any]:
                         {"type": "string", "description": "the same, as a JSON string"},
                     ]
                 },
+                "webhook_url": _WEBHOOK_URL,
             },
         },
         "HighlightsParams": _params_schema(AnalysisType.HIGHLIGHTS),

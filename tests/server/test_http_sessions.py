@@ -77,6 +77,7 @@ async def test_status_and_its_progress_alias_answer_the_status_body(client, samp
         "updatedAt",
         "error",
         "queuePosition",
+        "webhook",
     }
     assert status["status"] == "completed" and status["progress"] == 1.0
     assert status["analysisType"] == "highlights" and status["queuePosition"] is None
