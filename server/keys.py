@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from server.config import Config
+from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub
 from server.state.paths import DataPaths
-from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.web.uploads import UploadSlots
-from server.jobs.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
     # Typed by annotation only: server.web.metrics imports this module for its handler.

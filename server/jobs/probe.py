@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from protocol import Error, InvalidLine, Result, VideoInfo
-from server.state.models import InvalidVideo
 from server.jobs.worker_process import WorkerProcess
+from server.state.models import InvalidVideo
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from aiohttp import web
 
 from protocol import AnalysisType
 from server import keys
+from server.state.models import SessionConflict, SessionNotFound
 from server.web.disconnect import ClientGone, client_gone, unless_client_leaves
 from server.web.handlers_sessions import upload_limits
-from server.state.models import SessionConflict, SessionNotFound
 from server.web.responses import finished_session_error, public_results
 from server.web.uploads import accept_upload
 

@@ -33,13 +33,13 @@ from protocol import (
     validate_params,
 )
 from server.jobs.job_queue import RETRY_AFTER_SECONDS
-from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
-from server.state.paths import DataPaths
 from server.jobs.probe import probe_video
-from server.web.responses import ApiError
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
+from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
+from server.state.paths import DataPaths
 from server.state.sessions import Sessions
+from server.web.responses import ApiError
 
 FILE_FIELDS = ("file", "video")
 # Large reads keep the per-chunk overhead (one thread hop per write) negligible.

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from protocol import VideoInfo
-from server.state.models import InvalidVideo
 from server.jobs.probe import UNREADABLE, probe_video
+from server.state.models import InvalidVideo
 from tests.server.conftest import FAKE_PROBE, WAIT, eventually, process_alive
 
 

@@ -11,8 +11,10 @@ import pytest
 
 from protocol import AnalysisType
 from server.jobs import runner as runner_module
-from server.state.events import EventHub
 from server.jobs.job_queue import JobQueue
+from server.jobs.runner import JobRunner
+from server.jobs.worker_process import WorkerProcess
+from server.state.events import EventHub
 from server.state.models import (
     QueueFull,
     RunnerClosed,
@@ -20,10 +22,8 @@ from server.state.models import (
     SessionNotFound,
     SessionStatus,
 )
-from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
-from server.jobs.worker_process import WorkerProcess
 from tests.server.conftest import (
     FAKE_WORKER,
     WAIT,
@@ -409,9 +409,9 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
 
 
 def test_repr_shows_slots_and_queue(data_paths):
-    from server.state.events import EventHub
     from server.jobs.job_queue import JobQueue
     from server.jobs.runner import JobRunner
+    from server.state.events import EventHub
     from server.state.sessions import Sessions
     from server.state.store import MemoryStore
 
