@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import json
@@ -57,6 +58,10 @@ class WebhookRefused(SessionError):
 
 class AddressNotAllowed(OSError):
     """A receiver's address is not public and private ones are not allowed."""
+
+    def __init__(self, message: str) -> None:
+        # With an errno, OSError keeps `message` as strerror, which aiohttp's error shows.
+        super().__init__(errno.EACCES, message)
 
 
 def address_allowed(address: str, allow_private: bool) -> bool:
@@ -285,6 +290,9 @@ class WebhookDeliverer:
         except asyncio.TimeoutError:
             return None, f"no answer within {ATTEMPT_TIMEOUT_SECONDS:g} s"
         except aiohttp.ClientError as exc:
+            refused = getattr(exc, "os_error", None)  # a connector error's cause
+            if isinstance(refused, AddressNotAllowed):
+                return None, refused.strerror
             return None, f"{type(exc).__name__}: {exc}"
         if 200 <= status < 300:
             return status, None

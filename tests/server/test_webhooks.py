@@ -17,6 +17,7 @@ from standardwebhooks import Webhook
 from server import keys
 from server.config import Config
 from server.jobs.webhooks import address_allowed
+from server.state.webhook_delivery import WebhookDelivery
 from tests.server.http_helpers import V1, finished, start, until_running, upload, upload_id
 from tests.server.server_process import ServerProcess
 
@@ -190,6 +191,22 @@ async def test_a_receiver_at_a_private_address_is_refused_and_nothing_is_kept(
     assert response.status == 400
     status = await (await client.get(f"{V1}/status/{waiting}")).json()
     assert status["status"] == "uploaded" and status["webhook"] is None
+
+
+async def test_a_receiver_name_that_leads_to_a_private_address_at_delivery_is_not_called(
+    aiohttp_client, tmp_path, sample_video, receiver
+):
+    """The resolver checks again on every connection: a name accepted while it pointed
+    somewhere public and now points at loopback (DNS rebinding) gets no request."""
+    client = await start(aiohttp_client, tmp_path, webhook_secret=SECRET, webhook_retry_seconds=0.3)
+    session_id = await upload_id(client, sample_video)
+    rebound = receiver.url.replace("127.0.0.1", "localhost")
+    # As if vetted earlier, when the name still led to a public address.
+    await client.app[keys.SESSIONS].record_webhook(session_id, WebhookDelivery(rebound))
+    assert (await client.post(f"{V1}/cancel/{session_id}")).status == 200
+    webhook = await webhook_of(client, session_id, done="failed")
+    assert "not a public address" in webhook["lastError"] and webhook["lastStatus"] is None
+    assert receiver.received == []
 
 
 @pytest.mark.parametrize(
