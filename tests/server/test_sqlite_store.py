@@ -17,6 +17,7 @@ import pytest
 from protocol import AnalysisType, VideoInfo
 from server.state.models import Session, SessionNotFound, SessionStatus, utcnow
 from server.state.sqlite_store import SqliteStore, session_from_json, session_to_json
+from server.state.store import MemoryStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -87,9 +88,15 @@ async def test_a_failed_write_leaves_the_memory_copy_as_stored(tmp_path):
         await store.close()
 
 
-async def test_store_rules_match_the_memory_store(tmp_path):
-    """Duplicate add is refused; put never resurrects a deleted session; delete is idempotent."""
-    store = await SqliteStore(tmp_path / "sessions.db").open()
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_store_rules_match_the_memory_store(tmp_path, kind):
+    """Duplicate add is refused; put never resurrects a deleted session; delete is idempotent.
+
+    The same steps run on both stores, so the rules are shown to be the same."""
+    if kind == "memory":
+        store = MemoryStore()
+    else:
+        store = await SqliteStore(tmp_path / "sessions.db").open()
     try:
         session = make_session()
         await store.add(session)
