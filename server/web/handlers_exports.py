@@ -2,7 +2,8 @@
 
 The session rules are those of `results` (unknown 404, not finished 400, failed 500,
 cancelled 400); then a format outside `FORMATS` is a 400 naming the allowed ones, a session
-without highlights a 404, and a rate the format cannot hold (an EDL of a 10 fps video) a 422.
+without highlights a 404, and a rate the format cannot hold (an EDL of a 10 fps video) a
+409: the request is fine, the session's video is what the format cannot represent.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ async def export(request: web.Request) -> web.Response:
         raise ApiError(404, "No highlights", str(exc), session_id=session.id) from None
     except ExportRefused as exc:
         raise ApiError(
-            422, "Format cannot hold this video", str(exc), session_id=session.id
+            409, "Format cannot hold this video", str(exc), session_id=session.id
         ) from None
     return web.Response(
         text=text,

@@ -199,7 +199,7 @@ async def test_export_errors_follow_the_results_rules_then_name_what_to_fix(
     )
     response = await client.get(f"{V1}/results/{done}/export/edl")
     body = await response.json()
-    assert response.status == 422 and "10 fps" in body["message"] and body["sessionId"] == done
+    assert response.status == 409 and "10 fps" in body["message"] and body["sessionId"] == done
     assert (await client.get(f"{V1}/results/{done}/export/otio")).status == 200
 
     workout = await upload_id(client, sample_video, analysis_type="workout")
