@@ -19,7 +19,6 @@ import contextlib
 import errno
 import functools
 import ipaddress
-import json
 import logging
 import math
 import socket
@@ -27,12 +26,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp.resolver import ThreadedResolver
 from standardwebhooks import Webhook
 from yarl import URL
 
 from server.config import SERVICE_NAME, VERSION
-from server.state.models import SessionError, SessionNotFound, status_body, utcnow
+from server.state.bodies import StatusBody, status_body
+from server.state.models import SessionError, SessionNotFound, utcnow
 from server.state.sessions import Sessions
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
 
@@ -136,9 +137,11 @@ class GuardedResolver(ThreadedResolver):
         return found
 
 
-def webhook_payload(body: dict[str, Any]) -> bytes:
+def webhook_payload(body: StatusBody) -> bytes:
     """What is POSTed: the session's status body, without the delivery's own bookkeeping."""
-    return json.dumps({k: v for k, v in body.items() if k != "webhook"}).encode()
+    data = msgspec.to_builtins(body)
+    del data["webhook"]
+    return msgspec.json.encode(data)
 
 
 class WebhookDeliverer:

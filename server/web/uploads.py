@@ -219,14 +219,16 @@ def _job_of(
     """
     if fixed_type is not None:
         extra = {name: value for name, value in fields.items() if name != "params"}
-        if "params" in fields and extra:
+        # An empty `params` field is the same as none (a form may always send the field).
+        given = fields.get("params", "").strip() != ""
+        if given and extra:
             raise ApiError(
                 400,
                 "Invalid parameters",
                 "Give params either as one `params` JSON field or as individual fields, "
                 f"not both (also got {', '.join(sorted(extra))})",
             )
-        raw = parse_params_json(fields["params"]) if "params" in fields else params_from_form(extra)
+        raw = parse_params_json(fields["params"]) if given else params_from_form(extra)
         return fixed_type, validate_params(fixed_type, raw)
     raw = parse_params_json(fields.get("params"))
     if "analysis_type" not in fields:
