@@ -18,7 +18,15 @@ from server import keys
 from server.config import Config
 from server.jobs.webhooks import address_allowed
 from server.state.webhook_delivery import WebhookDelivery
-from tests.server.http_helpers import V1, finished, start, until_running, upload, upload_id
+from tests.server.http_helpers import (
+    V1,
+    finished,
+    start,
+    until_running,
+    upload,
+    upload_id,
+    video_form,
+)
 from tests.server.server_process import ServerProcess
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -248,6 +256,17 @@ async def test_a_webhook_url_that_is_no_receiver_is_a_400_saying_so(
     response = await upload(client, sample_video, analysis_type="highlights", webhook_url=url)
     body = await response.json()
     assert response.status == 400 and fragment in body["message"], body
+
+
+async def test_the_synchronous_legacy_routes_take_no_webhook(
+    aiohttp_client, tmp_path, sample_video, receiver
+):
+    client = await start(aiohttp_client, tmp_path, **FAST)
+    form = video_form(sample_video, webhook_url=receiver.url)
+    response = await client.post("/analyze/highlights", data=form)
+    body = await response.json()
+    assert response.status == 400 and "webhook_url" in body["message"], body
+    assert receiver.received == []
 
 
 async def test_without_a_secret_a_webhook_url_is_refused_with_how_to_set_one(
