@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server.config import Config
 from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
@@ -23,4 +24,5 @@ HUB = web.AppKey("hub", EventHub)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
+WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -198,6 +198,23 @@ def results_of(public: Mapping[str, Any]) -> Results:
     return msgspec.convert(public, Results)
 
 
+# ---- exports ----------------------------------------------------------------------------
+
+
+class OtioTimeline(msgspec.Struct):
+    """The `otio` export: an OpenTimelineIO timeline as its `otio_json` adapter writes it.
+
+    Only the top level is described here; everything inside follows OpenTimelineIO's own
+    schemas (`OTIO_SCHEMA` names each object's), which the adapter writes, not this server.
+    """
+
+    OTIO_SCHEMA: Literal["Timeline.1"]
+    name: str
+    global_start_time: dict[str, Any] | None
+    tracks: Annotated[dict[str, Any], msgspec.Meta(description="a Stack of one video Track")]
+    metadata: dict[str, Any]
+
+
 # ---- the service ------------------------------------------------------------------------
 
 
@@ -256,12 +273,23 @@ HighlightsParams = _params_struct(AnalysisType.HIGHLIGHTS)
 WorkoutParams = _params_struct(AnalysisType.WORKOUT)
 
 
+WebhookUrl = Annotated[
+    str,
+    msgspec.Meta(
+        description="POSTed the status body, signed (Standard Webhooks), when the session "
+        "ends; needs WEBHOOK_SECRET on the server and a public address (API.md, Webhooks)",
+        extra_json_schema={"format": "uri"},
+    ),
+]
+
+
 class HighlightsAnalyzeRequest(
     msgspec.Struct, tag_field="analysis_type", tag="highlights", omit_defaults=True
 ):
     """Start a highlights analysis; `params` absent or null means the defaults."""
 
     params: HighlightsParams | None = None  # type: ignore[valid-type]
+    webhook_url: WebhookUrl | None = None
 
 
 class WorkoutAnalyzeRequest(
@@ -270,6 +298,7 @@ class WorkoutAnalyzeRequest(
     """Start a workout analysis; `params` absent or null means the defaults."""
 
     params: WorkoutParams | None = None  # type: ignore[valid-type]
+    webhook_url: WebhookUrl | None = None
 
 
 class AnalyzeForm(msgspec.Struct, omit_defaults=True):
@@ -283,6 +312,7 @@ class AnalyzeForm(msgspec.Struct, omit_defaults=True):
             extra_json_schema={"contentMediaType": "application/json"},
         ),
     ] = ""
+    webhook_url: WebhookUrl = ""
 
 
 # Every declared body: `component_schemas` makes the OpenAPI schemas of these (and of
@@ -296,6 +326,7 @@ DECLARED: tuple[Any, ...] = (
     ResultsBody,
     HighlightsResults,
     WorkoutResults,
+    OtioTimeline,
     PartialData,
     Health,
     ServiceIndex,

@@ -87,6 +87,7 @@ async def upload(request: web.Request) -> web.Response:
         paths=app[keys.PATHS],
         limits=upload_limits(request),
         slots=app[keys.UPLOADS],
+        webhooks=app[keys.WEBHOOKS],
     )
     if session.status is SessionStatus.UPLOADED:
         message = (
@@ -103,13 +104,16 @@ async def analyze(request: web.Request) -> web.Response:
     session_id = session_id_of(request)
     sessions = request.app[keys.SESSIONS]
     await sessions.get(session_id)
-    analysis_type, params = await _analysis_request(request)
-    session = await request.app[keys.RUNNER].submit(session_id, analysis_type, params)
+    analysis_type, params, webhook_url = await _analysis_request(request)
+    webhook = await request.app[keys.WEBHOOKS].target(webhook_url)
+    session = await request.app[keys.RUNNER].submit(session_id, analysis_type, params, webhook)
     return accepted(session, "Processing started")
 
 
-async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[str, Any]]:
-    """`analysis_type` and validated `params` from a JSON or form body."""
+async def _analysis_request(
+    request: web.Request,
+) -> tuple[AnalysisType, dict[str, Any], Any]:
+    """`analysis_type`, validated `params` and the `webhook_url` of a JSON or form body."""
     body: dict[str, Any]
     if request.content_type == "application/json":
         try:
@@ -141,7 +145,7 @@ async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[st
     params = body.get("params")
     if isinstance(params, str):
         params = parse_params_json(params)
-    return analysis_type, validate_params(analysis_type, params)
+    return analysis_type, validate_params(analysis_type, params), body.get("webhook_url")
 
 
 async def status(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from server.config import SERVICE_NAME, VERSION
 from server.state.events import STATUS_EVENT_NAME, TERMINAL_EVENT_NAMES
 from server.state.models import SessionStatus
 from server.web.bodies import component_schemas
+from server.web.exports import FORMATS as EXPORT_FORMATS
 
 _V1 = "/api/v1/video"
 _JSON = "application/json"
@@ -194,6 +195,37 @@ def _paths() -> dict[str, Any]:
                 },
                 400,
                 404,
+                500,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/export/{{format}}": {
+            "get": _op(
+                "The highlights as an editor's timeline: OpenTimelineIO, CMX 3600 EDL or FCPXML",
+                [
+                    *sid,
+                    {
+                        "name": "format",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": list(EXPORT_FORMATS)},
+                    },
+                ],
+                {
+                    "200": {
+                        "description": "A file of cuts from the uploaded video, at its frame rate",
+                        "content": {
+                            export.content_type: (
+                                {"schema": {"$ref": "#/components/schemas/OtioTimeline"}}
+                                if export.content_type == _JSON
+                                else {"schema": {"type": "string"}}
+                            )
+                            for export in EXPORT_FORMATS.values()
+                        },
+                    }
+                },
+                400,
+                404,
+                409,
                 500,
             )
         },
@@ -389,6 +421,8 @@ def _upload_body(*, with_type: bool, kind: AnalysisType | None = None) -> dict[s
             "enum": [t.value for t in AnalysisType],
             "description": "Absent: two-step flow, status `uploaded` (then no params either)",
         }
+        # Declared once, with the analyze request's fields.
+        properties["webhook_url"] = component_schemas()["AnalyzeForm"]["properties"]["webhook_url"]
     elif kind is not None:
         declared = component_schemas()[f"{kind.value.capitalize()}Params"]["properties"]
         properties.update(declared)

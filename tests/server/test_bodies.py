@@ -9,10 +9,11 @@ import jsonschema_rs
 import msgspec
 import pytest
 
-from protocol import AnalysisType, PartialKind
+from protocol import AnalysisType, PartialKind, VideoInfo
 from server.state.bodies import PartialData, StatusBody
 from server.state.models import SessionStatus
 from server.web import bodies
+from server.web.exports import FORMATS, export_text
 from tests.server.http_helpers import STATUS_KEYS, start
 
 SID = "550e8400-e29b-41d4-a716-446655440000"
@@ -98,6 +99,16 @@ EXAMPLES: dict[type, Any] = {
     bodies.WorkoutResults: WORKOUT,
     PartialData: PartialData(
         session_id=SID, kind=PartialKind.TIMELINE, item={"start": 0.0, "end": 2.0}
+    ),
+    # What the export route sends for `otio`: OpenTimelineIO's own writing, read as declared.
+    bodies.OtioTimeline: msgspec.json.decode(
+        export_text(
+            FORMATS["otio"],
+            VideoInfo("match.mp4", 612.0, 1920, 1080, 29.97),
+            [{"start": 120.0, "end": 130.0}],
+            session_id=SID,
+        ),
+        type=bodies.OtioTimeline,
     ),
     bodies.Health: bodies.Health(
         status="healthy", model="smolvlm-local", running=1, queued=0, version="0.1.0"

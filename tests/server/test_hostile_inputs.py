@@ -799,6 +799,7 @@ ROUTE_METHODS = {
     f"{V1}/results/{{sessionId}}/thumbnails/{{n}}": {"GET"},
     f"{V1}/results/{{sessionId}}/video": {"GET"},
     f"{V1}/results/{{sessionId}}/chapters.vtt": {"GET"},
+    f"{V1}/results/{{sessionId}}/export/{{format}}": {"GET"},
     f"{V1}/cancel/{{sessionId}}": {"POST"},
     f"{V1}/cleanup/{{sessionId}}": {"DELETE"},
     f"{V1}/session/{{sessionId}}": {"DELETE"},
@@ -812,7 +813,7 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND")
 
 
 def concrete(route: str, session_id: str = SOME_UUID4) -> str:
-    return route.format(sessionId=session_id, n="0")
+    return route.format(sessionId=session_id, n="0", format="otio")
 
 
 async def test_the_route_list_of_this_module_is_the_routers(target):

@@ -20,7 +20,7 @@ PUBLIC = {"/", "/health", "/api/v1/openapi.json"}
 
 
 def concrete(path: str) -> str:
-    return path.format(sessionId=str(uuid.uuid4()), n="0")
+    return path.format(sessionId=str(uuid.uuid4()), n="0", format="otio")
 
 
 def every_route(app: web.Application) -> list[tuple[str, str]]:
