@@ -22,6 +22,7 @@ from server.config import Config
 from server.state.events import EventHub
 from server.state.janitor import Janitor
 from server.jobs.job_queue import JobQueue
+from server.jobs.probe import ProbeService
 from server.web.metrics import Metrics, metrics
 from server.web.middlewares import Cors, api_key_middleware, errors
 from server.state.paths import DataPaths
@@ -47,6 +48,7 @@ def create_app(config: Config) -> web.Application:
     app[keys.METRICS] = Metrics()
     if config.cors_origins:  # with no origin allowed the hook would add nothing to a response
         app.on_response_prepare.append(cors.on_response_prepare)
+    app.cleanup_ctx.append(probing)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
     add_routes(app.router)
@@ -99,6 +101,19 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         await runner.close()
         await hub.close()
         await store.close()
+
+
+async def probing(app: web.Application) -> AsyncIterator[None]:
+    """Start the probe processes that vet uploads; end them when the app stops."""
+    config = app[keys.CONFIG]
+    probes = app[keys.PROBES] = ProbeService(
+        config.probe_command, timeout=config.probe_timeout_seconds
+    )
+    await probes.start()
+    try:
+        yield
+    finally:
+        await probes.close()
 
 
 async def release_waiters(app: web.Application) -> None:

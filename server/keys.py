@@ -9,6 +9,7 @@ from aiohttp import web
 from server.config import Config
 from server.state.events import EventHub
 from server.state.paths import DataPaths
+from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.web.uploads import UploadSlots
@@ -23,4 +24,5 @@ HUB = web.AppKey("hub", EventHub)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
+PROBES = web.AppKey("probes", ProbeService)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -78,6 +78,7 @@ async def upload(request: web.Request) -> web.Response:
         paths=app[keys.PATHS],
         limits=upload_limits(request),
         slots=app[keys.UPLOADS],
+        probes=app[keys.PROBES],
     )
     if session.status is SessionStatus.UPLOADED:
         message = (

@@ -35,7 +35,7 @@ from protocol import (
 from server.jobs.job_queue import RETRY_AFTER_SECONDS
 from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
 from server.state.paths import DataPaths
-from server.jobs.probe import probe_video
+from server.jobs.probe import ProbeService
 from server.web.responses import ApiError
 from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
@@ -113,6 +113,7 @@ async def accept_upload(
     paths: DataPaths,
     limits: UploadLimits,
     slots: UploadSlots,
+    probes: ProbeService,
     fixed_type: AnalysisType | None = None,
 ) -> Session:
     """Stream, validate and probe an upload; create its session and submit it if it has a type.
@@ -127,7 +128,7 @@ async def accept_upload(
     session_id = str(uuid.uuid4())
     with slots.claim(session_id):
         return await _accept(
-            request, session_id, sessions, runner, paths, limits, fixed_type, slots.on_bytes
+            request, session_id, sessions, runner, paths, limits, fixed_type, slots.on_bytes, probes
         )
 
 
@@ -140,6 +141,7 @@ async def _accept(
     limits: UploadLimits,
     fixed_type: AnalysisType | None,
     on_bytes: Callable[[int], None],
+    probes: ProbeService,
 ) -> Session:
     created = False
     try:
@@ -152,7 +154,7 @@ async def _accept(
         )
         analysis_type, params = _job_of(form.fields, fixed_type, complete=True)
         assert form.video_path is not None  # receive_form raises without a file
-        info = await probe_video(form.video_path, form.filename)
+        info = await probes.probe(form.video_path, form.filename)
         if info.duration_seconds > limits.max_video_seconds:
             raise ApiError(
                 422,
