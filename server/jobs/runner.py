@@ -62,6 +62,8 @@ ERROR_TAIL_LINES = 1
 STARTING_STEP = "Starting worker"
 RESTARTED_STEP = "Queued again after a server restart"
 COMPLETED_STEP = "Completed"
+CANCELLED_STEP = "Cancelled"
+CANCELLED_QUEUED_STEP = "Cancelled while queued"
 
 
 @dataclass(eq=False)
@@ -255,8 +257,11 @@ class JobRunner:
             session = await self._sessions.get(session_id)
             if session.status is not SessionStatus.CANCELLED:
                 if not session.status.is_terminal:
+                    queued = session.status is SessionStatus.PENDING
                     session = await self._sessions.update(
-                        session_id, status=SessionStatus.CANCELLED
+                        session_id,
+                        status=SessionStatus.CANCELLED,
+                        current_step=CANCELLED_QUEUED_STEP if queued else CANCELLED_STEP,
                     )
                 if session.status is not SessionStatus.CANCELLED:
                     raise SessionConflict(session, f"Session already {session.status.value}")
@@ -408,6 +413,7 @@ class JobRunner:
             model=self._model,
             params=session.params,
             filename=session.video.filename,
+            video=session.video,  # probed at upload: the worker trusts it instead of probing again
         )
         await asyncio.to_thread(Path(session.output_dir).mkdir, parents=True, exist_ok=True)
         warm = job.worker.pid is not None

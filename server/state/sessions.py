@@ -5,6 +5,7 @@ status events a subscriber sees is the order of the snapshots the store kept. Th
 that hold for every caller live here:
   * a terminal session (completed, failed, cancelled) never changes again;
   * progress never goes down while a run is processing;
+  * `current_step` is a string in every status but `uploaded` and `pending` (API.md);
   * a terminal status publishes `status`, then exactly one terminal event, then nothing.
 """
 
@@ -20,6 +21,15 @@ from server.state.events import EventHub
 from server.state.models import Session, SessionStatus, status_body
 from server.state.paths import DataPaths
 from server.state.store import SessionStore
+
+# The step a session shows when it reaches a status with no step of its own (API.md allows
+# null only while uploaded or pending): e.g. a job that fails before its worker started.
+STATUS_STEPS = {
+    SessionStatus.PROCESSING: "Processing",
+    SessionStatus.COMPLETED: "Completed",
+    SessionStatus.FAILED: "Failed",
+    SessionStatus.CANCELLED: "Cancelled",
+}
 
 
 class Sessions:
@@ -68,7 +78,8 @@ class Sessions:
 
         A terminal session is returned unchanged and nothing is published. While the
         session stays `processing`, a lower `progress` keeps the higher one. Reaching
-        `completed` sets progress to 1.0. Raises SessionNotFound.
+        `completed` sets progress to 1.0. A status past `pending` without a step gets its
+        STATUS_STEPS one. Raises SessionNotFound.
         """
         async with self._lock(session_id):
             current = await self._store.get(session_id)
@@ -83,6 +94,8 @@ class Sessions:
                 changes["progress"] = max(current.progress, changes["progress"])
             if status is SessionStatus.COMPLETED:
                 changes["progress"] = 1.0
+            if status in STATUS_STEPS and changes.get("current_step", current.current_step) is None:
+                changes["current_step"] = STATUS_STEPS[status]
             session = current.replace(**changes)
             await self._store.put(session)
             self._publish(session)
