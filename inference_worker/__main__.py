@@ -34,6 +34,8 @@ from protocol import (
     Error,
     ErrorCode,
     JobSpec,
+    ModelReport,
+    ModelState,
     ParamsError,
     ProbeRequest,
     ProtocolError,
@@ -111,7 +113,7 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
             return EXIT_USAGE
     else:
         if args.model:
-            _preload(models, args.model)
+            _preload(channel, models, args.model)
         line = sys.stdin.buffer.readline()
         if not line:
             return EXIT_OK  # the server closed our stdin before giving a job: nothing to do
@@ -126,14 +128,20 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
     return EXIT_OK if isinstance(terminal, Result) else EXIT_FAILED
 
 
-def _preload(models, model: str) -> None:
-    """Load the model before the job arrives; a failure is reported when the job runs."""
+def _preload(channel: EventChannel, models, model: str) -> None:
+    """Load the model before the job arrives and tell the server whether it could.
+
+    A failure is reported again, as the job's error, when the job runs.
+    """
     from inference_worker.model import ModelUnavailable
 
     try:
         models.get(model)
     except ModelUnavailable as exc:
         logging.getLogger("inference_worker").warning("preload failed: %s", exc)
+        channel.emit(ModelReport(ModelState.UNAVAILABLE, str(exc)))
+        return
+    channel.emit(ModelReport(ModelState.READY))
 
 
 def _spec_from_args(args: argparse.Namespace) -> JobSpec:

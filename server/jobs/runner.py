@@ -27,14 +27,18 @@ from typing import Any
 from protocol import (
     AnalysisType,
     Error,
+    ErrorCode,
     InvalidLine,
     JobSpec,
     Log,
+    ModelReport,
+    ModelState,
     Partial,
     Progress,
     Result,
 )
 from server.jobs.job_queue import JobQueue
+from server.jobs.model_health import ModelHealth
 from server.state.models import (
     QueueFull,
     RunnerClosed,
@@ -120,7 +124,8 @@ class JobRunner:
         self._command = tuple(worker_command)
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
         self._on_finished = on_finished
-        self._warm = WarmPool(warm_workers, self._command, model, self._env)
+        self._health = ModelHealth(model, warm=warm_workers > 0)
+        self._warm = WarmPool(warm_workers, self._command, model, self._env, self._health)
         self._jobs: dict[str, _Job] = {}
         self._lock = asyncio.Lock()  # serialises submit and cancel decisions
         self._wakeup = asyncio.Event()
@@ -307,6 +312,11 @@ class JobRunner:
         """Jobs waiting in the queue for a slot."""
         return len(self._queue)
 
+    @property
+    def model_health(self) -> ModelHealth:
+        """Whether the workers can load the model, as warm workers and jobs last reported."""
+        return self._health
+
     # ---- dispatching --------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
@@ -441,8 +451,11 @@ class JobRunner:
                 return _Outcome(error="Could not start the worker process")
             terminal, heard = await self._deliver(job.worker, spec)
         if isinstance(terminal, Result):
+            self._health.report(ModelState.READY)
             return _Outcome(results=terminal.results)
         if isinstance(terminal, Error):
+            if terminal.error == ErrorCode.MODEL_UNAVAILABLE.value:
+                self._health.report(ModelState.UNAVAILABLE, terminal.message)
             return _Outcome(error=terminal.message, detail=f"{terminal.error}: {terminal.message}")
         # Stdout ended with no terminal event: the worker died. Say how.
         await job.worker.wait(EXIT_AFTER_EOF_SECONDS)
@@ -475,11 +488,16 @@ class JobRunner:
     ) -> tuple[Result | Error | None, int]:
         """Fold the worker's events into the session until its terminal event or stdout's end.
 
-        Returns the terminal event (None if stdout ended first) and how many lines came.
+        Returns the terminal event (None if stdout ended first) and how many lines came
+        (a warm worker's model report, sent before it had the job, does not count).
         """
         lines = 0
         async with contextlib.aclosing(worker.events()) as events:
             async for event in events:
+                if isinstance(event, ModelReport):
+                    # A warm worker taken before its pool heard its report.
+                    self._health.report(event.state, event.reason)
+                    continue
                 lines += 1
                 if isinstance(event, Progress):
                     await self._sessions.update(

@@ -62,7 +62,19 @@ def _paths() -> dict[str, Any]:
     )
     return {
         "/": {"get": _op("Service name, version and endpoints", [], {"200": _json_any()})},
-        "/health": {"get": _op("Health, model and job counts", [], {"200": _json_any()})},
+        "/health": {
+            "get": _op(
+                "Health, model state and job counts",
+                [],
+                {
+                    "200": _json_any(),
+                    "503": {
+                        "description": "Unhealthy: the model cannot be loaded (modelError says why)",
+                        "content": {_JSON: {"schema": {"type": "object"}}},
+                    },
+                },
+            )
+        },
         "/api/v1/openapi.json": {"get": _op("This document", [], {"200": _json_any()})},
         "/metrics": {
             "get": _op(
