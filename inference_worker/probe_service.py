@@ -15,6 +15,9 @@ import os
 from collections.abc import Iterable
 
 from inference_worker.channel import EventChannel
+
+# Imported as the process starts (PyAV takes a while), not on the first upload.
+from inference_worker.video import InvalidVideo, probe
 from protocol import (
     Error,
     ErrorCode,
@@ -46,8 +49,6 @@ def answer(request: ProbeRequest) -> Result | Error:
     An error nobody foresaw is answered too (and logged with its traceback): this process
     serves the next upload, so one odd file must not end it.
     """
-    from inference_worker.video import InvalidVideo, probe
-
     try:
         info = probe(request.path, request.filename or os.path.basename(request.path))
     except InvalidVideo as exc:
