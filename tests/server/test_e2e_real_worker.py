@@ -36,7 +36,7 @@ async def real_client(aiohttp_client, tmp_path, model_dir: Path, **overrides):
 
 
 def worker_pids() -> set[int]:
-    """Live `inference_worker` processes that are children of this test process."""
+    """Live job workers (`inference_worker`, not its probe service) that are our children."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -46,7 +46,8 @@ def worker_pids() -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if stat[0] != "Z" and int(stat[1]) == os.getpid() and b"inference_worker" in cmdline:
+        job_worker = b"inference_worker" in cmdline and b"--probe-service" not in cmdline
+        if stat[0] != "Z" and int(stat[1]) == os.getpid() and job_worker:
             pids.add(int(entry.name))
     return pids
 
