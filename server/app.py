@@ -17,19 +17,19 @@ from datetime import timedelta
 from aiohttp import web
 
 from server import keys
-from server.web import handlers_legacy, handlers_service, handlers_sessions
 from server.config import Config
-from server.state.events import EventHub
-from server.state.janitor import Janitor
 from server.jobs.job_queue import JobQueue
 from server.jobs.probe import ProbeService
-from server.web.metrics import Metrics, metrics
-from server.web.middlewares import Cors, api_key_middleware, errors
-from server.state.paths import DataPaths
-from server.web.responses import API_PREFIX
 from server.jobs.runner import JobRunner
+from server.state.events import EventHub
+from server.state.janitor import Janitor
+from server.state.paths import DataPaths
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
+from server.web import handlers_legacy, handlers_service, handlers_sessions
+from server.web.metrics import Metrics, metrics
+from server.web.middlewares import Cors, api_key_middleware, errors
+from server.web.responses import API_PREFIX
 from server.web.uploads import UploadSlots
 
 STORE_FILE = "sessions.db"

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from server.config import Config
-from server.state.events import EventHub
-from server.state.paths import DataPaths
 from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
+from server.state.events import EventHub
+from server.state.paths import DataPaths
 from server.state.sessions import Sessions
 from server.web.uploads import UploadSlots
 

@@ -39,6 +39,8 @@ from protocol import (
 )
 from server.jobs.job_queue import JobQueue
 from server.jobs.model_health import ModelHealth
+from server.jobs.warm_pool import WarmPool
+from server.jobs.worker_process import WorkerProcess
 from server.state.models import (
     QueueFull,
     RunnerClosed,
@@ -50,8 +52,6 @@ from server.state.models import (
 )
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
-from server.jobs.warm_pool import WarmPool
-from server.jobs.worker_process import WorkerProcess
 
 log = logging.getLogger("server.jobs.runner")
 # Worker `log` events: kept apart so the runner's own lines are one per job transition.
@@ -535,7 +535,12 @@ class JobRunner:
             session_id, status=SessionStatus.FAILED, error=outcome.error
         )
         if session.status is SessionStatus.FAILED:
-            log.warning("session %s failed: %s", session_id, outcome.detail or outcome.error)
+            log.warning(
+                "session %s failed: %s (after %.1f s)",
+                session_id,
+                outcome.detail or outcome.error,
+                seconds,
+            )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._accepting else "not started"

@@ -75,7 +75,13 @@ class Janitor:
         """Sweep now and every `interval_seconds`; a failed pass is logged, not fatal."""
         while True:
             try:
-                await self.sweep()
+                report = await self.sweep()
+                if report.expired_sessions or report.orphan_paths:
+                    log.info(
+                        "sweep removed %d expired session(s) and %d orphan path(s)",
+                        report.expired_sessions,
+                        report.orphan_paths,
+                    )
             except Exception:
                 log.exception("sweep failed; trying again in %s s", interval_seconds)
             await asyncio.sleep(interval_seconds)

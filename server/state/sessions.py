@@ -12,13 +12,15 @@ that hold for every caller live here:
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
+from server.state.bodies import PartialData, StatusBody, status_body
 from server.state.events import EventHub
-from server.state.models import Session, SessionStatus, status_body
+from server.state.models import Session, SessionStatus
 from server.state.paths import DataPaths
 from server.state.store import SessionStore
 
@@ -106,7 +108,8 @@ class Sessions:
         async with self._lock(session_id):
             session = await self._store.get(session_id)
             if session.status is SessionStatus.PROCESSING:
-                self._hub.publish(session_id, "partial", {"sessionId": session_id, "item": item})
+                data = PartialData(session_id=session_id, item=item)
+                self._hub.publish(session_id, "partial", msgspec.to_builtins(data))
 
     async def publish_status(self, session_id: str) -> None:
         """Publish the current status again (its queue position changed); not once terminal."""
@@ -139,12 +142,16 @@ class Sessions:
         # rmtree of a big upload or many thumbnails must not stall the event loop.
         await asyncio.to_thread(self._paths.remove_session_files, session_id)
 
-    def body(self, session: Session) -> dict[str, Any]:
+    def status_of(self, session: Session) -> StatusBody:
         """The status body of API.md, with the session's current queue position."""
         position = (
             self._queue_position(session.id) if session.status is SessionStatus.PENDING else None
         )
         return status_body(session, position)
+
+    def body(self, session: Session) -> dict[str, Any]:
+        """`status_of(session)` as plain JSON data (what the event hub carries)."""
+        return msgspec.to_builtins(self.status_of(session))
 
     def body_json(self, session: Session) -> bytes:
         """`body(session)` as JSON bytes, made once per snapshot.
@@ -155,11 +162,11 @@ class Sessions:
         without a new snapshot.
         """
         if session.status is SessionStatus.PENDING:
-            return json.dumps(self.body(session)).encode()
+            return msgspec.json.encode(self.status_of(session))
         cached = self._bodies.get(session.id)
         if cached is not None and cached[0] is session:
             return cached[1]
-        data = json.dumps(self.body(session)).encode()
+        data = msgspec.json.encode(self.status_of(session))
         self._bodies[session.id] = (session, data)
         return data
 

@@ -19,6 +19,14 @@ from aiohttp.http_exceptions import BadHttpMessage
 from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
 from server import keys
 from server.state.models import Session, SessionConflict, SessionStatus
+from server.web.bodies import (
+    Cleanup,
+    ResultsBody,
+    SessionAnswer,
+    SessionList,
+    json_response,
+    results_of,
+)
 from server.web.responses import (
     API_PREFIX,
     ApiError,
@@ -56,8 +64,8 @@ def status_url(session_id: str) -> str:
 
 def accepted(session: Session, message: str) -> web.Response:
     """202 with a Location header pointing at the status URL."""
-    return web.json_response(
-        {"sessionId": session.id, "status": session.status.value, "message": message},
+    return json_response(
+        SessionAnswer(session_id=session.id, status=session.status, message=message),
         status=202,
         headers={"Location": status_url(session.id)},
     )
@@ -146,12 +154,12 @@ async def status(request: web.Request) -> web.Response:
 async def results(request: web.Request) -> web.Response:
     """The results of a completed session, artifact names turned into URLs."""
     session = await _finished(request)
-    return web.json_response(
-        {
-            "sessionId": session.id,
-            "status": session.status.value,
-            "results": public_results(session.id, session.results or {}),
-        }
+    return json_response(
+        ResultsBody(
+            session_id=session.id,
+            status="completed",
+            results=results_of(public_results(session.id, session.results or {})),
+        )
     )
 
 
@@ -203,12 +211,12 @@ def _artifact(session: Session, name: str) -> Path:
 async def cancel(request: web.Request) -> web.Response:
     """Cancel a queued or running job; answers once its worker process is gone."""
     session = await request.app[keys.RUNNER].cancel(session_id_of(request))
-    return web.json_response(
-        {
-            "sessionId": session.id,
-            "status": session.status.value,
-            "message": "Processing cancelled successfully",
-        }
+    return json_response(
+        SessionAnswer(
+            session_id=session.id,
+            status=session.status,
+            message="Processing cancelled successfully",
+        )
     )
 
 
@@ -222,9 +230,7 @@ async def cleanup(request: web.Request) -> web.Response:
         with contextlib.suppress(SessionConflict):
             await request.app[keys.RUNNER].cancel(session_id)
     await sessions.delete(session_id)
-    return web.json_response(
-        {"sessionId": session_id, "message": "Session cleaned up successfully"}
-    )
+    return json_response(Cleanup(session_id=session_id, message="Session cleaned up successfully"))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -247,8 +253,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit = _limit(request.query.get("limit"))
     sessions = request.app[keys.SESSIONS]
     found = await sessions.list(status=status_filter, limit=limit)
-    bodies = [sessions.body(session) for session in found]
-    return web.json_response({"sessions": bodies, "count": len(bodies)})
+    bodies = [sessions.status_of(session) for session in found]
+    return json_response(SessionList(sessions=bodies, count=len(bodies)))
 
 
 def _status_filter(raw: str | None) -> SessionStatus | None:

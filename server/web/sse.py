@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from server.web.disconnect import unless_client_leaves
 from server.state.events import EventHub, ServerEvent
+from server.web.disconnect import unless_client_leaves
 from server.web.responses import ApiError
 
 LAST_EVENT_ID_HEADER = "Last-Event-ID"

@@ -33,12 +33,12 @@ from protocol import (
     validate_params,
 )
 from server.jobs.job_queue import RETRY_AFTER_SECONDS
+from server.jobs.probe import ProbeService
+from server.jobs.runner import JobRunner
 from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
 from server.state.paths import DataPaths
-from server.jobs.probe import ProbeService
-from server.web.responses import ApiError
-from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
+from server.web.responses import ApiError
 
 FILE_FIELDS = ("file", "video")
 # Large reads keep the per-chunk overhead (one thread hop per write) negligible.
@@ -207,14 +207,16 @@ def _job_of(
     """
     if fixed_type is not None:
         extra = {name: value for name, value in fields.items() if name != "params"}
-        if "params" in fields and extra:
+        # An empty `params` field is the same as none (a form may always send the field).
+        given = fields.get("params", "").strip() != ""
+        if given and extra:
             raise ApiError(
                 400,
                 "Invalid parameters",
                 "Give params either as one `params` JSON field or as individual fields, "
                 f"not both (also got {', '.join(sorted(extra))})",
             )
-        raw = parse_params_json(fields["params"]) if "params" in fields else params_from_form(extra)
+        raw = parse_params_json(fields["params"]) if given else params_from_form(extra)
         return fixed_type, validate_params(fixed_type, raw)
     raw = parse_params_json(fields.get("params"))
     if "analysis_type" not in fields:

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from protocol import AnalysisType, VideoInfo
-from server.state.events import EventHub
 from server.jobs.job_queue import JobQueue
+from server.jobs.runner import JobRunner
+from server.state.events import EventHub
 from server.state.models import Session, SessionStatus
 from server.state.paths import DataPaths
-from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
 

@@ -9,6 +9,7 @@ import pytest
 from server import keys
 from tests.server.http_helpers import (
     ID_ROUTES,
+    STATUS_KEYS,
     V1,
     finished,
     start,
@@ -67,17 +68,7 @@ async def test_status_and_its_progress_alias_answer_the_status_body(client, samp
     status = await (await client.get(f"{V1}/status/{session_id}")).json()
     progress = await (await client.get(f"{V1}/progress/{session_id}")).json()
     assert status == progress
-    assert set(status) == {
-        "sessionId",
-        "status",
-        "progress",
-        "currentStep",
-        "analysisType",
-        "createdAt",
-        "updatedAt",
-        "error",
-        "queuePosition",
-    }
+    assert set(status) == set(STATUS_KEYS)
     assert status["status"] == "completed" and status["progress"] == 1.0
     assert status["analysisType"] == "highlights" and status["queuePosition"] is None
     assert status["createdAt"].endswith("Z") and status["updatedAt"].endswith("Z")

@@ -11,8 +11,10 @@ import pytest
 
 from protocol import AnalysisType
 from server.jobs import runner as runner_module
-from server.state.events import EventHub
 from server.jobs.job_queue import JobQueue
+from server.jobs.runner import JobRunner
+from server.jobs.worker_process import WorkerProcess
+from server.state.events import EventHub
 from server.state.models import (
     QueueFull,
     RunnerClosed,
@@ -20,10 +22,8 @@ from server.state.models import (
     SessionNotFound,
     SessionStatus,
 )
-from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
-from server.jobs.worker_process import WorkerProcess
 from tests.server.conftest import (
     FAKE_WORKER,
     WAIT,
@@ -377,9 +377,19 @@ async def test_wait_returns_a_finished_session_at_once_and_a_running_one_when_it
     make_runner,
 ):
     harness = await make_runner()
-    session = await harness.submit("succeed")
-    done = await harness.finished(session.id)
-    assert await harness.runner.wait(session.id) == done
+    session = await harness.submit("sleep")
+    await harness.sleeping(session.id)
+    waiting = asyncio.ensure_future(harness.runner.wait(session.id))
+    for _ in range(10):  # let the waiter reach its subscription
+        await asyncio.sleep(0)
+    assert not waiting.done()  # still running: the waiter waits
+    cancelled = await harness.runner.cancel(session.id)
+    assert await asyncio.wait_for(waiting, WAIT) == cancelled
+    # Finished: answered without ever suspending, i.e. at once.
+    at_once = harness.runner.wait(session.id)
+    with pytest.raises(StopIteration) as answered:
+        at_once.send(None)
+    assert answered.value.value == cancelled
 
 
 async def test_close_stops_workers_and_leaves_their_sessions_as_they_were(make_runner):
@@ -410,12 +420,6 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
 
 
 def test_repr_shows_slots_and_queue(data_paths):
-    from server.state.events import EventHub
-    from server.jobs.job_queue import JobQueue
-    from server.jobs.runner import JobRunner
-    from server.state.sessions import Sessions
-    from server.state.store import MemoryStore
-
     queue = JobQueue(3)
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
     runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)

@@ -6,8 +6,10 @@ not words; the analysis logic itself is tested with scripted replies elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -164,6 +166,25 @@ def test_by_hand_mode_prints_the_same_events(sample_video, tiny_model_dir, tmp_p
     assert_clean_channel(run)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.terminal.type == "result" and run.terminal.results["analysisType"] == "workout"
+    # The same job as the server sends it; greedy decoding gives the same replies.
+    spec = make_spec(
+        sample_video, tmp_path / "served", tiny_model_dir, AnalysisType.WORKOUT, segment_seconds=6
+    )
+    served = run_spec(dataclasses.replace(spec, filename=sample_video.name))
+    assert without_timing(run.events) == without_timing(served.events)
+
+
+def without_timing(events: list) -> list:
+    """The events with what differs between two identical runs (timings) left out."""
+    kept = []
+    for event in events:
+        if event.type == "result":
+            results = {k: v for k, v in event.results.items() if k != "processing_time_seconds"}
+            event = dataclasses.replace(event, results=results)
+        elif event.type == "log":  # e.g. "model ... ready in 3.17 s"
+            event = dataclasses.replace(event, message=re.sub(r"[\d.]+ s\b", "# s", event.message))
+        kept.append(event)
+    return kept
 
 
 BAD_VIDEOS = {
