@@ -28,7 +28,7 @@ def file_saying(tmp_path):
 
 
 @pytest.mark.parametrize("word", ["crash", "hang"])
-async def test_a_file_that_breaks_the_probe_is_a_415_and_the_next_upload_is_served(
+async def test_a_file_that_breaks_the_probe_is_a_415_the_probe_is_replaced_and_uploads_go_on(
     aiohttp_client, tmp_path, file_saying, word
 ):
     client = await start(
