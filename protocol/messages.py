@@ -44,6 +44,14 @@ class ModelState(str, Enum):
     UNAVAILABLE = "unavailable"
 
 
+class PartialKind(str, Enum):
+    """Which list of the results a partial item belongs to; the values are the wire strings."""
+
+    TIMELINE = "timeline"  # highlights: one judged segment
+    HIGHLIGHTS = "highlights"  # highlights: one kept highlight
+    SEGMENTS = "segments"  # workout: one stretch of one exercise (or rest)
+
+
 class LogLevel(str, Enum):
     DEBUG = "debug"
     INFO = "info"
@@ -133,8 +141,9 @@ class Progress:
 
 @dataclass(frozen=True)
 class Partial:
-    """One highlight or workout segment, sent as soon as it is found."""
+    """One item of a results list (`kind` names the list), sent as soon as it is found."""
 
+    kind: PartialKind
     item: dict[str, Any]
     type: str = field(default="partial", init=False)
 
@@ -199,7 +208,9 @@ def encode_event(event: Event) -> str:
     data = asdict(event)
     if isinstance(event, Log):
         data["level"] = event.level.value
-    if isinstance(event, ModelReport):
+    elif isinstance(event, Partial):
+        data["kind"] = event.kind.value
+    elif isinstance(event, ModelReport):
         data["state"] = event.state.value
     return json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
 
@@ -222,7 +233,7 @@ def decode_event(line: str | bytes) -> Event | InvalidLine:
             item = data["item"]
             if not isinstance(item, dict):
                 return InvalidLine(echo, "partial item must be an object")
-            return Partial(item)
+            return Partial(PartialKind(data["kind"]), item)
         if kind == "log":
             return Log(LogLevel(data.get("level", "info")), _text(data, "message"))
         if kind == "model":

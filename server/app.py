@@ -21,12 +21,13 @@ from server.config import Config
 from server.jobs.job_queue import JobQueue
 from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub
 from server.state.janitor import Janitor
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
-from server.web import handlers_legacy, handlers_service, handlers_sessions
+from server.web import handlers_exports, handlers_legacy, handlers_service, handlers_sessions
 from server.web.metrics import Metrics, metrics
 from server.web.middlewares import Cors, api_key_middleware, errors
 from server.web.responses import API_PREFIX
@@ -79,6 +80,13 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         on_finished=app[keys.METRICS].job_finished,
         warm_workers=config.warm_workers,
     )
+    webhooks = app[keys.WEBHOOKS] = WebhookDeliverer(
+        sessions,
+        config.webhook_secret,
+        allow_private=config.webhook_allow_private,
+        first_retry_seconds=config.webhook_first_retry_seconds,
+        retry_window_seconds=config.webhook_retry_seconds,
+    )
     app[keys.PATHS] = paths
     app[keys.HUB] = hub
     app[keys.SESSIONS] = sessions
@@ -89,6 +97,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     janitor = Janitor(
         sessions, paths, timedelta(hours=config.session_ttl_hours), uploading=uploads.__contains__
     )
+    await webhooks.start()  # first: a job may end as soon as the runner starts
     await runner.start()
     await runner.recover()
     await sessions.announce_all()
@@ -99,6 +108,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         sweeping.cancel()
         await asyncio.gather(sweeping, return_exceptions=True)
         await runner.close()
+        await webhooks.close()
         await hub.close()
         await store.close()
 
@@ -137,6 +147,11 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{v1}/results/{sid}", h.results, name="results")
     router.add_get(f"{v1}/results/{sid}/reel", h.reel, name="reel")
     router.add_get(f"{v1}/results/{sid}/thumbnails/{{n:[^/]+}}", h.thumbnail, name="thumbnail")
+    router.add_get(f"{v1}/results/{sid}/video", h.video, name="video")
+    router.add_get(f"{v1}/results/{sid}/chapters.vtt", h.chapters, name="chapters")
+    router.add_get(
+        f"{v1}/results/{sid}/export/{{format:[^/]+}}", handlers_exports.export, name="export"
+    )
     router.add_post(f"{v1}/cancel/{sid}", h.cancel, name="cancel")
     router.add_delete(f"{v1}/cleanup/{sid}", h.cleanup, name="cleanup")
     router.add_delete(f"{v1}/session/{sid}", h.cleanup, name="session")

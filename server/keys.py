@@ -9,6 +9,7 @@ from aiohttp import web
 from server.config import Config
 from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
@@ -25,4 +26,5 @@ SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
 PROBES = web.AppKey("probes", ProbeService)
+WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -52,6 +52,7 @@ from server.state.models import (
 )
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
+from server.state.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger("server.jobs.runner")
 # Worker `log` events: kept apart so the runner's own lines are one per job transition.
@@ -203,12 +204,17 @@ class JobRunner:
     # ---- what the HTTP layer calls ------------------------------------------------------
 
     async def submit(
-        self, session_id: str, analysis_type: AnalysisType, params: dict[str, Any]
+        self,
+        session_id: str,
+        analysis_type: AnalysisType,
+        params: dict[str, Any],
+        webhook: WebhookDelivery | None = None,
     ) -> Session:
         """Queue an `uploaded` session for analysis; returns its `pending` snapshot.
 
-        `params` must already be validated. Raises SessionNotFound, SessionConflict (the
-        session already ran or runs), QueueFull, or RunnerClosed.
+        `params` must already be validated; a `webhook` replaces the session's. Raises
+        SessionNotFound, SessionConflict (the session already ran or runs), QueueFull, or
+        RunnerClosed.
         """
         async with self._lock:
             if not self._accepting:
@@ -230,6 +236,7 @@ class JobRunner:
                 current_step=None,
                 error=None,
                 results=None,
+                webhook=webhook or session.webhook,
             )
             if start_now:
                 self._start_job(session_id)
@@ -504,7 +511,7 @@ class JobRunner:
                         session_id, progress=event.progress, current_step=event.step
                     )
                 elif isinstance(event, Partial):
-                    await self._sessions.add_partial(session_id, event.item)
+                    await self._sessions.add_partial(session_id, event.kind, event.item)
                 elif isinstance(event, Log):
                     level = logging.getLevelName(event.level.value.upper())
                     worker_log.log(level, "session %s worker: %s", session_id, event.message)

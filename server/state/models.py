@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from protocol import AnalysisType, VideoInfo
+from server.state.webhook_delivery import WebhookDelivery
 
 
 class SessionStatus(str, Enum):
@@ -55,6 +56,7 @@ class Session:
     error: str | None = None  # the message a client sees when the session failed
     results: dict[str, Any] | None = None  # the worker's results, artifact names relative
     attempts: int = 0  # how many times a worker was started for it (restarts re-run jobs)
+    webhook: WebhookDelivery | None = None  # where its end is announced, if anywhere
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
 

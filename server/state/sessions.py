@@ -6,7 +6,9 @@ that hold for every caller live here:
   * a terminal session (completed, failed, cancelled) never changes again;
   * progress never goes down while a run is processing;
   * `current_step` is a string in every status but `uploaded` and `pending` (API.md);
-  * a terminal status publishes `status`, then exactly one terminal event, then nothing.
+  * a terminal status publishes `status`, then exactly one terminal event, then nothing;
+  * reaching a terminal status makes a waiting webhook `pending` in that same snapshot, so
+    the end and the duty to announce it are stored together.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 
 import msgspec
 
+from protocol import PartialKind
 from server.state.bodies import PartialData, StatusBody, status_body
 from server.state.events import EventHub
-from server.state.models import Session, SessionStatus
+from server.state.models import Session, SessionStatus, utcnow
 from server.state.paths import DataPaths
 from server.state.store import SessionStore
+from server.state.webhook_delivery import DeliveryState, WebhookDelivery
 
 # The step a session shows when it reaches a status with no step of its own (API.md allows
 # null only while uploaded or pending): e.g. a job that fails before its worker started.
@@ -52,6 +56,7 @@ class Sessions:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # The last status body served per session, as JSON, with the snapshot it was made of.
         self._bodies: dict[str, tuple[Session, bytes]] = {}
+        self._webhook_due: Callable[[str], None] = lambda session_id: None
 
     @property
     def hub(self) -> EventHub:
@@ -75,13 +80,18 @@ class Sessions:
         """Sessions newest first, optionally of one status, at most `limit`."""
         return await self._store.list(status=status, limit=limit)
 
+    def on_webhook_due(self, due: Callable[[str], None]) -> None:
+        """Have `due(session_id)` called whenever a session's webhook becomes pending."""
+        self._webhook_due = due
+
     async def update(self, session_id: str, **changes: Any) -> Session:
         """Apply `changes` (Session fields), store the snapshot and publish it.
 
         A terminal session is returned unchanged and nothing is published. While the
         session stays `processing`, a lower `progress` keeps the higher one. Reaching
-        `completed` sets progress to 1.0. A status past `pending` without a step gets its
-        STATUS_STEPS one. Raises SessionNotFound.
+        `completed` sets progress to 1.0; reaching any terminal status makes a waiting
+        webhook pending (and tells `on_webhook_due`). A status past `pending`
+        without a step gets its STATUS_STEPS one. Raises SessionNotFound.
         """
         async with self._lock(session_id):
             current = await self._store.get(session_id)
@@ -98,17 +108,43 @@ class Sessions:
                 changes["progress"] = 1.0
             if status in STATUS_STEPS and changes.get("current_step", current.current_step) is None:
                 changes["current_step"] = STATUS_STEPS[status]
+            webhook = changes.get("webhook", current.webhook)
+            due = (
+                webhook is not None
+                and status.is_terminal
+                and webhook.state is DeliveryState.WAITING
+            )
+            if due:
+                changes["webhook"] = webhook.replace(
+                    state=DeliveryState.PENDING, pending_since=utcnow()
+                )
             session = current.replace(**changes)
             await self._store.put(session)
             self._publish(session)
+        if due:
+            self._webhook_due(session_id)
+        return session
+
+    async def record_webhook(self, session_id: str, delivery: WebhookDelivery) -> Session:
+        """Store how a session's webhook delivery stands; any status, terminal included.
+
+        Not a change of the session: `updatedAt` stays (expiry counts from the session's
+        end) and nothing is published (a terminal session's events are over); status
+        polls show it. Raises SessionNotFound.
+        """
+        async with self._lock(session_id):
+            current = await self._store.get(session_id)
+            session = current.replace(webhook=delivery, updated_at=current.updated_at)
+            await self._store.put(session)
             return session
 
-    async def add_partial(self, session_id: str, item: dict[str, Any]) -> None:
-        """Publish one partial result of a processing session; ignored for any other status."""
+    async def add_partial(self, session_id: str, kind: PartialKind, item: dict[str, Any]) -> None:
+        """Publish one partial result (an item of the results list `kind`) of a processing
+        session; ignored for any other status."""
         async with self._lock(session_id):
             session = await self._store.get(session_id)
             if session.status is SessionStatus.PROCESSING:
-                data = PartialData(session_id=session_id, item=item)
+                data = PartialData(session_id=session_id, kind=kind, item=item)
                 self._hub.publish(session_id, "partial", msgspec.to_builtins(data))
 
     async def publish_status(self, session_id: str) -> None:

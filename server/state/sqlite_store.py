@@ -21,6 +21,7 @@ from typing import Any
 from protocol import AnalysisType, VideoInfo
 from server.state.models import Session, SessionNotFound, SessionStatus
 from server.state.store import MemoryStore
+from server.state.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def session_to_json(session: Session) -> str:
             "error": session.error,
             "results": session.results,
             "attempts": session.attempts,
+            "webhook": session.webhook.to_dict() if session.webhook else None,
             "created_at": session.created_at.isoformat(),
             "updated_at": session.updated_at.isoformat(),
         },
@@ -73,6 +75,8 @@ def session_from_json(text: str) -> Session:
         error=data["error"],
         results=data["results"],
         attempts=data["attempts"],
+        # Absent in rows written before webhooks existed.
+        webhook=WebhookDelivery.from_dict(data["webhook"]) if data.get("webhook") else None,
         created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
     )

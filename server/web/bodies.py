@@ -103,6 +103,17 @@ class Highlight(msgspec.Struct):
     thumbnail: Annotated[str, msgspec.Meta(description="an API URL")] | None
 
 
+class TimelineEntry(msgspec.Struct):
+    """One judged segment: its significance and sentence, null where the reply was unreadable."""
+
+    start: Seconds
+    end: Seconds
+    start_time: Clock
+    end_time: Clock
+    significance: Annotated[int, msgspec.Meta(ge=1, le=10)] | None
+    description: str | None
+
+
 class Reel(msgspec.Struct):
     """The highlight reel: its API URL and length."""
 
@@ -126,6 +137,8 @@ class HighlightsResults(_ResultsOf, tag="highlights"):
     highlights_found: int
     highlights: list[Highlight]
     reel: Reel | None
+    # Every judged segment in time order; empty in results stored before it existed.
+    timeline: list[TimelineEntry] = msgspec.field(default_factory=list)
 
 
 class WorkoutSegment(msgspec.Struct):
@@ -140,12 +153,23 @@ class WorkoutSegment(msgspec.Struct):
     form_notes: str
 
 
+class ExerciseTotal(msgspec.Struct):
+    """One exercise's repetitions and seconds over the whole workout."""
+
+    exercise: str
+    reps: Annotated[int, msgspec.Meta(ge=0)]
+    seconds: float
+
+
 class WorkoutSummary(msgspec.Struct):
-    """Distinct exercises in order, total repetitions and the seconds not at rest."""
+    """Distinct exercises in order, total repetitions and the seconds not at rest, and each
+    exercise's own totals in the same order."""
 
     exercises: list[str]
     total_reps: int
     active_seconds: float
+    # Empty in results stored before it existed.
+    exercise_totals: list[ExerciseTotal] = msgspec.field(default_factory=list)
 
 
 class WorkoutResults(_ResultsOf, tag="workout"):
@@ -172,6 +196,23 @@ def results_of(public: Mapping[str, Any]) -> Results:
     Raises msgspec.ValidationError if the worker broke its contract: a server fault.
     """
     return msgspec.convert(public, Results)
+
+
+# ---- exports ----------------------------------------------------------------------------
+
+
+class OtioTimeline(msgspec.Struct):
+    """The `otio` export: an OpenTimelineIO timeline as its `otio_json` adapter writes it.
+
+    Only the top level is described here; everything inside follows OpenTimelineIO's own
+    schemas (`OTIO_SCHEMA` names each object's), which the adapter writes, not this server.
+    """
+
+    OTIO_SCHEMA: Literal["Timeline.1"]
+    name: str
+    global_start_time: dict[str, Any] | None
+    tracks: Annotated[dict[str, Any], msgspec.Meta(description="a Stack of one video Track")]
+    metadata: dict[str, Any]
 
 
 # ---- the service ------------------------------------------------------------------------
@@ -237,12 +278,23 @@ HighlightsParams = _params_struct(AnalysisType.HIGHLIGHTS)
 WorkoutParams = _params_struct(AnalysisType.WORKOUT)
 
 
+WebhookUrl = Annotated[
+    str,
+    msgspec.Meta(
+        description="POSTed the status body, signed (Standard Webhooks), when the session "
+        "ends; needs WEBHOOK_SECRET on the server and a public address (API.md, Webhooks)",
+        extra_json_schema={"format": "uri"},
+    ),
+]
+
+
 class HighlightsAnalyzeRequest(
     msgspec.Struct, tag_field="analysis_type", tag="highlights", omit_defaults=True
 ):
     """Start a highlights analysis; `params` absent or null means the defaults."""
 
     params: HighlightsParams | None = None  # type: ignore[valid-type]
+    webhook_url: WebhookUrl | None = None
 
 
 class WorkoutAnalyzeRequest(
@@ -251,6 +303,7 @@ class WorkoutAnalyzeRequest(
     """Start a workout analysis; `params` absent or null means the defaults."""
 
     params: WorkoutParams | None = None  # type: ignore[valid-type]
+    webhook_url: WebhookUrl | None = None
 
 
 class AnalyzeForm(msgspec.Struct, omit_defaults=True):
@@ -264,6 +317,7 @@ class AnalyzeForm(msgspec.Struct, omit_defaults=True):
             extra_json_schema={"contentMediaType": "application/json"},
         ),
     ] = ""
+    webhook_url: WebhookUrl = ""
 
 
 # Every declared body: `component_schemas` makes the OpenAPI schemas of these (and of
@@ -277,6 +331,7 @@ DECLARED: tuple[Any, ...] = (
     ResultsBody,
     HighlightsResults,
     WorkoutResults,
+    OtioTimeline,
     PartialData,
     Health,
     ServiceIndex,

@@ -27,6 +27,7 @@ from server.web.bodies import (
     json_response,
     results_of,
 )
+from server.web.chapters import VTT_CONTENT_TYPE, chapters_vtt, session_chapters
 from server.web.responses import (
     API_PREFIX,
     ApiError,
@@ -87,6 +88,7 @@ async def upload(request: web.Request) -> web.Response:
         limits=upload_limits(request),
         slots=app[keys.UPLOADS],
         probes=app[keys.PROBES],
+        webhooks=app[keys.WEBHOOKS],
     )
     if session.status is SessionStatus.UPLOADED:
         message = (
@@ -103,13 +105,16 @@ async def analyze(request: web.Request) -> web.Response:
     session_id = session_id_of(request)
     sessions = request.app[keys.SESSIONS]
     await sessions.get(session_id)
-    analysis_type, params = await _analysis_request(request)
-    session = await request.app[keys.RUNNER].submit(session_id, analysis_type, params)
+    analysis_type, params, webhook_url = await _analysis_request(request)
+    webhook = await request.app[keys.WEBHOOKS].target(webhook_url)
+    session = await request.app[keys.RUNNER].submit(session_id, analysis_type, params, webhook)
     return accepted(session, "Processing started")
 
 
-async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[str, Any]]:
-    """`analysis_type` and validated `params` from a JSON or form body."""
+async def _analysis_request(
+    request: web.Request,
+) -> tuple[AnalysisType, dict[str, Any], Any]:
+    """`analysis_type`, validated `params` and the `webhook_url` of a JSON or form body."""
     body: dict[str, Any]
     if request.content_type == "application/json":
         try:
@@ -141,7 +146,7 @@ async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[st
     params = body.get("params")
     if isinstance(params, str):
         params = parse_params_json(params)
-    return analysis_type, validate_params(analysis_type, params)
+    return analysis_type, validate_params(analysis_type, params), body.get("webhook_url")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -190,6 +195,23 @@ async def thumbnail(request: web.Request) -> web.FileResponse:
     return web.FileResponse(_artifact(session, name), headers={"Content-Type": "image/jpeg"})
 
 
+async def video(request: web.Request) -> web.FileResponse:
+    """The uploaded video itself, in any state until cleanup (Range requests work)."""
+    session = await request.app[keys.SESSIONS].get(session_id_of(request))
+    return web.FileResponse(_upload(session))
+
+
+async def chapters(request: web.Request) -> web.Response:
+    """WebVTT chapters of a completed session, from its judged segments."""
+    session = await _finished(request)
+    found = session_chapters(session.results or {})
+    if not found:
+        raise ApiError(
+            404, "No chapters", "These results have no judged segments", session_id=session.id
+        )
+    return web.Response(text=chapters_vtt(found), content_type=VTT_CONTENT_TYPE, charset="utf-8")
+
+
 async def _finished(request: web.Request) -> Session:
     """The session of the path if it completed; else the error `results` answers with."""
     session = await request.app[keys.SESSIONS].get(session_id_of(request))
@@ -197,6 +219,14 @@ async def _finished(request: web.Request) -> Session:
     if error is not None:
         raise error
     return session
+
+
+def _upload(session: Session) -> Path:
+    """The session's uploaded video, while its file is there."""
+    path = Path(session.upload_path)
+    if not path.is_file():
+        raise ApiError(404, "Not found", "The uploaded video is gone", session_id=session.id)
+    return path
 
 
 def _artifact(session: Session, name: str) -> Path:

@@ -15,6 +15,7 @@ from server.config import SERVICE_NAME, VERSION
 from server.state.events import STATUS_EVENT_NAME, TERMINAL_EVENT_NAMES
 from server.state.models import SessionStatus
 from server.web.bodies import component_schemas
+from server.web.exports import FORMATS as EXPORT_FORMATS
 
 _V1 = "/api/v1/video"
 _JSON = "application/json"
@@ -182,6 +183,64 @@ def _paths() -> dict[str, Any]:
                 500,
             )
         },
+        f"{_V1}/results/{{sessionId}}/video": {
+            "get": _op(
+                "The uploaded video, in any state until cleanup (HTTP Range supported)",
+                [*sid, _ACCESS_TOKEN],
+                {
+                    "200": _binary("video/*"),
+                    "206": _binary("video/*"),
+                },
+                400,
+                404,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/chapters.vtt": {
+            "get": _op(
+                "WebVTT chapters from the judged segments, for <track kind=chapters>",
+                [*sid, _ACCESS_TOKEN],
+                {
+                    "200": {
+                        "description": "WebVTT",
+                        "content": {"text/vtt": {"schema": {"type": "string"}}},
+                    }
+                },
+                400,
+                404,
+                500,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/export/{{format}}": {
+            "get": _op(
+                "The highlights as an editor's timeline: OpenTimelineIO, CMX 3600 EDL or FCPXML",
+                [
+                    *sid,
+                    {
+                        "name": "format",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": list(EXPORT_FORMATS)},
+                    },
+                ],
+                {
+                    "200": {
+                        "description": "A file of cuts from the uploaded video, at its frame rate",
+                        "content": {
+                            export.content_type: (
+                                {"schema": {"$ref": "#/components/schemas/OtioTimeline"}}
+                                if export.content_type == _JSON
+                                else {"schema": {"type": "string"}}
+                            )
+                            for export in EXPORT_FORMATS.values()
+                        },
+                    }
+                },
+                400,
+                404,
+                409,
+                500,
+            )
+        },
         f"{_V1}/cancel/{{sessionId}}": {
             "post": _op(
                 "Cancel a queued or running job (idempotent)",
@@ -225,7 +284,7 @@ def _paths() -> dict[str, Any]:
                     *sid,
                     {"name": "Last-Event-ID", "in": "header", "schema": _EVENT_ID},
                     {"name": "lastEventId", "in": "query", "schema": _EVENT_ID},
-                    {"name": "access_token", "in": "query", "schema": {"type": "string"}},
+                    _ACCESS_TOKEN,
                 ],
                 {
                     "200": {
@@ -278,6 +337,10 @@ def _paths() -> dict[str, Any]:
             for kind in AnalysisType
         },
     }
+
+
+# Where EventSource, <video> and <track> (which cannot send headers) put the API key.
+_ACCESS_TOKEN = {"name": "access_token", "in": "query", "schema": {"type": "string"}}
 
 
 def _op(summary: str, parameters: list[Any], responses: dict[str, Any], *errors: int) -> dict:
@@ -370,6 +433,8 @@ def _upload_body(*, with_type: bool, kind: AnalysisType | None = None) -> dict[s
             "enum": [t.value for t in AnalysisType],
             "description": "Absent: two-step flow, status `uploaded` (then no params either)",
         }
+        # Declared once, with the analyze request's fields.
+        properties["webhook_url"] = component_schemas()["AnalyzeForm"]["properties"]["webhook_url"]
     elif kind is not None:
         declared = component_schemas()[f"{kind.value.capitalize()}Params"]["properties"]
         properties.update(declared)

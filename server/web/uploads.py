@@ -35,6 +35,7 @@ from protocol import (
 from server.jobs.job_queue import RETRY_AFTER_SECONDS
 from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
@@ -115,12 +116,14 @@ async def accept_upload(
     slots: UploadSlots,
     probes: ProbeService,
     fixed_type: AnalysisType | None = None,
+    webhooks: WebhookDeliverer | None = None,
 ) -> Session:
     """Stream, validate and probe an upload; create its session and submit it if it has a type.
 
     `fixed_type` is the legacy endpoints' analysis type: their non-file fields are params.
     Without it, `analysis_type` and `params` come from the form and a missing type means the
-    two-step flow (status `uploaded`). Raises ApiError or a domain error; never leaves files.
+    two-step flow (status `uploaded`); with `webhooks`, a `webhook_url` field is vetted
+    and kept with the session. Raises ApiError or a domain error; never leaves files.
     """
     if not runner.has_room():
         raise QueueFull(RETRY_AFTER_SECONDS)
@@ -128,7 +131,16 @@ async def accept_upload(
     session_id = str(uuid.uuid4())
     with slots.claim(session_id):
         return await _accept(
-            request, session_id, sessions, runner, paths, limits, fixed_type, slots.on_bytes, probes
+            request,
+            session_id,
+            sessions,
+            runner,
+            paths,
+            limits,
+            fixed_type,
+            slots.on_bytes,
+            webhooks,
+            probes,
         )
 
 
@@ -141,6 +153,7 @@ async def _accept(
     limits: UploadLimits,
     fixed_type: AnalysisType | None,
     on_bytes: Callable[[int], None],
+    webhooks: WebhookDeliverer | None,
     probes: ProbeService,
 ) -> Session:
     created = False
@@ -153,6 +166,7 @@ async def _accept(
             on_bytes=on_bytes,
         )
         analysis_type, params = _job_of(form.fields, fixed_type, complete=True)
+        webhook = await webhooks.target(form.fields.get("webhook_url")) if webhooks else None
         assert form.video_path is not None  # receive_form raises without a file
         info = await probes.probe(form.video_path, form.filename)
         if info.duration_seconds > limits.max_video_seconds:
@@ -168,6 +182,7 @@ async def _accept(
             video=info,
             upload_path=str(form.video_path),
             output_dir=str(paths.output_dir(session_id)),
+            webhook=webhook,
         )
         await sessions.create(session)
         created = True

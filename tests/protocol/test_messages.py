@@ -14,6 +14,7 @@ from protocol import (
     ModelReport,
     ModelState,
     Partial,
+    PartialKind,
     ProbeRequest,
     Progress,
     ProtocolError,
@@ -30,7 +31,7 @@ from protocol import (
 
 EVENTS = [
     Progress(0.42, "Analyzing segment 5/12"),
-    Partial({"start": 10.0, "end": 20.0, "significance": 7}),
+    Partial(PartialKind.TIMELINE, {"start": 10.0, "end": 20.0, "significance": 7}),
     Log(LogLevel.WARNING, "slow disk"),
     Result({"analysisType": "highlights", "highlights": []}),
     Error("invalid_video", "no video stream"),
@@ -59,6 +60,15 @@ def test_wire_format_matches_the_documented_lines():
     }
 
 
+def test_a_partial_names_the_results_list_its_item_belongs_to():
+    line = encode_event(Partial(PartialKind.SEGMENTS, {"start": 0.0, "exercise": "squat"}))
+    assert json.loads(line) == {
+        "type": "partial",
+        "kind": "segments",
+        "item": {"start": 0.0, "exercise": "squat"},
+    }
+
+
 def test_only_result_and_error_are_terminal():
     assert [is_terminal(e) for e in EVENTS] == [False, False, False, True, True]
 
@@ -77,7 +87,9 @@ GARBAGE = [
     '{"type": "progress", "progress": "half", "step": "x"}',
     '{"type": "progress", "progress": true, "step": "x"}',
     '{"type": "progress", "progress": NaN, "step": "x"}',
-    '{"type": "partial", "item": [1]}',
+    '{"type": "partial", "kind": "highlights", "item": [1]}',
+    '{"type": "partial", "item": {"start": 0.0}}',
+    '{"type": "partial", "kind": "chapters", "item": {"start": 0.0}}',
     '{"type": "result", "results": null}',
     '{"type": "error", "error": 3, "message": "x"}',
     '{"type": "log", "level": "shout", "message": "x"}',

@@ -35,6 +35,7 @@ STATUS_KEYS = (
     "updatedAt",
     "error",
     "queuePosition",
+    "webhook",
 )
 # Status checks in tests are short sleeps in a loop; this only bounds a broken test.
 # Every route that takes a session id, with its method ({id} to be filled in).
@@ -44,6 +45,9 @@ ID_ROUTES = [
     ("GET", V1 + "/results/{id}"),
     ("GET", V1 + "/results/{id}/reel"),
     ("GET", V1 + "/results/{id}/thumbnails/0"),
+    ("GET", V1 + "/results/{id}/video"),
+    ("GET", V1 + "/results/{id}/chapters.vtt"),
+    ("GET", V1 + "/results/{id}/export/otio"),
     ("POST", V1 + "/cancel/{id}"),
     ("DELETE", V1 + "/cleanup/{id}"),
     ("DELETE", V1 + "/session/{id}"),

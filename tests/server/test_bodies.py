@@ -9,10 +9,11 @@ import jsonschema_rs
 import msgspec
 import pytest
 
-from protocol import AnalysisType
+from protocol import AnalysisType, PartialKind, VideoInfo
 from server.state.bodies import PartialData, StatusBody
 from server.state.models import SessionStatus
 from server.web import bodies
+from server.web.exports import FORMATS, export_text
 from tests.server.http_helpers import STATUS_KEYS, start
 
 SID = "550e8400-e29b-41d4-a716-446655440000"
@@ -49,6 +50,11 @@ HIGHLIGHTS = bodies.HighlightsResults(
         )
     ],
     reel=bodies.Reel(url=f"/api/v1/video/results/{SID}/reel", duration_seconds=10.0),
+    # The highlight's segment, then one whose reply could not be read.
+    timeline=[
+        bodies.TimelineEntry(120.0, 130.0, "02:00", "02:10", 8, "a goal"),
+        bodies.TimelineEntry(130.0, 140.0, "02:10", "02:20", None, None),
+    ],
 )
 WORKOUT = bodies.WorkoutResults(
     processing_time_seconds=80.1,
@@ -65,7 +71,12 @@ WORKOUT = bodies.WorkoutResults(
             form_notes="steady",
         )
     ],
-    summary=bodies.WorkoutSummary(exercises=["squat"], total_reps=12, active_seconds=30.0),
+    summary=bodies.WorkoutSummary(
+        exercises=["squat"],
+        total_reps=12,
+        active_seconds=30.0,
+        exercise_totals=[bodies.ExerciseTotal(exercise="squat", reps=12, seconds=30.0)],
+    ),
 )
 # One example of every declared body, as a handler would build it.
 EXAMPLES: dict[type, Any] = {
@@ -86,7 +97,19 @@ EXAMPLES: dict[type, Any] = {
     bodies.ResultsBody: bodies.ResultsBody(session_id=SID, status="completed", results=HIGHLIGHTS),
     bodies.HighlightsResults: HIGHLIGHTS,
     bodies.WorkoutResults: WORKOUT,
-    PartialData: PartialData(session_id=SID, item={"start": 0.0, "end": 2.0}),
+    PartialData: PartialData(
+        session_id=SID, kind=PartialKind.TIMELINE, item={"start": 0.0, "end": 2.0}
+    ),
+    # What the export route sends for `otio`: OpenTimelineIO's own writing, read as declared.
+    bodies.OtioTimeline: msgspec.json.decode(
+        export_text(
+            FORMATS["otio"],
+            VideoInfo("match.mp4", 612.0, 1920, 1080, 29.97),
+            [{"start": 120.0, "end": 130.0}],
+            session_id=SID,
+        ),
+        type=bodies.OtioTimeline,
+    ),
     bodies.Health: bodies.Health(
         status="healthy",
         model="smolvlm-local",
@@ -149,6 +172,15 @@ def test_results_are_converted_by_their_tag_and_an_undeclared_shape_is_refused()
     assert bodies.results_of(data) == WORKOUT
     with pytest.raises(msgspec.ValidationError):
         bodies.results_of({"analysisType": "workout", "segments": []})
+
+
+def test_results_stored_before_the_timeline_existed_still_convert_with_it_empty():
+    highlights = msgspec.to_builtins(HIGHLIGHTS)
+    del highlights["timeline"]
+    assert bodies.results_of(highlights).timeline == []
+    workout = msgspec.to_builtins(WORKOUT)
+    del workout["summary"]["exercise_totals"]
+    assert bodies.results_of(workout).summary.exercise_totals == []
 
 
 def _refs(node: Any) -> set[str]:

@@ -113,7 +113,12 @@ async def test_workout_two_step_flow(aiohttp_client, tmp_path, make_video, tiny_
     results = (await (await client.get(f"{V1}/results/{session_id}")).json())["results"]
     assert results["analysisType"] == "workout"
     assert results["segments"][0]["start"] == 0.0
-    assert set(results["summary"]) == {"exercises", "total_reps", "active_seconds"}
+    assert set(results["summary"]) == {
+        "exercises",
+        "total_reps",
+        "active_seconds",
+        "exercise_totals",
+    }
     again = await client.post(f"{V1}/analyze/{session_id}", json={"analysis_type": "workout"})
     assert again.status == 409
 
@@ -134,6 +139,12 @@ async def test_event_stream_follows_a_real_job_and_resumes_without_loss(
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     progress = [frame.data["progress"] for frame in frames if frame.event == "status"]
     assert progress == sorted(progress)
+    # Each judged segment came live as a timeline partial, exactly as the results list it.
+    results = (await (await client.get(f"{V1}/results/{session_id}")).json())["results"]
+    partials = [frame.data for frame in frames if frame.event == "partial"]
+    timeline = [p["item"] for p in partials if p["kind"] == "timeline"]
+    assert timeline == results["timeline"] and len(timeline) == 4  # 12 s in 3-s segments
+    assert {p["kind"] for p in partials} == {"timeline", "highlights"}
 
     # A client that dropped after the first partial resumes with exactly what it missed.
     first_partial = next(frame for frame in frames if frame.event == "partial")

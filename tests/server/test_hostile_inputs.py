@@ -797,6 +797,9 @@ ROUTE_METHODS = {
     f"{V1}/results/{{sessionId}}": {"GET"},
     f"{V1}/results/{{sessionId}}/reel": {"GET"},
     f"{V1}/results/{{sessionId}}/thumbnails/{{n}}": {"GET"},
+    f"{V1}/results/{{sessionId}}/video": {"GET"},
+    f"{V1}/results/{{sessionId}}/chapters.vtt": {"GET"},
+    f"{V1}/results/{{sessionId}}/export/{{format}}": {"GET"},
     f"{V1}/cancel/{{sessionId}}": {"POST"},
     f"{V1}/cleanup/{{sessionId}}": {"DELETE"},
     f"{V1}/session/{{sessionId}}": {"DELETE"},
@@ -810,7 +813,7 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND")
 
 
 def concrete(route: str, session_id: str = SOME_UUID4) -> str:
-    return route.format(sessionId=session_id, n="0")
+    return route.format(sessionId=session_id, n="0", format="otio")
 
 
 async def test_the_route_list_of_this_module_is_the_routers(target):
@@ -833,6 +836,11 @@ async def test_a_wrong_method_is_a_json_405_naming_the_allowed_ones(target, rout
         await assert_unharmed(target, before)
 
 
+QUERY_KEY_ROUTES = {
+    f"{V1}/events/{{sessionId}}",
+    f"{V1}/results/{{sessionId}}/video",
+    f"{V1}/results/{{sessionId}}/chapters.vtt",
+}
 PROTECTED = sorted(route for route in ROUTE_METHODS if route not in PUBLIC)
 BAD_CREDENTIALS = [
     {},
@@ -852,8 +860,9 @@ async def test_a_missing_or_wrong_api_key_is_a_401_on_every_protected_route(keye
     for headers in BAD_CREDENTIALS:
         answer = await refused(keyed, 401, method, concrete(route), headers=headers)
         assert answer["error"] == "Unauthorized"
-    if not route.startswith(f"{V1}/events/"):
-        # Only EventSource, which cannot send headers, may put the key in the query.
+    if route not in QUERY_KEY_ROUTES:
+        # Only EventSource, <video> and <track>, which cannot send headers, may put the key
+        # in the query.
         await refused(keyed, 401, method, concrete(route) + f"?access_token={KEY}")
 
 

@@ -85,8 +85,8 @@ async def test_a_jobs_events_are_ordered_and_end_with_exactly_one_terminal_event
     assert events[-1].name == "completed"
     partials = [event.data for event in events if event.name == "partial"]
     assert partials == [
-        {"sessionId": session.id, "item": {"start": 0.0, "end": 10.0}},
-        {"sessionId": session.id, "item": {"start": 10.0, "end": 20.0}},
+        {"sessionId": session.id, "kind": "timeline", "item": {"start": 0.0, "end": 10.0}},
+        {"sessionId": session.id, "kind": "timeline", "item": {"start": 10.0, "end": 20.0}},
     ]
     statuses = [event.data["status"] for event in events if event.name == "status"]
     assert statuses[:3] == ["uploaded", "pending", "processing"]

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from protocol import PartialKind
 from server.state.models import SessionNotFound, SessionStatus, utcnow
 from tests.server.conftest import new_session
 
@@ -60,7 +61,7 @@ async def test_a_terminal_session_never_changes_again(make_sessions, data_paths)
     cancelled = await sessions.update(session.id, status=SessionStatus.CANCELLED)
     count = sessions.hub.last_event_id(session.id)
     again = await sessions.update(session.id, status=SessionStatus.COMPLETED, results={})
-    await sessions.add_partial(session.id, {"late": True})
+    await sessions.add_partial(session.id, PartialKind.HIGHLIGHTS, {"late": True})
     await sessions.publish_status(session.id)
     assert again == cancelled == await sessions.get(session.id)
     assert sessions.hub.last_event_id(session.id) == count  # nothing published after the end
@@ -105,12 +106,12 @@ async def test_partials_are_published_while_processing_only(make_sessions, data_
     sessions = make_sessions()
     waiting = await sessions.create(new_session(data_paths, status=SessionStatus.PENDING))
     running = await sessions.create(new_session(data_paths, status=SessionStatus.PROCESSING))
-    await sessions.add_partial(waiting.id, {"n": 0})
-    await sessions.add_partial(running.id, {"n": 1})
+    await sessions.add_partial(waiting.id, PartialKind.TIMELINE, {"n": 0})
+    await sessions.add_partial(running.id, PartialKind.TIMELINE, {"n": 1})
     assert [e.name for e in await published(sessions, waiting.id)] == ["status"]
     events = await published(sessions, running.id)
     assert events[-1].name == "partial"
-    assert events[-1].data == {"sessionId": running.id, "item": {"n": 1}}
+    assert events[-1].data == {"sessionId": running.id, "kind": "timeline", "item": {"n": 1}}
 
 
 async def test_the_body_carries_the_queue_position_while_pending(make_sessions, data_paths):
