@@ -19,6 +19,7 @@ from aiohttp import web
 from server import keys
 from server.config import Config
 from server.jobs.job_queue import JobQueue
+from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub
@@ -48,6 +49,7 @@ def create_app(config: Config) -> web.Application:
     app[keys.METRICS] = Metrics()
     if config.cors_origins:  # with no origin allowed the hook would add nothing to a response
         app.on_response_prepare.append(cors.on_response_prepare)
+    app.cleanup_ctx.append(probing)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
     add_routes(app.router)
@@ -109,6 +111,19 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         await webhooks.close()
         await hub.close()
         await store.close()
+
+
+async def probing(app: web.Application) -> AsyncIterator[None]:
+    """Start the probe processes that vet uploads; end them when the app stops."""
+    config = app[keys.CONFIG]
+    probes = app[keys.PROBES] = ProbeService(
+        config.probe_command, timeout=config.probe_timeout_seconds
+    )
+    await probes.start()
+    try:
+        yield
+    finally:
+        await probes.close()
 
 
 async def release_waiters(app: web.Application) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import DEFAULT_MODEL
+from server.jobs.probe import PROBE_TIMEOUT
 
 SERVICE_NAME = "smolvlm-video-server"
 # Kept equal to setup.cfg's version (a test checks it): the service is often run from a
@@ -48,6 +49,8 @@ class Config:
     webhook_first_retry_seconds: float = 5.0
     # Not settings an operator needs; tests point them at fixture scripts or shorten them.
     worker_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker")
+    probe_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker", "--probe-service")
+    probe_timeout_seconds: float = PROBE_TIMEOUT
     sse_ping_seconds: float = 15.0
     disconnect_poll_seconds: float = 0.5
 

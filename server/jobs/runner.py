@@ -27,14 +27,18 @@ from typing import Any
 from protocol import (
     AnalysisType,
     Error,
+    ErrorCode,
     InvalidLine,
     JobSpec,
     Log,
+    ModelReport,
+    ModelState,
     Partial,
     Progress,
     Result,
 )
 from server.jobs.job_queue import JobQueue
+from server.jobs.model_health import ModelHealth
 from server.jobs.warm_pool import WarmPool
 from server.jobs.worker_process import WorkerProcess
 from server.state.models import (
@@ -63,6 +67,8 @@ ERROR_TAIL_LINES = 1
 STARTING_STEP = "Starting worker"
 RESTARTED_STEP = "Queued again after a server restart"
 COMPLETED_STEP = "Completed"
+CANCELLED_STEP = "Cancelled"
+CANCELLED_QUEUED_STEP = "Cancelled while queued"
 
 
 @dataclass(eq=False)
@@ -119,7 +125,8 @@ class JobRunner:
         self._command = tuple(worker_command)
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
         self._on_finished = on_finished
-        self._warm = WarmPool(warm_workers, self._command, model, self._env)
+        self._health = ModelHealth(model, warm=warm_workers > 0)
+        self._warm = WarmPool(warm_workers, self._command, model, self._env, self._health)
         self._jobs: dict[str, _Job] = {}
         self._lock = asyncio.Lock()  # serialises submit and cancel decisions
         self._wakeup = asyncio.Event()
@@ -262,8 +269,11 @@ class JobRunner:
             session = await self._sessions.get(session_id)
             if session.status is not SessionStatus.CANCELLED:
                 if not session.status.is_terminal:
+                    queued = session.status is SessionStatus.PENDING
                     session = await self._sessions.update(
-                        session_id, status=SessionStatus.CANCELLED
+                        session_id,
+                        status=SessionStatus.CANCELLED,
+                        current_step=CANCELLED_QUEUED_STEP if queued else CANCELLED_STEP,
                     )
                 if session.status is not SessionStatus.CANCELLED:
                     raise SessionConflict(session, f"Session already {session.status.value}")
@@ -308,6 +318,11 @@ class JobRunner:
     def queued_count(self) -> int:
         """Jobs waiting in the queue for a slot."""
         return len(self._queue)
+
+    @property
+    def model_health(self) -> ModelHealth:
+        """Whether the workers can load the model, as warm workers and jobs last reported."""
+        return self._health
 
     # ---- dispatching --------------------------------------------------------------------
 
@@ -415,6 +430,7 @@ class JobRunner:
             model=self._model,
             params=session.params,
             filename=session.video.filename,
+            video=session.video,  # probed at upload: the worker trusts it instead of probing again
         )
         await asyncio.to_thread(Path(session.output_dir).mkdir, parents=True, exist_ok=True)
         warm = job.worker.pid is not None
@@ -442,8 +458,11 @@ class JobRunner:
                 return _Outcome(error="Could not start the worker process")
             terminal, heard = await self._deliver(job.worker, spec)
         if isinstance(terminal, Result):
+            self._health.report(ModelState.READY)
             return _Outcome(results=terminal.results)
         if isinstance(terminal, Error):
+            if terminal.error == ErrorCode.MODEL_UNAVAILABLE.value:
+                self._health.report(ModelState.UNAVAILABLE, terminal.message)
             return _Outcome(error=terminal.message, detail=f"{terminal.error}: {terminal.message}")
         # Stdout ended with no terminal event: the worker died. Say how.
         await job.worker.wait(EXIT_AFTER_EOF_SECONDS)
@@ -476,11 +495,16 @@ class JobRunner:
     ) -> tuple[Result | Error | None, int]:
         """Fold the worker's events into the session until its terminal event or stdout's end.
 
-        Returns the terminal event (None if stdout ended first) and how many lines came.
+        Returns the terminal event (None if stdout ended first) and how many lines came
+        (a warm worker's model report, sent before it had the job, does not count).
         """
         lines = 0
         async with contextlib.aclosing(worker.events()) as events:
             async for event in events:
+                if isinstance(event, ModelReport):
+                    # A warm worker taken before its pool heard its report.
+                    self._health.report(event.state, event.reason)
+                    continue
                 lines += 1
                 if isinstance(event, Progress):
                     await self._sessions.update(

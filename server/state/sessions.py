@@ -5,6 +5,7 @@ status events a subscriber sees is the order of the snapshots the store kept. Th
 that hold for every caller live here:
   * a terminal session (completed, failed, cancelled) never changes again;
   * progress never goes down while a run is processing;
+  * `current_step` is a string in every status but `uploaded` and `pending` (API.md);
   * a terminal status publishes `status`, then exactly one terminal event, then nothing;
   * reaching a terminal status makes a waiting webhook `pending` in that same snapshot, so
     the end and the duty to announce it are stored together.
@@ -26,6 +27,15 @@ from server.state.models import Session, SessionStatus, utcnow
 from server.state.paths import DataPaths
 from server.state.store import SessionStore
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+
+# The step a session shows when it reaches a status with no step of its own (API.md allows
+# null only while uploaded or pending): e.g. a job that fails before its worker started.
+STATUS_STEPS = {
+    SessionStatus.PROCESSING: "Processing",
+    SessionStatus.COMPLETED: "Completed",
+    SessionStatus.FAILED: "Failed",
+    SessionStatus.CANCELLED: "Cancelled",
+}
 
 
 class Sessions:
@@ -80,7 +90,8 @@ class Sessions:
         A terminal session is returned unchanged and nothing is published. While the
         session stays `processing`, a lower `progress` keeps the higher one. Reaching
         `completed` sets progress to 1.0; reaching any terminal status makes a waiting
-        webhook pending (and tells `on_webhook_due`). Raises SessionNotFound.
+        webhook pending (and tells `on_webhook_due`). A status past `pending`
+        without a step gets its STATUS_STEPS one. Raises SessionNotFound.
         """
         async with self._lock(session_id):
             current = await self._store.get(session_id)
@@ -95,6 +106,8 @@ class Sessions:
                 changes["progress"] = max(current.progress, changes["progress"])
             if status is SessionStatus.COMPLETED:
                 changes["progress"] = 1.0
+            if status in STATUS_STEPS and changes.get("current_step", current.current_step) is None:
+                changes["current_step"] = STATUS_STEPS[status]
             webhook = changes.get("webhook", current.webhook)
             due = (
                 webhook is not None

@@ -218,11 +218,16 @@ class OtioTimeline(msgspec.Struct):
 # ---- the service ------------------------------------------------------------------------
 
 
-class Health(msgspec.Struct):
-    """Liveness, the model served and how many jobs run and wait."""
+class Health(msgspec.Struct, rename="camel"):
+    """Liveness, the model served and its state, and how many jobs run and wait.
 
-    status: Literal["healthy"]
+    `unhealthy` (a 503) when the model cannot be loaded; `model_error` says why.
+    """
+
+    status: Literal["healthy", "unhealthy"]
     model: str
+    model_state: Literal["loading", "ready", "unavailable", "unknown"]
+    model_error: str | None
     running: int
     queued: int
     version: str

@@ -42,6 +42,7 @@ async def _analyze_now(request: web.Request, analysis_type: AnalysisType) -> web
         paths=app[keys.PATHS],
         limits=upload_limits(request),
         slots=app[keys.UPLOADS],
+        probes=app[keys.PROBES],
         fixed_type=analysis_type,
     )
     try:

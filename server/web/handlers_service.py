@@ -86,16 +86,24 @@ def endpoints(app: web.Application) -> list[Endpoint]:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness, the model served and how many jobs run and wait."""
+    """Liveness, the model served and its state, and how many jobs run and wait.
+
+    A 503 `unhealthy` when the model cannot be loaded: every job would fail, so a load
+    balancer or orchestrator should take this node out.
+    """
     runner = request.app[keys.RUNNER]
+    model = runner.model_health
     return json_response(
         Health(
-            status="healthy",
+            status="unhealthy" if model.unavailable else "healthy",
             model=model_display_name(request.app[keys.CONFIG].model),
+            model_state=model.state,
+            model_error=model.reason,
             running=runner.running_count,
             queued=runner.queued_count,
             version=VERSION,
-        )
+        ),
+        status=503 if model.unavailable else 200,
     )
 
 

@@ -87,6 +87,7 @@ async def upload(request: web.Request) -> web.Response:
         paths=app[keys.PATHS],
         limits=upload_limits(request),
         slots=app[keys.UPLOADS],
+        probes=app[keys.PROBES],
         webhooks=app[keys.WEBHOOKS],
     )
     if session.status is SessionStatus.UPLOADED:

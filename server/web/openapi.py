@@ -88,7 +88,19 @@ def _paths() -> dict[str, Any]:
                 },
             )
         },
-        "/health": {"get": _op("Health, model and job counts", [], {"200": _json_ref("Health")})},
+        "/health": {
+            "get": _op(
+                "Health, model state and job counts",
+                [],
+                {
+                    "200": _json_ref("Health"),
+                    "503": {
+                        **_json_ref("Health"),
+                        "description": "Unhealthy: the model cannot be loaded (see modelError)",
+                    },
+                },
+            )
+        },
         "/api/v1/openapi.json": {
             "get": _op(
                 "This document",

@@ -33,7 +33,7 @@ from protocol import (
     validate_params,
 )
 from server.jobs.job_queue import RETRY_AFTER_SECONDS
-from server.jobs.probe import probe_video
+from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
@@ -114,6 +114,7 @@ async def accept_upload(
     paths: DataPaths,
     limits: UploadLimits,
     slots: UploadSlots,
+    probes: ProbeService,
     fixed_type: AnalysisType | None = None,
     webhooks: WebhookDeliverer | None = None,
 ) -> Session:
@@ -139,6 +140,7 @@ async def accept_upload(
             fixed_type,
             slots.on_bytes,
             webhooks,
+            probes,
         )
 
 
@@ -152,6 +154,7 @@ async def _accept(
     fixed_type: AnalysisType | None,
     on_bytes: Callable[[int], None],
     webhooks: WebhookDeliverer | None,
+    probes: ProbeService,
 ) -> Session:
     created = False
     try:
@@ -165,7 +168,7 @@ async def _accept(
         analysis_type, params = _job_of(form.fields, fixed_type, complete=True)
         webhook = await webhooks.target(form.fields.get("webhook_url")) if webhooks else None
         assert form.video_path is not None  # receive_form raises without a file
-        info = await probe_video(form.video_path, form.filename)
+        info = await probes.probe(form.video_path, form.filename)
         if info.duration_seconds > limits.max_video_seconds:
             raise ApiError(
                 422,

@@ -111,7 +111,13 @@ EXAMPLES: dict[type, Any] = {
         type=bodies.OtioTimeline,
     ),
     bodies.Health: bodies.Health(
-        status="healthy", model="smolvlm-local", running=1, queued=0, version="0.1.0"
+        status="healthy",
+        model="smolvlm-local",
+        model_state="ready",
+        model_error=None,
+        running=1,
+        queued=0,
+        version="0.1.0",
     ),
     bodies.ServiceIndex: bodies.ServiceIndex(
         service="smolvlm-video-server",

@@ -36,7 +36,7 @@ async def real_client(aiohttp_client, tmp_path, model_dir: Path, **overrides):
 
 
 def worker_pids() -> set[int]:
-    """Live `inference_worker` processes that are children of this test process."""
+    """Live job workers (`inference_worker`, not its probe service) that are our children."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -46,7 +46,8 @@ def worker_pids() -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if stat[0] != "Z" and int(stat[1]) == os.getpid() and b"inference_worker" in cmdline:
+        job_worker = b"inference_worker" in cmdline and b"--probe-service" not in cmdline
+        if stat[0] != "Z" and int(stat[1]) == os.getpid() and job_worker:
             pids.add(int(entry.name))
     return pids
 
@@ -217,7 +218,7 @@ async def test_synchronous_endpoint_answers_with_the_bare_results(
 async def test_a_model_that_cannot_be_loaded_fails_the_job_with_a_clear_message(
     aiohttp_client, tmp_path, sample_video
 ):
-    """The message names the model but not the server's path; the server still answers."""
+    """The message names the model but not the server's path; /health then says unhealthy."""
     client = await real_client(aiohttp_client, tmp_path, tmp_path / "missing-model")
     session_id = await upload_id(client, sample_video, analysis_type="workout")
     await finished(client, session_id)
@@ -226,4 +227,8 @@ async def test_a_model_that_cannot_be_loaded_fails_the_job_with_a_clear_message(
     assert failed.status == 500 and body["error"] == "Analysis failed"
     assert "missing-model" in body["message"] and str(tmp_path) not in body["message"]
     health = await client.get("/health")
-    assert health.status == 200
+    assert health.status == 503
+    health_body = await health.json()
+    assert health_body["status"] == "unhealthy" and health_body["modelState"] == "unavailable"
+    assert "missing-model" in health_body["modelError"]
+    assert str(tmp_path) not in health_body["modelError"]

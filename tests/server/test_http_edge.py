@@ -235,6 +235,8 @@ async def test_health_reports_model_counts_and_version(aiohttp_client, tmp_path)
     assert await response.json() == {
         "status": "healthy",
         "model": model_display_name("/models/my-local-smolvlm"),
+        "modelState": "unknown",  # no warm worker, no job yet: nothing is known of it
+        "modelError": None,
         "running": 0,
         "queued": 0,
         "version": VERSION,

@@ -186,3 +186,30 @@ async def test_a_pending_body_always_carries_the_current_queue_position(make_ses
     assert json.loads(sessions.body_json(session))["queuePosition"] == 3
     positions["place"] = 1  # the queue moved; the snapshot did not
     assert json.loads(sessions.body_json(session))["queuePosition"] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "step"),
+    [
+        (SessionStatus.PROCESSING, "Processing"),
+        (SessionStatus.COMPLETED, "Completed"),
+        (SessionStatus.FAILED, "Failed"),
+        (SessionStatus.CANCELLED, "Cancelled"),
+    ],
+)
+async def test_a_status_past_pending_always_has_a_step(make_sessions, data_paths, status, step):
+    """API.md: currentStep may be null only while uploaded or pending."""
+    sessions = make_sessions()
+    session = await sessions.create(new_session(data_paths))
+    pending = await sessions.update(session.id, status=SessionStatus.PENDING)
+    assert pending.current_step is None
+    changed = await sessions.update(session.id, status=status)
+    assert changed.current_step == step
+    assert (await published(sessions, session.id))[-1].data["currentStep"] == step
+
+
+async def test_a_step_given_with_the_status_is_kept(make_sessions, data_paths):
+    sessions = make_sessions()
+    session = await sessions.create(new_session(data_paths))
+    failed = await sessions.update(session.id, status=SessionStatus.FAILED, current_step="Oops")
+    assert failed.current_step == "Oops"
