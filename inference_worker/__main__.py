@@ -27,6 +27,7 @@ from inference_worker.channel import (
     install_sigterm_handler,
     stop_when_parent_is_gone,
 )
+from inference_worker.compute import use_fast_blas
 from protocol import (
     DEFAULT_MODEL,
     Error,
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s",
     )
+    # Before anything imports mlx: the fast BLAS must be in place when MLX's library loads.
+    use_fast_blas()
     args = parse_args(argv)
     try:
         if args.probe:

@@ -100,7 +100,8 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
         emit(
             Log(
                 LogLevel.INFO,
-                f"model {model.name} ready in {time.monotonic() - load_started:.2f} s",
+                f"model {model.name} ready in {time.monotonic() - load_started:.2f} s "
+                f"({model.compute})",
             )
         )
         reporter.progress(_LOADED, "Model loaded")

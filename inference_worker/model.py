@@ -39,11 +39,13 @@ class GenerationStats:
 class SmolVLM:
     """A loaded SmolVLM2: model and processor, used through `generate`."""
 
-    def __init__(self, name: str, model: Any, processor: Any) -> None:
+    def __init__(self, name: str, model: Any, processor: Any, compute: str = "") -> None:
         self.name = name
         self._model = model
         self._processor = processor
         self.image_size = _frame_size(model, processor)
+        # How the arithmetic runs on this host (device, weight dtype, BLAS), for the log.
+        self.compute = compute
         self.last_stats: GenerationStats | None = None
 
     def generate(self, prompt: str, frames: Sequence[Image.Image], max_tokens: int) -> str:
@@ -104,6 +106,9 @@ def load_model(model: str) -> SmolVLM:
         if not path.is_dir():
             raise ModelUnavailable(f"{subject} is not a folder; {_FIX_LOCAL}")
 
+    from inference_worker.compute import cast_for_host, use_fast_blas
+
+    blas = use_fast_blas()  # before mlx_vlm imports mlx: MLX binds its BLAS when it loads
     from mlx_vlm import load
 
     try:
@@ -118,7 +123,8 @@ def load_model(model: str) -> SmolVLM:
         ) from exc
     # Video frames go in whole: splitting each into tiles costs about 4x the image tokens.
     processor.image_processor.do_image_splitting = False
-    return SmolVLM(name, loaded_model, processor)
+    compute = f"{cast_for_host(loaded_model)}; BLAS: {blas.describe()}"
+    return SmolVLM(name, loaded_model, processor, compute)
 
 
 def _fetch_from_hub(model_id: str) -> Path:
