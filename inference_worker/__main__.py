@@ -23,9 +23,9 @@ import uuid
 from inference_worker.channel import (
     EXIT_TERMINATED,
     EventChannel,
+    JobInbox,
     Terminated,
     install_sigterm_handler,
-    stop_when_parent_is_gone,
 )
 from inference_worker.compute import use_fast_blas
 from protocol import (
@@ -106,9 +106,10 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
             channel.emit(Error(ErrorCode.INVALID_PARAMS.value, str(exc)))
             return EXIT_USAGE
     else:
+        inbox = JobInbox()  # from now on, the server going away stops this process
         if args.model:
             _preload(models, args.model)
-        line = sys.stdin.buffer.readline()
+        line = inbox.job_line()
         if not line:
             return EXIT_OK  # the server closed our stdin before giving a job: nothing to do
         try:
@@ -116,7 +117,7 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
         except ProtocolError as exc:
             channel.emit(Error(ErrorCode.INVALID_JOB.value, str(exc)))
             return EXIT_USAGE
-        stop_when_parent_is_gone()
+        inbox.stop_when_closed()
     terminal = run_job(spec, channel.emit, models)
     channel.emit(terminal)
     return EXIT_OK if isinstance(terminal, Result) else EXIT_FAILED

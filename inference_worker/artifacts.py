@@ -19,6 +19,7 @@ import numpy as np
 from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 
+from inference_worker.channel import removed_if_killed
 from inference_worker.video import (
     CORRUPT,
     InvalidVideo,
@@ -130,8 +131,10 @@ def _written_atomically(final: Path) -> Iterator[Path]:
     """A temporary path beside `final`, renamed to `final` only if the block completes."""
     temporary = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
     try:
-        yield temporary
-        os.replace(temporary, final)
+        # Removed by the SIGTERM watchdog too, if it must end the process mid-write.
+        with removed_if_killed(temporary):
+            yield temporary
+            os.replace(temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
