@@ -29,6 +29,7 @@ from inference_worker.video import (
     stream_origin,
     video_stream,
 )
+from protocol import VideoInfo
 
 THUMBNAILS_DIR = "thumbnails"
 THUMBNAIL_QUALITY = 85
@@ -82,6 +83,7 @@ def write_reel(
     output_dir: Path | str,
     name: str = "reel.mp4",
     max_edge: int = REEL_MAX_EDGE,
+    info: VideoInfo | None = None,
 ) -> float:
     """Join the (start, end) second ranges of the video, in order, into one MP4; its duration.
 
@@ -89,9 +91,9 @@ def write_reel(
     audio when the source has sound, timestamps continuous across ranges, the index at the
     front (+faststart) so a browser starts playing and seeking before the whole file is in.
     The source's rotation is carried as a display matrix. Ranges are clipped to the video;
-    ValueError if nothing is left.
+    ValueError if nothing is left. `info` is the video's probe when the caller has it.
     """
-    info = probe(video_path)
+    info = info or probe(video_path)
     # A whole-number rate: 29.97 fps becomes 30, which repeats one frame in 33 s.
     fps = Fraction(min(max(1, round(info.fps)), REEL_MAX_FPS) if info.fps else REEL_MAX_FPS)
     spans = _frame_spans(ranges, info.duration_seconds, fps)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from protocol.video import VideoInfo
+
 
 class AnalysisType(str, Enum):
     """The analyses a worker can run; the values are the wire strings."""
@@ -53,6 +55,9 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     # The client's name for the upload, reported back in results["video"]["filename"].
     filename: str = ""
+    # The server's probe of the video: the worker trusts it instead of probing again.
+    # None (older servers, by-hand runs): the worker probes the file itself.
+    video_info: VideoInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,6 +93,12 @@ def decode_job(line: str | bytes) -> JobSpec:
     filename = data.get("filename", "")
     if not isinstance(filename, str):
         raise ProtocolError("job spec filename must be a string")
+    video_info = data.get("video_info")
+    if video_info is not None:
+        try:
+            video_info = VideoInfo.from_dict(video_info)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ProtocolError("job spec video_info is not a probe result") from None
     return JobSpec(
         session_id=data["session_id"],
         analysis_type=analysis_type,
@@ -96,6 +107,7 @@ def decode_job(line: str | bytes) -> JobSpec:
         model=data["model"],
         params=params,
         filename=filename,
+        video_info=video_info,
     )
 
 

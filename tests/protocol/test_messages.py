@@ -15,6 +15,7 @@ from protocol import (
     Progress,
     ProtocolError,
     Result,
+    VideoInfo,
     decode_event,
     decode_job,
     encode_event,
@@ -113,6 +114,16 @@ def test_job_spec_round_trips():
     assert decode_job(line) == spec
 
 
+def test_job_spec_carries_the_servers_probe_and_older_specs_decode_without_it():
+    info = VideoInfo("gym.mp4", 61.5, 1920, 1080, 29.97, rotation=90, has_audio=True)
+    spec = JobSpec("abc", AnalysisType.HIGHLIGHTS, "v.mp4", "out", "m", video_info=info)
+
+    assert decode_job(encode_job(spec)).video_info == info
+    older = '{"session_id": "a", "analysis_type": "workout", "video_path": "v", '
+    older += '"output_dir": "o", "model": "m"}'
+    assert decode_job(older).video_info is None
+
+
 @pytest.mark.parametrize(
     "line, complaint",
     [
@@ -128,6 +139,11 @@ def test_job_spec_round_trips():
             '{"session_id": "a", "analysis_type": "workout", "video_path": "v", '
             '"output_dir": "o", "model": "m", "params": []}',
             "params must be an object",
+        ),
+        (
+            '{"session_id": "a", "analysis_type": "workout", "video_path": "v", '
+            '"output_dir": "o", "model": "m", "video_info": {"width": 2}}',
+            "video_info is not a probe result",
         ),
     ],
 )
