@@ -9,7 +9,7 @@ DATA_DIR ?= ./data
 # MLX compiles fused CPU kernels with g++ on first use; tiny test models gain nothing from it.
 TEST_ENV := MLX_DISABLE_COMPILE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test run bench demo lint clean
+.PHONY: install test run bench bench-model demo lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) $(PY) -m bench --write docs/BENCHMARKS.md
+
+# The model path at the real SmolVLM2-500M size (built offline, random weights): minutes.
+# MLX's compiled kernels are left on, as in a real run.
+bench-model: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+		nice $(PY) -m bench.bench_model --write docs/BENCHMARKS.md
 
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m bench.demo

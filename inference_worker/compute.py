@@ -46,8 +46,9 @@ class BlasChoice:
         if self.library is None:
             return f"MLX's own BLAS ({self.reason})"
         # OpenBLAS uses every core unless OPENBLAS_NUM_THREADS says otherwise.
-        threads = os.environ.get("OPENBLAS_NUM_THREADS") or "all cores"
-        return f"OpenBLAS {os.path.basename(self.library)} ({threads} threads; {self.reason})"
+        threads = os.environ.get("OPENBLAS_NUM_THREADS")
+        threads = f"{threads} threads" if threads else "all cores"
+        return f"OpenBLAS {os.path.basename(self.library)} ({threads}; {self.reason})"
 
 
 _choice: BlasChoice | None = None
