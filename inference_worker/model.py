@@ -46,7 +46,7 @@ class GenerationStats:
 class SmolVLM:
     """A loaded SmolVLM2: model and processor, used through `generate`."""
 
-    def __init__(self, name: str, model: Any, processor: Any, compute: str = "") -> None:
+    def __init__(self, name: str, model: Any, processor: Any, compute: str) -> None:
         self.name = name
         self._model = model
         self._processor = processor
@@ -116,12 +116,12 @@ class SmolVLM:
         import mlx.core as mx
 
         keys = [_frame_key(image) for image in images]
-        missing = {key: image for key, image in zip(keys, images, strict=True)}
-        missing = {key: image for key, image in missing.items() if self._kept.get(key) is None}
-        encoded = dict(zip(missing, self._encode(list(missing.values())), strict=True))
-        for key in self._kept.keys() & encoded.keys():
+        distinct = dict(zip(keys, images, strict=True))
+        todo = {key: image for key, image in distinct.items() if self._kept.get(key) is None}
+        encoded = dict(zip(todo, self._encode(list(todo.values())), strict=True))
+        for key in encoded.keys() & self._kept.keys():
             self._kept[key] = encoded[key]
-        return mx.concatenate([encoded.get(key, self._kept.get(key)) for key in keys])
+        return mx.concatenate([encoded[key] if key in encoded else self._kept[key] for key in keys])
 
     def _encode(self, images: list[Image.Image]) -> list[Any]:
         """Run `images` through the processor, vision tower and connector: one array each.
