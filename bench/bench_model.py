@@ -10,10 +10,14 @@ model's would. Figures, each beside a baseline from the same run:
   shipped (MLX's own BLAS, bf16: SMOLVLM_CPU_FAST_PATH=0), each in a fresh process;
 * the worker's whole run over a 20 s clip against a bare script making the same mlx_vlm
   calls on pre-decoded frames (with the same BLAS and dtype, so the ratio is what the
-  pipeline adds or saves), and the vision-tower passes each makes.
+  pipeline adds or saves), and the vision-tower passes each makes;
+* batched judging's best case: one decode step of the language model for 4 segments at
+  once (4 rows, each after a segment-sized prompt) against 4 one-row steps. Decode is the
+  only part batching can speed up on a CPU (the vision tower and prefill are already
+  matrix-matrix work), so this bounds what batching segments could gain here.
 
-`python -m bench.bench_model [--model-dir DIR] [--write docs/BENCHMARKS.md]`; the table
-goes between the bench-model markers of that file, which `make bench` leaves alone.
+`python -m bench.bench_model [--model-dir DIR] [--only batching] [--write FILE]`; the table
+goes between the bench-model markers of FILE, which `make bench` leaves alone.
 """
 
 from __future__ import annotations
@@ -218,12 +222,63 @@ def run(model_dir: Path | None = None) -> list[dict]:
     ]
 
 
+# One decode step of the 500m language model (fp32, the worker's BLAS) for `rows` prompts
+# of PROMPT_TOKENS each at once, best of a few steps.
+DECODE_SCRIPT = """
+import json, sys, time
+from inference_worker.compute import cast_for_host, use_fast_blas
+use_fast_blas()
+import mlx.core as mx
+from mlx_vlm.models import smolvlm
+from mlx_vlm.models.cache import make_prompt_cache
+from inference_worker.tiny_model import SIZES, _model_config
+dims = SIZES["500m"]
+config = _model_config(dims, dims.vocab_size, 1, 2)["text_config"]
+language = smolvlm.Model(smolvlm.ModelConfig(
+    text_config=smolvlm.TextConfig.from_dict(config))).language_model
+cast_for_host(language)
+mx.eval(language.parameters())
+figures = {}
+for rows in (1, int(sys.argv[1])):
+    cache = make_prompt_cache(language)
+    mx.eval(language(mx.ones((rows, int(sys.argv[2])), mx.int32), cache=cache).logits)
+    steps = []
+    for _ in range(5):
+        started = time.perf_counter()
+        mx.eval(language(mx.ones((rows, 1), mx.int32), cache=cache).logits)
+        steps.append(time.perf_counter() - started)
+    figures[rows] = min(steps)
+print(json.dumps(figures))
+"""
+BATCH_ROWS = 4
+PROMPT_TOKENS = 400
+
+
+def run_batching() -> list[dict]:
+    """Decode: one step for BATCH_ROWS segments at once against one step each."""
+    done = _python("-c", DECODE_SCRIPT, str(BATCH_ROWS), str(PROMPT_TOKENS))
+    figures = {int(rows): seconds for rows, seconds in json.loads(done.stdout).items()}
+    return [
+        row(
+            "500m batched judging",
+            f"decode step for {BATCH_ROWS} segments at once ({PROMPT_TOKENS}-token prompts "
+            "in the cache), fp32, worker's BLAS",
+            figures[BATCH_ROWS],
+            f"{BATCH_ROWS} one-segment steps",
+            BATCH_ROWS * figures[1],
+            "< 1x to pay",
+        )
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_model", description=__doc__)
     parser.add_argument("--model-dir", type=Path, help="a 500m build to reuse (else built)")
+    parser.add_argument("--only", choices=["batching"], help="run only this part")
     parser.add_argument("--write", metavar="FILE", help="also write the table into FILE")
     args = parser.parse_args(argv)
-    table = render(run(args.model_dir), machine_note())
+    rows = run_batching() if args.only else run(args.model_dir) + run_batching()
+    table = render(rows, machine_note())
     print(table)
     if args.write:
         write_between(args.write, table, *MARKERS)
