@@ -43,6 +43,7 @@ class BlasChoice:
     reason: str
 
     def describe(self) -> str:
+        """For the worker's log: which BLAS, with how many threads, and why."""
         if self.library is None:
             return f"MLX's own BLAS ({self.reason})"
         # OpenBLAS uses every core unless OPENBLAS_NUM_THREADS says otherwise.
