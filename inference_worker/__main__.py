@@ -106,7 +106,8 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
             channel.emit(Error(ErrorCode.INVALID_PARAMS.value, str(exc)))
             return EXIT_USAGE
     else:
-        inbox = JobInbox()  # from now on, the server going away stops this process
+        # From now on the server going away stops this process, even mid-preload.
+        inbox = JobInbox(busy_first=bool(args.model))
         if args.model:
             _preload(models, args.model)
         line = inbox.job_line()

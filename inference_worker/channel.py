@@ -114,19 +114,19 @@ class JobInbox:
     """Reads the JobSpec line from stdin in a thread, and watches stdin for its end.
 
     End of file means the server is gone. Before the line has come, the process is
-    stopped like SIGTERM would stop it (a warm worker still loading its model stops at
-    once), unless the main thread is already waiting in `job_line` (then it gets b"":
-    nothing to do). Once the job is accepted (`stop_when_closed`), end of file stops it
-    too; a line that is not a usable job is answered with an error instead.
+    stopped like SIGTERM would stop it while it is busy (`busy_first`: a warm worker
+    loading its model stops at once); once the main thread waits in `job_line`, it gets
+    b"" instead: nothing to do. Once the job is accepted (`stop_when_closed`), end of file
+    stops it too; a line that is not a usable job is answered with an error instead.
     """
 
-    def __init__(self, stdin_fd: int = 0) -> None:
+    def __init__(self, busy_first: bool, stdin_fd: int = 0) -> None:
         self._stdin_fd = stdin_fd
         self._line = b""
         self._arrived = threading.Event()
         self._accepted = threading.Event()
         self._lock = threading.Lock()
-        self._waiting = False
+        self._waiting = not busy_first
         self._thread = threading.Thread(target=self._read, name="parent-watch", daemon=True)
         self._thread.start()
 

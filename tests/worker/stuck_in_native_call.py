@@ -15,7 +15,7 @@ from inference_worker.channel import JobInbox, install_sigterm_handler, removed_
 
 install_sigterm_handler()
 if "--watch-stdin" in sys.argv:
-    JobInbox()
+    JobInbox(busy_first=True)
 import mlx.core as mx  # noqa: E402  (imported after the handlers, as in the worker)
 
 part = Path(sys.argv[1])

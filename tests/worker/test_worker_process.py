@@ -355,3 +355,17 @@ def test_worker_whose_server_dies_during_a_native_call_stops_at_once(tmp_path):
     finally:
         proc.kill()
         proc.stdout.close()
+
+
+def test_a_cold_worker_whose_stdin_closes_before_any_job_has_nothing_to_do():
+    done = subprocess.run(
+        WORKER,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=worker_env(),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""
