@@ -6,6 +6,7 @@ and loading the model first, then the analysis (most of the time), then the arti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -115,6 +116,7 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
         output_dir = Path(spec.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         encoded_before = model.frames_encoded
+        totals_before = dataclasses.replace(model.totals)
         if spec.analysis_type is AnalysisType.HIGHLIGHTS:
             analysis = _highlights(spec, info, params, model, output_dir, reporter)
         else:
@@ -125,6 +127,7 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
                 f"{model.frames_encoded - encoded_before} frames through the vision tower",
             )
         )
+        emit(Log(LogLevel.INFO, model.totals.since(totals_before)))
     except ParamsError as exc:
         return Error(ErrorCode.INVALID_PARAMS.value, str(exc))
     except InvalidVideo as exc:

@@ -43,6 +43,23 @@ class GenerationStats:
     peak_memory: float
 
 
+@dataclass
+class GenerationTotals:
+    """What `SmolVLM.generate` has done since load; the job logs its share at its end."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+    def since(self, earlier: GenerationTotals) -> str:
+        """The calls and tokens after `earlier`, as one phrase for the log."""
+        return (
+            f"{self.calls - earlier.calls} model calls, "
+            f"{self.prompt_tokens - earlier.prompt_tokens} prompt tokens, "
+            f"{self.generation_tokens - earlier.generation_tokens} tokens generated"
+        )
+
+
 class SmolVLM:
     """A loaded SmolVLM2: model and processor, used through `generate`."""
 
@@ -54,6 +71,7 @@ class SmolVLM:
         # How the arithmetic runs on this host (device, weight dtype, BLAS), for the log.
         self.compute = compute
         self.last_stats: GenerationStats | None = None
+        self.totals = GenerationTotals()
         # Frames run through the vision tower since load: what `features_kept` saves.
         self.frames_encoded = 0
         # Frame key -> its features (None until first computed), within `features_kept`.
@@ -106,6 +124,9 @@ class SmolVLM:
             generation_tokens=result.generation_tokens,
             peak_memory=result.peak_memory,
         )
+        self.totals.calls += 1
+        self.totals.prompt_tokens += result.prompt_tokens
+        self.totals.generation_tokens += result.generation_tokens
         return result.text.strip()
 
     def _image_features(self, images: list[Image.Image]) -> Any:
@@ -239,4 +260,4 @@ def _frame_size(model: Any, processor: Any) -> int:
     return int(model.config.vision_config.image_size)
 
 
-__all__ = ["GenerationStats", "ModelUnavailable", "SmolVLM", "load_model"]
+__all__ = ["GenerationStats", "GenerationTotals", "ModelUnavailable", "SmolVLM", "load_model"]

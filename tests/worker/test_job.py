@@ -99,6 +99,19 @@ def test_a_highlights_job_runs_each_frame_through_the_vision_tower_once(
     assert f"{frames} frames through the vision tower" in logs
 
 
+def test_a_job_logs_its_model_calls_and_tokens(sample_video, tiny_model_dir, tmp_path):
+    slot = ModelSlot()
+    model = slot.get(str(tiny_model_dir))
+    _, logs = _run(_spec(sample_video, tmp_path, tiny_model_dir, segment_seconds=4), slot)
+
+    totals = model.totals  # the model ran only this job
+    assert totals.calls > 0 and totals.prompt_tokens > 0
+    assert (
+        f"{totals.calls} model calls, {totals.prompt_tokens} prompt tokens, "
+        f"{totals.generation_tokens} tokens generated"
+    ) in logs
+
+
 def test_the_model_ready_log_says_how_the_model_computes(sample_video, tiny_model_dir, tmp_path):
     slot = ModelSlot(load_model)
     spec = _spec(sample_video, tmp_path, tiny_model_dir, analysis=AnalysisType.WORKOUT)
