@@ -6,7 +6,8 @@
    in one model call per segment.
 4. Keep the significant segments, merge neighbours, keep the most significant few.
 
-The model is reached only through `generate(prompt, frames, max_tokens) -> str`.
+The model is reached only through `generate(prompt, frames, max_tokens) -> str` and, when
+segments are judged in batches, `generate_batch` (inference_worker/judging.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from inference_worker.judging import Batching, judged
 from inference_worker.replies import (
     parse_criteria,
     parse_description,
@@ -141,14 +143,17 @@ def analyze_highlights(
     segment_count: int,
     params: dict[str, Any],
     reporter: Reporter,
+    *,
+    batching: Batching | None = None,
 ) -> HighlightsAnalysis:
     """Describe the video, derive highlight criteria, judge each segment, pick highlights.
 
-    `segments` is consumed one at a time, so its producer can decode the next segment
-    while the model judges this one. Each judged segment goes to `reporter.partial` as a
-    timeline item at once; each highlight once the next segment does not extend it (see
-    `_HighlightCollector` for the cap). Unusable model replies fall back to defaults; a
-    segment whose score cannot be read is not significant.
+    `segments` is consumed one at a time (one batch at a time with `batching`), so its
+    producer can decode ahead while the model judges. Batched or not, progress and
+    partial events come per segment, in the same order. Each judged segment goes to
+    `reporter.partial` as a timeline item at once; each highlight once the next segment
+    does not extend it (see `_HighlightCollector` for the cap). Unusable model replies fall
+    back to defaults; a segment whose score cannot be read is not significant.
     """
     progress = StepProgress(reporter)
     progress.report(0.0, "Describing the video")
@@ -166,19 +171,23 @@ def analyze_highlights(
     collector = _HighlightCollector(params["min_significance"], params["max_highlights"], reporter)
     prompt = segment_prompt(description, criteria)
     timeline: list[JudgedSegment] = []
-    for number, item in enumerate(segments, start=1):
+
+    def starting(number: int) -> None:
         count = max(segment_count, number)
         progress.report((number + 1) / (count + 2), f"Analyzing segment {number}/{count}")
-        reply = strip_echo(generate(prompt, item.frames, VERDICT_TOKENS), prompt)
-        judged = JudgedSegment(
+
+    replies = judged(generate, batching, segments, lambda _: prompt, VERDICT_TOKENS, starting)
+    for item, _, raw in replies:
+        reply = strip_echo(raw, prompt)
+        verdict = JudgedSegment(
             item.segment.start,
             item.segment.end,
             parse_significance(reply),
             parse_description(reply),
         )
-        timeline.append(judged)
-        reporter.partial(PartialKind.TIMELINE, judged.to_dict())
-        collector.add(item.segment, judged.significance, judged.description)
+        timeline.append(verdict)
+        reporter.partial(PartialKind.TIMELINE, verdict.to_dict())
+        collector.add(item.segment, verdict.significance, verdict.description)
     collector.finish()
     progress.report(1.0, "Selecting highlights")
     return HighlightsAnalysis(

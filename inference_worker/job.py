@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from inference_worker.artifacts import write_reel, write_thumbnails
 from inference_worker.highlights import analyze_highlights
+from inference_worker.judging import Batching, segments_per_call
+from inference_worker.judging import describe as describe_batching
 from inference_worker.model import ModelUnavailable, SmolVLM, load_model
 from inference_worker.prefetch import prefetched
 from inference_worker.timeline import SegmentFrames, frame_times, overview_times, plan_segments
@@ -117,10 +119,13 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
         output_dir.mkdir(parents=True, exist_ok=True)
         encoded_before = model.frames_encoded
         totals_before = dataclasses.replace(model.totals)
+        size, why = segments_per_call(model.on_gpu)
+        emit(Log(LogLevel.INFO, describe_batching(size, why)))
+        batching = Batching(model.generate_batch, size) if size > 1 else None
         if spec.analysis_type is AnalysisType.HIGHLIGHTS:
-            analysis = _highlights(spec, info, params, model, output_dir, reporter)
+            analysis = _highlights(spec, info, params, model, batching, output_dir, reporter)
         else:
-            analysis = _workout(spec, info, params, model, reporter)
+            analysis = _workout(spec, info, params, model, batching, reporter)
         emit(
             Log(
                 LogLevel.INFO,
@@ -190,6 +195,7 @@ def _highlights(
     info: VideoInfo,
     params: dict[str, Any],
     model: SmolVLM,
+    batching: Batching | None,
     output_dir: Path,
     reporter: ProgressReporter,
 ) -> dict[str, Any]:
@@ -206,6 +212,7 @@ def _highlights(
                 count,
                 params,
                 reporter.phase(_LOADED, _ANALYSED),
+                batching=batching,
             )
     highlights = analysis.highlights
     reporter.phase(_ANALYSED, 1.0).progress(0.0, "Writing thumbnails")
@@ -241,13 +248,19 @@ def _workout(
     info: VideoInfo,
     params: dict[str, Any],
     model: SmolVLM,
+    batching: Batching | None,
     reporter: ProgressReporter,
 ) -> dict[str, Any]:
     with VideoReader(spec.video_path, model.image_size) as reader:
         count, segments = _segment_frames(reader, info, params)
         with closing(segments):  # stops the decode-ahead thread with the job
             analysis = analyze_workout(
-                model.generate, segments, count, params, reporter.phase(_LOADED, 1.0)
+                model.generate,
+                segments,
+                count,
+                params,
+                reporter.phase(_LOADED, 1.0),
+                batching=batching,
             )
     return {
         "segments": [segment.to_dict() for segment in analysis.segments],

@@ -1,4 +1,5 @@
-"""SmolVLM2 behind one seam: `SmolVLM.generate(prompt, frames, max_tokens) -> str`.
+"""SmolVLM2 behind one seam: `SmolVLM.generate(prompt, frames, max_tokens) -> str`, and its
+batched counterpart `SmolVLM.generate_batch(prompts, frame_sets, max_tokens) -> [str]`.
 
 The only module that calls mlx_vlm. It is imported early by the worker, so mlx_vlm (about a
 second to import) is imported inside the functions that need it.
@@ -63,13 +64,17 @@ class GenerationTotals:
 class SmolVLM:
     """A loaded SmolVLM2: model and processor, used through `generate`."""
 
-    def __init__(self, name: str, model: Any, processor: Any, compute: str) -> None:
+    def __init__(
+        self, name: str, model: Any, processor: Any, compute: str, on_gpu: bool = False
+    ) -> None:
         self.name = name
         self._model = model
         self._processor = processor
         self.image_size = _frame_size(model, processor)
         # How the arithmetic runs on this host (device, weight dtype, BLAS), for the log.
         self.compute = compute
+        # Whether MLX runs on a GPU (Metal, CUDA): there batched decoding pays.
+        self.on_gpu = on_gpu
         self.last_stats: GenerationStats | None = None
         self.totals = GenerationTotals()
         # Frames run through the vision tower since load: what `features_kept` saves.
@@ -128,6 +133,88 @@ class SmolVLM:
         self.totals.prompt_tokens += result.prompt_tokens
         self.totals.generation_tokens += result.generation_tokens
         return result.text.strip()
+
+    def generate_batch(
+        self, prompts: Sequence[str], frame_sets: Sequence[Sequence[Image.Image]], max_tokens: int
+    ) -> list[str]:
+        """Answer each prompt about its frames, all rows decoded together; one reply each.
+
+        Row i is `prompts[i]` about `frame_sets[i]`, and its reply is the one `generate` gives
+        (greedy), so a caller may pick either path. Each decode step reads the weights once
+        for every row: on GPUs and Apple silicon, where decoding is bound by that read, B rows
+        cost about what one does. Vision features are computed per row as in `generate`.
+        """
+        import mlx.core as mx
+        from mlx_vlm import apply_chat_template, prepare_inputs
+        from mlx_vlm.generate import BatchGenerator
+        from mlx_vlm.utils import should_add_special_tokens
+
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        if len(prompts) != len(frame_sets):
+            raise ValueError(f"{len(prompts)} prompts for {len(frame_sets)} sets of frames")
+        if not prompts:
+            return []
+        mx.reset_peak_memory()
+        special = should_add_special_tokens(self._model.config.model_type, self._processor)
+        token_rows: list[list[int]] = []
+        row_inputs: list[dict[str, Any]] = []
+        for prompt, frames in zip(prompts, frame_sets, strict=True):
+            images = list(frames)
+            formatted = apply_chat_template(
+                self._processor, self._model.config, prompt, num_images=len(images)
+            )
+            # The same tokens and embeddings as mlx_vlm's one-prompt path builds.
+            inputs = prepare_inputs(
+                self._processor,
+                images=images or None,
+                prompts=formatted,
+                image_token_index=self._model.config.image_token_index,
+                add_special_tokens=special,
+            )
+            features = {"cached_image_features": self._image_features(images)} if images else {}
+            embeddings = self._model.get_input_embeddings(
+                inputs["input_ids"],
+                inputs.get("pixel_values"),
+                pixel_attention_mask=inputs.get("pixel_attention_mask"),
+                **features,
+            )
+            token_rows.append(inputs["input_ids"][0].tolist())
+            row_inputs.append({"inputs_embeds": embeddings.inputs_embeds})
+        batch = BatchGenerator(
+            self._model.language_model,
+            self._processor,
+            max_tokens=max_tokens,
+            prefill_batch_size=len(token_rows),
+            completion_batch_size=len(token_rows),
+            compute_logprobs=False,
+        )
+        try:
+            uids = batch.insert(token_rows, max_tokens, prompt_kwargs=row_inputs)
+            tokens: dict[int, list[int]] = {uid: [] for uid in uids}
+            while batch.has_work:
+                _, responses = batch.next()
+                for response in responses:
+                    if response.finish_reason != "stop":  # "stop" comes with the EOS token
+                        tokens[response.uid].append(response.token)
+        finally:
+            batch.close()
+        replies = [self._detokenized(tokens[uid]) for uid in uids]
+        generated = sum(len(row) for row in tokens.values())
+        prompt_tokens = sum(len(row) for row in token_rows)
+        self.last_stats = GenerationStats(prompt_tokens, generated, mx.get_peak_memory() / 1e9)
+        self.totals.calls += 1  # one model call, however many rows
+        self.totals.prompt_tokens += prompt_tokens
+        self.totals.generation_tokens += generated
+        return replies
+
+    def _detokenized(self, tokens: list[int]) -> str:
+        detokenizer = self._processor.detokenizer
+        detokenizer.reset()
+        for token in tokens:
+            detokenizer.add_token(token)
+        detokenizer.finalize()
+        return detokenizer.text.strip()
 
     def _image_features(self, images: list[Image.Image]) -> Any:
         """The language-model inputs for `images`, in order: (frames x tokens, width).
@@ -215,7 +302,10 @@ def load_model(model: str) -> SmolVLM:
     # Video frames go in whole: splitting each into tiles costs about 4x the image tokens.
     processor.image_processor.do_image_splitting = False
     compute = f"{cast_for_host(loaded_model)}; BLAS: {blas.describe()}"
-    return SmolVLM(name, loaded_model, processor, compute)
+    import mlx.core as mx
+
+    on_gpu = mx.default_device() != mx.cpu
+    return SmolVLM(name, loaded_model, processor, compute, on_gpu)
 
 
 def _fetch_from_hub(model_id: str) -> Path:

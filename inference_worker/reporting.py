@@ -21,6 +21,19 @@ class Generate(Protocol):
         """The model's reply to `prompt` about `frames` (possibly none), at most `max_tokens`."""
 
 
+class GenerateBatch(Protocol):
+    """The seam for several questions at once: row i is `prompts[i]` about `frame_sets[i]`."""
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        frame_sets: Sequence[Sequence[Image.Image]],
+        max_tokens: int,
+        /,
+    ) -> list[str]:
+        """One reply per row, in order, each the one `Generate` would give for that row."""
+
+
 class Reporter(Protocol):
     """Receives an analysis's progress and its results as they are found."""
 

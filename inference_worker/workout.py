@@ -1,7 +1,9 @@
 """Follow a workout: which exercise in each segment, how many repetitions, how the form looks.
 
-One model call per segment; consecutive segments of the same exercise become one result
-segment. The model is reached only through `generate(prompt, frames, max_tokens) -> str`.
+One question per segment (several segments per model call when batched, see
+inference_worker/judging.py); consecutive segments of the same exercise become one result
+segment. The model is reached only through `generate(prompt, frames, max_tokens) -> str`
+and `generate_batch`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference_worker.judging import Batching, judged
 from inference_worker.replies import (
     REST,
     parse_exercise,
@@ -107,20 +110,28 @@ def analyze_workout(
     segment_count: int,
     params: dict[str, Any],
     reporter: Reporter,
+    *,
+    batching: Batching | None = None,
 ) -> WorkoutAnalysis:
     """Judge each segment, merge runs of the same exercise, report each run when it ends.
 
-    `segments` is consumed one at a time, so its producer can decode the next segment
-    while the model judges this one. An exercise that cannot be read is "unknown";
-    reps that cannot be read count as 0; rest has no reps and no notes.
+    `segments` is consumed one at a time (one batch at a time with `batching`), so its
+    producer can decode ahead while the model judges. An exercise that cannot be read is
+    "unknown"; reps that cannot be read count as 0; rest has no reps and no notes.
     """
     progress = StepProgress(reporter)
     collector = _RunCollector(reporter)
-    for number, item in enumerate(segments, start=1):
+
+    def starting(number: int) -> None:
         count = max(segment_count, number)
         progress.report((number - 1) / count, f"Analyzing segment {number}/{count}")
-        prompt = segment_prompt(item.segment, params["exercise_hint"])
-        reply = strip_echo(generate(prompt, item.frames, VERDICT_TOKENS), prompt)
+
+    def prompt_for(item: SegmentFrames) -> str:
+        return segment_prompt(item.segment, params["exercise_hint"])
+
+    replies = judged(generate, batching, segments, prompt_for, VERDICT_TOKENS, starting)
+    for item, prompt, raw in replies:
+        reply = strip_echo(raw, prompt)
         exercise = parse_exercise(reply) or UNKNOWN
         if exercise == REST:
             collector.add(item.segment, REST, 0, None)

@@ -1,4 +1,5 @@
-"""Test doubles for the analyses: a model that answers from a script, a reporter that records."""
+"""Test doubles for the analyses: a model that answers from a script (one question per call,
+or a batch), a reporter that records."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class Call:
     prompt: str
     frame_count: int
     max_tokens: int
+    # How many rows the model call that asked this had: 1 for `generate`.
+    rows: int = 1
 
 
 class ScriptedModel:
@@ -45,6 +48,29 @@ class ScriptedModel:
         self.calls.append(Call(prompt, len(frames), max_tokens))
         if self._events is not None:
             self._events.append("generate")
+        return self._reply(prompt)
+
+    def batch(
+        self,
+        prompts: Sequence[str],
+        frame_sets: Sequence[Sequence[Image.Image]],
+        max_tokens: int,
+    ) -> list[str]:
+        """Stands in for `generate_batch`: each row answered as a `generate` call would be.
+
+        Rows take the script's replies in row order and are recorded in `calls` with their
+        batch's `rows`; `events` gets one "generate batch of <n>".
+        """
+        assert len(prompts) == len(frame_sets), "one set of frames per prompt"
+        if self._events is not None:
+            self._events.append(f"generate batch of {len(prompts)}")
+        replies = []
+        for prompt, frames in zip(prompts, frame_sets, strict=True):
+            self.calls.append(Call(prompt, len(frames), max_tokens, rows=len(prompts)))
+            replies.append(self._reply(prompt))
+        return replies
+
+    def _reply(self, prompt: str) -> str:
         if self._replies:
             return self._replies.pop(0)
         if self._respond is not None:
@@ -96,3 +122,16 @@ def segment_frames(
         if pulls is not None:
             pulls.append(f"pull {segment.index}")
         yield SegmentFrames(segment, blank_frames(frames_per_segment))
+
+
+@dataclass
+class OrderReporter:
+    """Records progress steps and partials in one list, in the order they came."""
+
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+    def progress(self, fraction: float, step: str) -> None:
+        self.events.append(("progress", (fraction, step)))
+
+    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+        self.events.append(("partial", (kind, item)))

@@ -13,8 +13,15 @@ from inference_worker.highlights import (
     HighlightsAnalysis,
     analyze_highlights,
 )
+from inference_worker.judging import Batching
 from protocol import AnalysisType, PartialKind, validate_params
-from tests.worker.scripted import RecordingReporter, ScriptedModel, blank_frames, segment_frames
+from tests.worker.scripted import (
+    OrderReporter,
+    RecordingReporter,
+    ScriptedModel,
+    blank_frames,
+    segment_frames,
+)
 
 DESCRIPTION = "A soccer match between two teams in a stadium."
 CRITERIA = "- a goal is scored\n- a diving save\n- a red card"
@@ -322,4 +329,55 @@ def test_each_judged_segment_is_sent_as_a_timeline_partial_equal_to_its_entry():
         PartialKind.HIGHLIGHTS,
         PartialKind.TIMELINE,
         PartialKind.HIGHLIGHTS,
+    ]
+
+
+# ---- batched judging ----------------------------------------------------------------------
+
+BATCH_VERDICTS = [verdict(7, "A"), verdict(8, "B"), verdict(1), "", verdict(9, "C"), verdict(3)]
+
+
+def _analyse(batch_size, events=None):
+    """The 55 s video of BATCH_VERDICTS, judged `batch_size` segments per model call."""
+    model = ScriptedModel([DESCRIPTION, CRITERIA, *BATCH_VERDICTS], events=events)
+    reporter = OrderReporter()
+    batching = Batching(model.batch, batch_size) if batch_size > 1 else None
+    analysis = analyze_highlights(
+        model,
+        blank_frames(8),
+        segment_frames(55.0, pulls=events),
+        len(BATCH_VERDICTS),
+        params(),
+        reporter,
+        batching=batching,
+    )
+    return analysis, reporter.events, model.calls
+
+
+@pytest.mark.parametrize(("size", "rows"), [(2, [2] * 6), (4, [4] * 4 + [2] * 2), (6, [6] * 6)])
+def test_batched_judging_gives_the_same_analysis_and_events_as_one_at_a_time(size, rows):
+    analysis, events, calls = _analyse(1)
+    batched, batched_events, batched_calls = _analyse(size)
+
+    assert batched == analysis
+    assert len(analysis.highlights) == 2  # the script finds something to compare
+    # Progress and partials per segment, in the same order, with the same contents.
+    assert batched_events == events
+    assert [(c.prompt, c.frame_count, c.max_tokens) for c in batched_calls] == [
+        (c.prompt, c.frame_count, c.max_tokens) for c in calls
+    ]
+    assert [c.rows for c in batched_calls] == [1, 1, *rows]
+
+
+def test_batched_segments_are_pulled_one_batch_at_a_time_between_model_calls():
+    events = []
+    _analyse(4, events)
+    pulls = [f"pull {i}" for i in range(6)]
+    assert events == [
+        "generate",
+        "generate",
+        *pulls[:4],
+        "generate batch of 4",
+        *pulls[4:],
+        "generate batch of 2",
     ]

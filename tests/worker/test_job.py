@@ -8,9 +8,10 @@ import pytest
 
 from inference_worker import artifacts, job
 from inference_worker.job import ModelSlot, run_job
+from inference_worker.judging import BATCH_ENV
 from inference_worker.model import load_model
 from inference_worker.video import probe
-from protocol import AnalysisType, JobSpec, Log, Result
+from protocol import AnalysisType, JobSpec, Log, Partial, Progress, Result
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,49 @@ def test_the_model_ready_log_says_how_the_model_computes(sample_video, tiny_mode
 
     ready = next(message for message in logs if "ready in" in message)
     assert "CPU, float32 weights as shipped; BLAS: " in ready
+
+
+def _events(spec, slot):
+    events = []
+    terminal = run_job(spec, events.append, slot)
+    assert isinstance(terminal, Result), terminal
+    return terminal.results, events
+
+
+@pytest.mark.parametrize("analysis", [AnalysisType.HIGHLIGHTS, AnalysisType.WORKOUT])
+def test_a_batched_job_gives_the_one_at_a_time_results_and_events(
+    sample_video, tiny_model_dir, tmp_path, monkeypatch, analysis
+):
+    """The real model path: 4 segments of 3 s judged 3 per call, then one at a time."""
+    slot = ModelSlot()
+    runs = {}
+    for size in ("3", "1"):
+        monkeypatch.setenv(BATCH_ENV, size)
+        spec = _spec(
+            sample_video, tmp_path / size, tiny_model_dir, analysis=analysis, segment_seconds=3
+        )
+        runs[size] = _events(spec, slot)
+
+    (batched, batched_events), (single, single_events) = runs["3"], runs["1"]
+    assert {**batched, "processing_time_seconds": 0} == {**single, "processing_time_seconds": 0}
+    reported = (Progress, Partial)
+    assert [e for e in batched_events if isinstance(e, reported)] == [
+        e for e in single_events if isinstance(e, reported)
+    ]
+    analysing = [e.step for e in single_events if isinstance(e, Progress)]
+    assert "Analyzing segment 4/4" in analysing
+    logs = [e.message for e in batched_events if isinstance(e, Log)]
+    assert f"segments judged up to 3 per model call (batched) ({BATCH_ENV}=3)" in logs
+    logs = [e.message for e in single_events if isinstance(e, Log)]
+    assert f"segments judged one at a time ({BATCH_ENV}=1)" in logs
+
+
+def test_a_cpu_job_judges_one_segment_at_a_time_by_default(
+    sample_video, tiny_model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.delenv(BATCH_ENV, raising=False)
+    spec = _spec(sample_video, tmp_path, tiny_model_dir, analysis=AnalysisType.WORKOUT)
+
+    _, logs = _run(spec, ModelSlot())
+
+    assert any(message.startswith("segments judged one at a time (CPU") for message in logs)

@@ -213,3 +213,73 @@ def test_frames_are_kept_only_within_the_block(vlm):
     vlm.generate(PROMPT, frames, 1)
 
     assert vlm.frames_encoded - before == 4
+
+
+# ---- generate_batch ------------------------------------------------------------------------
+
+
+def _segment_frames(seed: int, count: int = 4) -> list[Image.Image]:
+    """Frames that differ from one segment to the next."""
+    return [
+        Image.new("RGB", (160, 120), ((40 * i + 70 * seed) % 256, (90 + 50 * seed) % 256, 30 * i))
+        for i in range(count)
+    ]
+
+
+def test_batched_greedy_replies_are_the_one_at_a_time_replies(vlm):
+    """Several segments with different frames, and prompts of different lengths."""
+    frame_sets = [_segment_frames(seed) for seed in range(4)]
+    prompts = [PROMPT, PROMPT, "Score this part of the video from 1 to 10.", PROMPT + " Be brief."]
+
+    one_at_a_time = [vlm.generate(p, f, 16) for p, f in zip(prompts, frame_sets, strict=True)]
+    batched = vlm.generate_batch(prompts, frame_sets, 16)
+
+    assert batched == one_at_a_time
+    assert len(set(one_at_a_time)) > 1  # the segments really got different answers
+
+
+def test_batched_rows_may_show_different_numbers_of_frames_or_none(vlm):
+    frame_sets = [_segment_frames(1, 2), [], _segment_frames(2, 3)]
+    prompts = [PROMPT] * 3
+
+    one_at_a_time = [vlm.generate(p, f, 8) for p, f in zip(prompts, frame_sets, strict=True)]
+
+    assert vlm.generate_batch(prompts, frame_sets, 8) == one_at_a_time
+
+
+def test_a_batched_reply_ends_at_the_end_of_sequence_as_one_at_a_time(steered_model_dir):
+    """The steered model answers "8" and stops: rows that end early stay as short."""
+    steered = load_model(str(steered_model_dir))
+    frame_sets = [_segment_frames(seed) for seed in range(3)]
+
+    batched = steered.generate_batch([PROMPT] * 3, frame_sets, 12)
+
+    assert batched == [steered.generate(PROMPT, frames, 12) for frames in frame_sets]
+    assert batched == ["8"] * 3
+
+
+def test_a_batch_reuses_kept_frames_and_counts_its_tokens(vlm):
+    frames = _segment_frames(3, 8)
+    rows = [frames[:4], frames[4:]]
+    before_frames, before_calls = vlm.frames_encoded, vlm.totals.calls
+    with vlm.features_kept(frames):
+        vlm.generate_batch([PROMPT, PROMPT], rows, 4)
+        vlm.generate_batch([PROMPT, PROMPT], rows, 4)
+    batch_stats = vlm.last_stats
+
+    assert vlm.frames_encoded - before_frames == 8
+    assert vlm.totals.calls - before_calls == 2
+    one_at_a_time = []
+    for row in rows:
+        vlm.generate(PROMPT, row, 4)
+        one_at_a_time.append(vlm.last_stats)
+    assert batch_stats.prompt_tokens == sum(s.prompt_tokens for s in one_at_a_time)
+    assert batch_stats.generation_tokens == sum(s.generation_tokens for s in one_at_a_time)
+
+
+def test_generate_batch_rejects_bad_arguments(vlm):
+    with pytest.raises(ValueError, match="at least 1"):
+        vlm.generate_batch([PROMPT], [_segment_frames(0)], 0)
+    with pytest.raises(ValueError, match="2 prompts for 1 sets of frames"):
+        vlm.generate_batch([PROMPT, PROMPT], [_segment_frames(0)], 4)
+    assert vlm.generate_batch([], [], 4) == []

@@ -2,6 +2,7 @@
 
 import pytest
 
+from inference_worker.judging import Batching
 from inference_worker.workout import (
     MAX_NOTES_CHARS,
     UNKNOWN,
@@ -11,7 +12,7 @@ from inference_worker.workout import (
     analyze_workout,
 )
 from protocol import AnalysisType, PartialKind, validate_params
-from tests.worker.scripted import RecordingReporter, ScriptedModel, segment_frames
+from tests.worker.scripted import OrderReporter, RecordingReporter, ScriptedModel, segment_frames
 
 
 def params(**given):
@@ -252,3 +253,44 @@ def test_segments_are_pulled_one_at_a_time_between_model_calls():
     model = ScriptedModel([verdict("squat", 1)] * 3, events=events)
     analyze_workout(model, segment_frames(30.0, pulls=events), 3, params(), RecordingReporter())
     assert events == ["pull 0", "generate", "pull 1", "generate", "pull 2", "generate"]
+
+
+# ---- batched judging ----------------------------------------------------------------------
+
+
+def _analyse(batch_size):
+    """A 45 s workout (the last segment 5 s, so its prompt differs) judged in batches."""
+    replies = [
+        verdict("squat", 5, "Knees out."),
+        verdict("squat", 4, "Deeper."),
+        verdict("rest"),
+        verdict("push-up", 8, "Straight back."),
+        "",
+    ]
+    model = ScriptedModel(replies)
+    reporter = OrderReporter()
+    batching = Batching(model.batch, batch_size) if batch_size > 1 else None
+    analysis = analyze_workout(
+        model,
+        segment_frames(45.0),
+        len(replies),
+        params(exercise_hint="squats"),
+        reporter,
+        batching=batching,
+    )
+    return analysis, reporter.events, model.calls
+
+
+@pytest.mark.parametrize(("size", "rows"), [(2, [2, 2, 2, 2, 1]), (5, [5] * 5)])
+def test_batched_judging_gives_the_same_analysis_and_events_as_one_at_a_time(size, rows):
+    analysis, events, calls = _analyse(1)
+    batched, batched_events, batched_calls = _analyse(size)
+
+    assert batched == analysis
+    assert [s.exercise for s in analysis.segments] == ["squat", "rest", "push-up", UNKNOWN]
+    assert batched_events == events
+    assert [(c.prompt, c.frame_count) for c in batched_calls] == [
+        (c.prompt, c.frame_count) for c in calls
+    ]
+    assert len({c.prompt for c in calls}) == 2  # each row was asked its own question
+    assert [c.rows for c in batched_calls] == rows
