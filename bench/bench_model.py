@@ -14,7 +14,9 @@ model's would. Figures, each beside a baseline from the same run:
 * batched judging's best case: one decode step of the language model for 4 segments at
   once (4 rows, each after a segment-sized prompt) against 4 one-row steps. Decode is the
   only part batching can speed up on a CPU (the vision tower and prefill are already
-  matrix-matrix work), so this bounds what batching segments could gain here.
+  matrix-matrix work), so this bounds what batching segments could gain here;
+* batched judging whole: 4 segments judged in one `generate_batch` call (vision tower,
+  prefill and decode) against 4 `generate` calls, in one process, replies compared.
 
 `python -m bench.bench_model [--model-dir DIR] [--only batching] [--write FILE]`; the table
 goes between the bench-model markers of FILE, which `make bench` leaves alone.
@@ -139,15 +141,19 @@ def _vision_passes(events: list) -> int:
     raise RuntimeError("the worker did not report its vision passes")
 
 
+def _model_and_clip(tmp_path: Path, model_dir: Path | None) -> tuple[Path, Path]:
+    """The 500m model (`model_dir`, or built under `tmp_path`) and the bench clip."""
+    if model_dir is None:
+        print("building the 500m model ...", file=sys.stderr, flush=True)
+        model_dir = build_tiny_model(tmp_path / "smolvlm2-500m", size="500m")
+    video = write_video(tmp_path / "clip.mp4", seconds=CLIP_SECONDS, width=640, height=360, fps=30)
+    return model_dir, video
+
+
 def run(model_dir: Path | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         tmp_path = Path(tmp)
-        if model_dir is None:
-            print("building the 500m model ...", file=sys.stderr, flush=True)
-            model_dir = build_tiny_model(tmp_path / "smolvlm2-500m", size="500m")
-        video = write_video(
-            tmp_path / "clip.mp4", seconds=CLIP_SECONDS, width=640, height=360, fps=30
-        )
+        model_dir, video = _model_and_clip(tmp_path, model_dir)
         print("one segment, worker's CPU choices ...", file=sys.stderr, flush=True)
         fast = measure_segment(model_dir, video, fast=True)
         print("one segment, as shipped (minutes) ...", file=sys.stderr, flush=True)
@@ -253,12 +259,65 @@ print(json.dumps(figures))
 BATCH_ROWS = 4
 PROMPT_TOKENS = 400
 
+# Whole segments: BATCH_ROWS segments of the clip (4 frames each, the segment prompt) judged
+# one `generate` call at a time, then in one `generate_batch` call, after a warm-up call on
+# other frames. Vision features are computed per segment in both, as in a job.
+WHOLE_SEGMENTS_SCRIPT = """
+import json, sys, time
+from inference_worker.compute import use_fast_blas
+use_fast_blas()
+from inference_worker.highlights import FALLBACK_CRITERIA, VERDICT_TOKENS, segment_prompt
+from inference_worker.model import load_model
+from inference_worker.timeline import frame_times
+from inference_worker.video import VideoReader
+model = load_model(sys.argv[1])
+rows, seconds = int(sys.argv[3]), float(sys.argv[4])
+def times(i):
+    return frame_times(i * seconds, (i + 1) * seconds, 4)
+with VideoReader(sys.argv[2], model.image_size) as reader:
+    sets = [[frame.image for frame in reader.frames_at(times(i))] for i in range(rows + 1)]
+prompt = segment_prompt("A football match in a park: players run, pass and shoot.",
+                        FALLBACK_CRITERIA)
+model.generate(prompt, sets[rows], 2)
+started = time.perf_counter()
+one_by_one = [model.generate(prompt, frames, VERDICT_TOKENS) for frames in sets[:rows]]
+sequential = time.perf_counter() - started
+started = time.perf_counter()
+batched = model.generate_batch([prompt] * rows, sets[:rows], VERDICT_TOKENS)
+together = time.perf_counter() - started
+print(json.dumps({"sequential": sequential, "batched": together, "same": batched == one_by_one}))
+"""
 
-def run_batching() -> list[dict]:
-    """Decode: one step for BATCH_ROWS segments at once against one step each."""
+
+def measure_whole_segments(model_dir: Path, video: Path) -> dict:
+    """Seconds for BATCH_ROWS segments one call each and in one batched call (fresh process)."""
+    seconds = CLIP_SECONDS / (BATCH_ROWS + 1)
+    done = _python(
+        "-c", WHOLE_SEGMENTS_SCRIPT, str(model_dir), str(video), str(BATCH_ROWS), str(seconds)
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def run_batching(model_dir: Path | None = None) -> list[dict]:
+    """Batched judging: one decode step, and whole segments, against one at a time."""
     done = _python("-c", DECODE_SCRIPT, str(BATCH_ROWS), str(PROMPT_TOKENS))
     figures = {int(rows): seconds for rows, seconds in json.loads(done.stdout).items()}
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
+        model_dir, video = _model_and_clip(Path(tmp), model_dir)
+        print(f"{BATCH_ROWS} whole segments, batched and not ...", file=sys.stderr, flush=True)
+        whole = measure_whole_segments(model_dir, video)
+    if not whole["same"]:
+        raise RuntimeError("batched replies differ from one-at-a-time replies")
     return [
+        row(
+            "500m batched judging",
+            f"{BATCH_ROWS} whole segments (vision, prefill, decode) in one generate_batch "
+            "call, worker's CPU choices; replies identical",
+            whole["batched"],
+            f"{BATCH_ROWS} generate calls",
+            whole["sequential"],
+            "< 1x to pay",
+        ),
         row(
             "500m batched judging",
             f"decode step for {BATCH_ROWS} segments at once ({PROMPT_TOKENS}-token prompts "
@@ -267,7 +326,7 @@ def run_batching() -> list[dict]:
             f"{BATCH_ROWS} one-segment steps",
             BATCH_ROWS * figures[1],
             "< 1x to pay",
-        )
+        ),
     ]
 
 
@@ -277,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["batching"], help="run only this part")
     parser.add_argument("--write", metavar="FILE", help="also write the table into FILE")
     args = parser.parse_args(argv)
-    rows = run_batching() if args.only else run(args.model_dir) + run_batching()
+    rows = run_batching(args.model_dir)
+    if not args.only:
+        rows = run(args.model_dir) + rows
     table = render(rows, machine_note())
     print(table)
     if args.write:

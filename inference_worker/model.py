@@ -145,9 +145,7 @@ class SmolVLM:
         cost about what one does. Vision features are computed per row as in `generate`.
         """
         import mlx.core as mx
-        from mlx_vlm import apply_chat_template, prepare_inputs
         from mlx_vlm.generate import BatchGenerator
-        from mlx_vlm.utils import should_add_special_tokens
 
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
@@ -156,31 +154,12 @@ class SmolVLM:
         if not prompts:
             return []
         mx.reset_peak_memory()
-        special = should_add_special_tokens(self._model.config.model_type, self._processor)
-        token_rows: list[list[int]] = []
-        row_inputs: list[dict[str, Any]] = []
-        for prompt, frames in zip(prompts, frame_sets, strict=True):
-            images = list(frames)
-            formatted = apply_chat_template(
-                self._processor, self._model.config, prompt, num_images=len(images)
-            )
-            # The same tokens and embeddings as mlx_vlm's one-prompt path builds.
-            inputs = prepare_inputs(
-                self._processor,
-                images=images or None,
-                prompts=formatted,
-                image_token_index=self._model.config.image_token_index,
-                add_special_tokens=special,
-            )
-            features = {"cached_image_features": self._image_features(images)} if images else {}
-            embeddings = self._model.get_input_embeddings(
-                inputs["input_ids"],
-                inputs.get("pixel_values"),
-                pixel_attention_mask=inputs.get("pixel_attention_mask"),
-                **features,
-            )
-            token_rows.append(inputs["input_ids"][0].tolist())
-            row_inputs.append({"inputs_embeds": embeddings.inputs_embeds})
+        rows = [
+            self._prompt_row(prompt, list(frames))
+            for prompt, frames in zip(prompts, frame_sets, strict=True)
+        ]
+        token_rows = [tokens for tokens, _ in rows]
+        row_inputs = [{"inputs_embeds": embeddings} for _, embeddings in rows]
         batch = BatchGenerator(
             self._model.language_model,
             self._processor,
@@ -207,6 +186,35 @@ class SmolVLM:
         self.totals.prompt_tokens += prompt_tokens
         self.totals.generation_tokens += generated
         return replies
+
+    def _prompt_row(self, prompt: str, images: list[Image.Image]) -> tuple[list[int], Any]:
+        """One batch row: the prompt's token ids and its input embeddings (frames included).
+
+        The same tokens and embeddings as mlx_vlm's one-prompt path builds for `generate`.
+        """
+        from mlx_vlm import apply_chat_template, prepare_inputs
+        from mlx_vlm.utils import should_add_special_tokens
+
+        formatted = apply_chat_template(
+            self._processor, self._model.config, prompt, num_images=len(images)
+        )
+        inputs = prepare_inputs(
+            self._processor,
+            images=images or None,
+            prompts=formatted,
+            image_token_index=self._model.config.image_token_index,
+            add_special_tokens=should_add_special_tokens(
+                self._model.config.model_type, self._processor
+            ),
+        )
+        features = {"cached_image_features": self._image_features(images)} if images else {}
+        embeddings = self._model.get_input_embeddings(
+            inputs["input_ids"],
+            inputs.get("pixel_values"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            **features,
+        )
+        return inputs["input_ids"][0].tolist(), embeddings.inputs_embeds
 
     def _detokenized(self, tokens: list[int]) -> str:
         detokenizer = self._processor.detokenizer
