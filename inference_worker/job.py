@@ -157,9 +157,10 @@ def _segment_frames(
     reader: VideoReader,
     info: VideoInfo,
     params: dict[str, Any],
+    batching: Batching | None,
     decoded: dict[float, Image.Image] | None = None,
 ) -> tuple[int, Iterator[SegmentFrames]]:
-    """The segment count, and their frames decoded one segment ahead of the model.
+    """The segment count, and their frames decoded one segment (one batch) ahead of the model.
 
     Frames already in `decoded` (by time) are used as they are, not decoded again.
     """
@@ -173,7 +174,8 @@ def _segment_frames(
         fresh = dict(zip(missing, images, strict=True))
         return SegmentFrames(segment, [known[t] if t in known else fresh[t] for t in times])
 
-    return len(segments), prefetched(decode, segments)
+    ahead = batching.size if batching is not None else 1
+    return len(segments), prefetched(decode, segments, ahead)
 
 
 def _overview_frames(
@@ -201,7 +203,7 @@ def _highlights(
 ) -> dict[str, Any]:
     overview = _overview_frames(spec, info, params, model.image_size)
     with VideoReader(spec.video_path, model.image_size) as reader:
-        count, segments = _segment_frames(reader, info, params, decoded=overview)
+        count, segments = _segment_frames(reader, info, params, batching, decoded=overview)
         # closing: stops the decode-ahead thread with the job. The overview frames come
         # back in their segments: their vision features are computed once, then reused.
         with closing(segments), model.features_kept(list(overview.values())):
@@ -252,7 +254,7 @@ def _workout(
     reporter: ProgressReporter,
 ) -> dict[str, Any]:
     with VideoReader(spec.video_path, model.image_size) as reader:
-        count, segments = _segment_frames(reader, info, params)
+        count, segments = _segment_frames(reader, info, params, batching)
         with closing(segments):  # stops the decode-ahead thread with the job
             analysis = analyze_workout(
                 model.generate,

@@ -2,8 +2,9 @@
 
 On GPUs and Apple silicon a decode step is bound by reading the weights, so one batched
 step serves every segment of the batch for about the price of one. On a CPU the vision
-tower and prefill dominate a segment and batching gains little (bench/bench_model.py), while
-each segment's result would reach the client only when its whole batch is done. So the
+tower and prefill dominate a segment: 4 whole SmolVLM2-500M segments took 0.92x as long
+batched on a 2-core host (`make bench-model`), while each segment's result would reach the
+client only when its whole batch is done (~90 s instead of ~25 s for the first). So the
 worker batches on a GPU and judges one segment at a time on a CPU, unless
 SMOLVLM_BATCH_SEGMENTS says otherwise.
 
@@ -52,7 +53,7 @@ def segments_per_call(on_gpu: bool) -> tuple[int, str]:
 def _by_device(on_gpu: bool) -> tuple[int, str]:
     if on_gpu:
         return GPU_BATCH, "GPU: one decode step reads the weights once for every segment"
-    return 1, "CPU: batching gains little here and delays each segment's result"
+    return 1, "CPU: batching gains little here (vision and prefill dominate) and delays results"
 
 
 def describe(size: int, why: str) -> str:
