@@ -11,24 +11,27 @@ synchronous analyses instead of letting them hold the shutdown open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 from aiohttp import web
 
 from server import keys
-from server.web import handlers_legacy, handlers_service, handlers_sessions
 from server.config import Config
-from server.state.events import EventHub
-from server.state.janitor import Janitor
-from server.jobs.job_queue import JobQueue
-from server.web.metrics import Metrics, metrics
-from server.web.middlewares import Cors, api_key_middleware, errors
-from server.state.paths import DataPaths
-from server.web.responses import API_PREFIX
+from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.runner import JobRunner
+from server.state.events import EventHub, EventLog
+from server.state.janitor import Janitor
+from server.state.paths import DataPaths, FileLocations
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
+from server.state.store import SessionStore
+from server.web import handlers_legacy, handlers_service, handlers_sessions
+from server.web.metrics import Metrics, metrics
+from server.web.middlewares import Cors, api_key_middleware, errors
+from server.web.responses import API_PREFIX
 from server.web.uploads import UploadSlots
 
 STORE_FILE = "sessions.db"
@@ -59,13 +62,40 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     Sessions a previous process left pending or processing are queued again, and every
     stored session is announced on the (new, empty) event hub.
     """
-    config = app[keys.CONFIG]
+    async with open_state(app[keys.CONFIG]) as state, run_services(app, state):
+        yield
+
+
+@dataclass(frozen=True)
+class State:
+    """The implementations this service runs on: where sessions, queue, events and files live."""
+
+    paths: FileLocations
+    store: SessionStore
+    events: EventLog
+    queue: MemoryJobQueue
+
+
+@contextlib.asynccontextmanager
+async def open_state(config: Config) -> AsyncIterator[State]:
+    """The one place that picks the implementations: SQLite, and memory for queue and events."""
     paths = DataPaths(config.data_dir)
     paths.create()
     store = await SqliteStore(paths.root / STORE_FILE).open()
     hub = EventHub()
-    queue = JobQueue(config.max_queued_jobs)
-    sessions = Sessions(store, hub, paths, queue.position)
+    try:
+        yield State(paths, store, hub, MemoryJobQueue(config.max_queued_jobs))
+    finally:
+        await hub.close()
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def run_services(app: web.Application, state: State) -> AsyncIterator[None]:
+    """Sessions, runner, uploads and the sweep over `state`, for as long as the app runs."""
+    config = app[keys.CONFIG]
+    paths, hub, queue = state.paths, state.events, state.queue
+    sessions = Sessions(state.store, hub, paths, queue.position)
     runner = JobRunner(
         sessions,
         queue,
@@ -97,8 +127,6 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         sweeping.cancel()
         await asyncio.gather(sweeping, return_exceptions=True)
         await runner.close()
-        await hub.close()
-        await store.close()
 
 
 async def release_waiters(app: web.Application) -> None:

@@ -34,7 +34,9 @@ from protocol import (
     Progress,
     Result,
 )
-from server.jobs.job_queue import JobQueue
+from server.jobs.job_queue import MemoryJobQueue
+from server.jobs.warm_pool import WarmPool
+from server.jobs.worker_process import WorkerProcess
 from server.state.models import (
     QueueFull,
     RunnerClosed,
@@ -46,8 +48,6 @@ from server.state.models import (
 )
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
-from server.jobs.warm_pool import WarmPool
-from server.jobs.worker_process import WorkerProcess
 
 log = logging.getLogger("server.jobs.runner")
 # Worker `log` events: kept apart so the runner's own lines are one per job transition.
@@ -90,7 +90,7 @@ class JobRunner:
     def __init__(
         self,
         sessions: Sessions,
-        queue: JobQueue,
+        queue: MemoryJobQueue,
         *,
         paths: DataPaths,
         model: str,
@@ -162,7 +162,7 @@ class JobRunner:
                     error=None,
                     results=None,
                 )
-                self._queue.push(session.id, over_limit=True)
+                await self._queue.push(session.id, over_limit=True)
                 log.info("session %s queued again after a restart", session.id)
             if unfinished:
                 self._positions_changed = True
@@ -211,7 +211,7 @@ class JobRunner:
                 raise SessionConflict(
                     session, f"Session already started (status: {session.status.value})"
                 )
-            if not self.has_room():
+            if not await self.has_room():
                 raise QueueFull(self._queue.retry_after_seconds)
             start_now = not self._queue and len(self._jobs) < self._max_concurrent
             session = await self._sessions.update(
@@ -228,19 +228,19 @@ class JobRunner:
                 self._start_job(session_id)
                 log.info("session %s queued (%s, starts now)", session_id, analysis_type.value)
             else:
-                self._queue.push(session_id)
+                await self._queue.push(session_id)
                 await self._sessions.publish_status(session_id)  # now with its position
                 log.info(
                     "session %s queued (%s, position %d)",
                     session_id,
                     analysis_type.value,
-                    self._queue.position(session_id),
+                    await self._queue.position(session_id),
                 )
         return session
 
-    def has_room(self) -> bool:
+    async def has_room(self) -> bool:
         """Whether a submit now would be accepted as far as capacity goes."""
-        if self._queue.has_room():
+        if await self._queue.has_room():
             return True
         return not self._queue and len(self._jobs) < self._max_concurrent
 
@@ -261,7 +261,7 @@ class JobRunner:
                 if session.status is not SessionStatus.CANCELLED:
                     raise SessionConflict(session, f"Session already {session.status.value}")
                 log.info("session %s cancelled", session_id)
-            if self._queue.remove(session_id):
+            if await self._queue.remove(session_id):
                 self._positions_changed = True
                 self._wakeup.set()
         job = self._jobs.get(session_id)
@@ -288,19 +288,18 @@ class JobRunner:
             raise RunnerClosed()
         return session
 
-    def queue_position(self, session_id: str) -> int | None:
+    async def queue_position(self, session_id: str) -> int | None:
         """1-based place of a pending session in the queue, else None."""
-        return self._queue.position(session_id)
+        return await self._queue.position(session_id)
 
     @property
     def running_count(self) -> int:
         """Jobs holding a slot (their worker is starting, running or being stopped)."""
         return len(self._jobs)
 
-    @property
-    def queued_count(self) -> int:
+    async def queue_depth(self) -> int:
         """Jobs waiting in the queue for a slot."""
-        return len(self._queue)
+        return await self._queue.depth()
 
     # ---- dispatching --------------------------------------------------------------------
 

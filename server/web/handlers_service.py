@@ -93,7 +93,7 @@ async def health(request: web.Request) -> web.Response:
             "status": "healthy",
             "model": model_display_name(request.app[keys.CONFIG].model),
             "running": runner.running_count,
-            "queued": runner.queued_count,
+            "queued": await runner.queue_depth(),
             "version": VERSION,
         }
     )

@@ -139,7 +139,7 @@ async def status(request: web.Request) -> web.Response:
     """The status body of a session (also served as `progress`)."""
     sessions = request.app[keys.SESSIONS]
     session = await sessions.get(session_id_of(request))
-    return web.Response(body=sessions.body_json(session), content_type="application/json")
+    return web.Response(body=await sessions.body_json(session), content_type="application/json")
 
 
 async def results(request: web.Request) -> web.Response:
@@ -246,7 +246,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit = _limit(request.query.get("limit"))
     sessions = request.app[keys.SESSIONS]
     found = await sessions.list(status=status_filter, limit=limit)
-    bodies = [sessions.body(session) for session in found]
+    bodies = [await sessions.body(session) for session in found]
     return web.json_response({"sessions": bodies, "count": len(bodies)})
 
 

@@ -33,12 +33,12 @@ from protocol import (
     validate_params,
 )
 from server.jobs.job_queue import RETRY_AFTER_SECONDS
+from server.jobs.probe import probe_video
+from server.jobs.runner import JobRunner
 from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
 from server.state.paths import DataPaths
-from server.jobs.probe import probe_video
-from server.web.responses import ApiError
-from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
+from server.web.responses import ApiError
 
 FILE_FIELDS = ("file", "video")
 # Large reads keep the per-chunk overhead (one thread hop per write) negligible.
@@ -121,7 +121,7 @@ async def accept_upload(
     Without it, `analysis_type` and `params` come from the form and a missing type means the
     two-step flow (status `uploaded`). Raises ApiError or a domain error; never leaves files.
     """
-    if not runner.has_room():
+    if not await runner.has_room():
         raise QueueFull(RETRY_AFTER_SECONDS)
     _check_declared_length(request, limits.max_bytes)
     session_id = str(uuid.uuid4())

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from protocol import AnalysisType, VideoInfo
+from server.jobs.job_queue import MemoryJobQueue
+from server.jobs.runner import JobRunner
 from server.state.events import EventHub
-from server.jobs.job_queue import JobQueue
 from server.state.models import Session, SessionStatus
 from server.state.paths import DataPaths
-from server.jobs.runner import JobRunner
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
 
@@ -96,7 +96,11 @@ async def make_sessions(data_paths):
     def make(queue_position: Callable[[str], int | None] = lambda _id: None) -> Sessions:
         store, hub = MemoryStore(), EventHub()
         made.append((store, hub))
-        return Sessions(store, hub, data_paths, queue_position)
+
+        async def position(session_id: str) -> int | None:
+            return queue_position(session_id)
+
+        return Sessions(store, hub, data_paths, position)
 
     yield make
     for store, hub in made:
@@ -111,7 +115,7 @@ class Harness:
     runner: JobRunner
     sessions: Sessions
     hub: EventHub
-    queue: JobQueue
+    queue: MemoryJobQueue
     store: MemoryStore
     paths: DataPaths
 
@@ -163,7 +167,7 @@ async def make_runner(data_paths):
         job_timeout: float | None = None,
         worker_command: tuple[str, ...] = FAKE_WORKER,
     ) -> Harness:
-        queue = JobQueue(max_queued)
+        queue = MemoryJobQueue(max_queued)
         store, hub = MemoryStore(), EventHub()
         sessions = Sessions(store, hub, data_paths, queue.position)
         runner = JobRunner(
