@@ -15,16 +15,23 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from server import keys
 from server.config import Config
-from server.jobs.job_queue import MemoryJobQueue
+from server.jobs.cluster_runner import ClusterRunner
+from server.jobs.job_queue import JobQueue, MemoryJobQueue
+from server.jobs.redis_job_queue import RedisJobQueue
 from server.jobs.runner import JobRunner
 from server.state.events import EventHub, EventLog
 from server.state.janitor import Janitor
 from server.state.paths import DataPaths, FileLocations
+from server.state.redis_connection import check_durable, cluster_turn, connect
+from server.state.redis_events import RedisEventLog
+from server.state.redis_store import RedisStore
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
 from server.state.store import SessionStore
@@ -37,6 +44,9 @@ from server.web.uploads import UploadSlots
 STORE_FILE = "sessions.db"
 # Expiry is measured in hours; a sweep every few minutes keeps disk use close to the TTL.
 SWEEP_INTERVAL_SECONDS = 300.0
+# On a cluster, another node's upload in progress has files but no session yet; an upload
+# writes every few milliseconds, so a folder untouched this long is nobody's.
+ORPHAN_GRACE = timedelta(hours=1)
 
 
 def create_app(config: Config) -> web.Application:
@@ -52,7 +62,10 @@ def create_app(config: Config) -> web.Application:
         app.on_response_prepare.append(cors.on_response_prepare)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
-    add_routes(app.router)
+    if config.serves_api:
+        add_routes(app.router)
+    else:
+        add_worker_routes(app.router)
     return app
 
 
@@ -73,21 +86,70 @@ class State:
     paths: FileLocations
     store: SessionStore
     events: EventLog
-    queue: MemoryJobQueue
+    queue: JobQueue
+    redis: Redis | None = None  # the cluster's Redis, when there is one
 
 
 @contextlib.asynccontextmanager
 async def open_state(config: Config) -> AsyncIterator[State]:
-    """The one place that picks the implementations: SQLite, and memory for queue and events."""
+    """The one place that picks the implementations.
+
+    With a Redis URL: sessions and events in Redis (checked to persist every write and
+    never evict), shared by every node on the same Redis and DATA_DIR. Without: SQLite in
+    DATA_DIR, and memory for queue and events.
+    """
     paths = DataPaths(config.data_dir)
     paths.create()
-    store = await SqliteStore(paths.root / STORE_FILE).open()
-    hub = EventHub()
+    if config.redis_url is None:
+        store = await SqliteStore(paths.root / STORE_FILE).open()
+        hub = EventHub()
+        try:
+            yield State(paths, store, hub, MemoryJobQueue(config.max_queued_jobs))
+        finally:
+            await hub.close()
+            await store.close()
+        return
+    client = connect(config.redis_url)
     try:
-        yield State(paths, store, hub, MemoryJobQueue(config.max_queued_jobs))
+        await check_durable(client)
+        queue = RedisJobQueue(
+            client, config.max_queued_jobs, lease_seconds=config.node_lease_seconds
+        )
+        await queue.open()
+        events = await RedisEventLog(client).start()
+        try:
+            yield State(paths, RedisStore(client), events, queue, client)
+        finally:
+            await events.close()
     finally:
-        await hub.close()
-        await store.close()
+        await client.aclose()
+
+
+def make_runner(app: web.Application, state: State, sessions: Sessions) -> JobRunner:
+    """This node's job runner: alone with its own queue, or one of a cluster's nodes."""
+    config = app[keys.CONFIG]
+    options: dict[str, Any] = {
+        "paths": state.paths,
+        "model": config.model,
+        "max_concurrent": config.max_concurrent_jobs,
+        "job_timeout": config.job_timeout_seconds,
+        "worker_command": config.worker_command,
+        "on_finished": app[keys.METRICS].job_finished,
+        "warm_workers": config.warm_workers if config.runs_jobs else 0,
+    }
+    if state.redis is None:
+        assert isinstance(state.queue, MemoryJobQueue)
+        return JobRunner(sessions, state.queue, **options)
+    assert isinstance(state.queue, RedisJobQueue)
+    return ClusterRunner(
+        sessions,
+        state.queue,
+        state.redis,
+        node_id=config.node_id,
+        runs_jobs=config.runs_jobs,
+        max_attempts=config.max_job_attempts,
+        **options,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -96,17 +158,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
     config = app[keys.CONFIG]
     paths, hub, queue = state.paths, state.events, state.queue
     sessions = Sessions(state.store, hub, paths, queue.position)
-    runner = JobRunner(
-        sessions,
-        queue,
-        paths=paths,
-        model=config.model,
-        max_concurrent=config.max_concurrent_jobs,
-        job_timeout=config.job_timeout_seconds,
-        worker_command=config.worker_command,
-        on_finished=app[keys.METRICS].job_finished,
-        warm_workers=config.warm_workers,
-    )
+    runner = make_runner(app, state, sessions)
     app[keys.PATHS] = paths
     app[keys.HUB] = hub
     app[keys.SESSIONS] = sessions
@@ -115,7 +167,11 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         config.max_concurrent_uploads, on_bytes=app[keys.METRICS].uploaded
     )
     janitor = Janitor(
-        sessions, paths, timedelta(hours=config.session_ttl_hours), uploading=uploads.__contains__
+        sessions,
+        paths,
+        timedelta(hours=config.session_ttl_hours),
+        uploading=uploads.__contains__,
+        **cluster_sweep(config, state),
     )
     await runner.start()
     await runner.recover()
@@ -129,10 +185,28 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         await runner.close()
 
 
+def cluster_sweep(config: Config, state: State) -> dict[str, Any]:
+    """On a cluster: one sweep per round for all nodes, and orphans only once left alone."""
+    if state.redis is None:
+        return {}
+    # Less than the interval, so that the next round always finds the turn free again.
+    turn_seconds = SWEEP_INTERVAL_SECONDS * 0.9
+    return {
+        "turn": cluster_turn(state.redis, "sweep", config.node_id, turn_seconds),
+        "orphan_grace": ORPHAN_GRACE,
+    }
+
+
 async def release_waiters(app: web.Application) -> None:
     """End event streams and running jobs before aiohttp waits for open requests."""
     await app[keys.RUNNER].close()
     await app[keys.HUB].close()
+
+
+def add_worker_routes(router: web.UrlDispatcher) -> None:
+    """A `worker` node runs jobs and answers only for its own health and metrics."""
+    router.add_get("/health", handlers_service.health, name="health")
+    router.add_get("/metrics", metrics, name="metrics")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

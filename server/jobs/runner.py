@@ -73,6 +73,8 @@ class _Job:
     task: asyncio.Task[None] = field(init=False)
     stopping: bool = False
     started_at: float | None = None  # loop time when it became `processing`
+    claim: Any = None  # what a shared queue handed out (its lease), if any
+    cancelled: bool = False  # stopped because its session was cancelled
 
 
 @dataclass(frozen=True)
@@ -204,26 +206,9 @@ class JobRunner:
         session already ran or runs), QueueFull, or RunnerClosed.
         """
         async with self._lock:
-            if not self._accepting:
-                raise RunnerClosed()
-            session = await self._sessions.get(session_id)
-            if session.status is not SessionStatus.UPLOADED:
-                raise SessionConflict(
-                    session, f"Session already started (status: {session.status.value})"
-                )
-            if not await self.has_room():
-                raise QueueFull(self._queue.retry_after_seconds)
+            await self._check_submittable(session_id)
             start_now = not self._queue and len(self._jobs) < self._max_concurrent
-            session = await self._sessions.update(
-                session_id,
-                status=SessionStatus.PENDING,
-                analysis_type=analysis_type,
-                params=dict(params),
-                progress=0.0,
-                current_step=None,
-                error=None,
-                results=None,
-            )
+            session = await self._mark_pending(session_id, analysis_type, params)
             if start_now:
                 self._start_job(session_id)
                 log.info("session %s queued (%s, starts now)", session_id, analysis_type.value)
@@ -237,6 +222,32 @@ class JobRunner:
                     await self._queue.position(session_id),
                 )
         return session
+
+    async def _check_submittable(self, session_id: str) -> None:
+        """Raise unless the session may be queued now (runner open, uploaded, room)."""
+        if not self._accepting:
+            raise RunnerClosed()
+        session = await self._sessions.get(session_id)
+        if session.status is not SessionStatus.UPLOADED:
+            raise SessionConflict(
+                session, f"Session already started (status: {session.status.value})"
+            )
+        if not await self.has_room():
+            raise QueueFull(self._queue.retry_after_seconds)
+
+    async def _mark_pending(
+        self, session_id: str, analysis_type: AnalysisType, params: dict[str, Any]
+    ) -> Session:
+        return await self._sessions.update(
+            session_id,
+            status=SessionStatus.PENDING,
+            analysis_type=analysis_type,
+            params=dict(params),
+            progress=0.0,
+            current_step=None,
+            error=None,
+            results=None,
+        )
 
     async def has_room(self) -> bool:
         """Whether a submit now would be accepted as far as capacity goes."""
@@ -252,21 +263,24 @@ class JobRunner:
         session, SessionNotFound for an unknown one.
         """
         async with self._lock:
-            session = await self._sessions.get(session_id)
-            if session.status is not SessionStatus.CANCELLED:
-                if not session.status.is_terminal:
-                    session = await self._sessions.update(
-                        session_id, status=SessionStatus.CANCELLED
-                    )
-                if session.status is not SessionStatus.CANCELLED:
-                    raise SessionConflict(session, f"Session already {session.status.value}")
-                log.info("session %s cancelled", session_id)
+            session = await self._mark_cancelled(session_id)
             if await self._queue.remove(session_id):
                 self._positions_changed = True
                 self._wakeup.set()
         job = self._jobs.get(session_id)
         if job is not None:
             await self._stop(job)
+        return session
+
+    async def _mark_cancelled(self, session_id: str) -> Session:
+        """Record the cancel (idempotent); SessionConflict if the session ended otherwise."""
+        session = await self._sessions.get(session_id)
+        if session.status is not SessionStatus.CANCELLED:
+            if not session.status.is_terminal:
+                session = await self._sessions.update(session_id, status=SessionStatus.CANCELLED)
+            if session.status is not SessionStatus.CANCELLED:
+                raise SessionConflict(session, f"Session already {session.status.value}")
+            log.info("session %s cancelled", session_id)
         return session
 
     async def wait(self, session_id: str) -> Session:
@@ -320,9 +334,9 @@ class JobRunner:
                         # A position update is cosmetic; the dispatcher must live on.
                         log.exception("session %s: could not publish its position", session_id)
 
-    def _start_job(self, session_id: str) -> None:
+    def _start_job(self, session_id: str, claim: Any = None) -> None:
         # Taken here, synchronously, so that cancel and close always see the job's process.
-        job = _Job(session_id, self._warm.take() or WorkerProcess())
+        job = _Job(session_id, self._warm.take() or WorkerProcess(), claim=claim)
         job.task = asyncio.create_task(self._supervise(job), name=f"supervise {session_id}")
         job.task.add_done_callback(lambda task: self._job_done(job, task))
         self._jobs[session_id] = job

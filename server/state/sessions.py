@@ -19,7 +19,7 @@ from typing import Any
 from server.state.events import EventLog
 from server.state.models import Session, SessionStatus, status_body
 from server.state.paths import DataPaths
-from server.state.store import SessionStore
+from server.state.store import SessionStore, SnapshotRefused
 
 
 class Sessions:
@@ -84,7 +84,11 @@ class Sessions:
             if status is SessionStatus.COMPLETED:
                 changes["progress"] = 1.0
             session = current.replace(**changes)
-            await self._store.put(session)
+            try:
+                await self._store.put(session)
+            except SnapshotRefused:
+                # Another node ended the session meanwhile: its ending stands, unpublished here.
+                return await self._store.get(session_id)
             await self._publish(session)
             return session
 

@@ -189,3 +189,36 @@ async def make_runner(data_paths):
         await harness.runner.close()
         await harness.hub.close()
         await harness.store.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the run (append-only, noeviction), on a free port."""
+    from tests.server.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The URL of the run's redis-server, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request, monkeypatch) -> str:
+    """Runs a test module's apps on each backend: SQLite and memory, then Redis.
+
+    A module opts in with `pytestmark = pytest.mark.usefixtures("backend")`; its tests
+    build apps through `http_helpers.make_config`, which adds these settings.
+    """
+    from tests.server import http_helpers
+
+    if request.param == "redis":
+        settings = {"redis_url": request.getfixturevalue("redis_url")}
+        monkeypatch.setattr(http_helpers, "BACKEND_SETTINGS", settings)
+    return request.param
