@@ -9,7 +9,12 @@ DATA_DIR ?= ./data
 # MLX compiles fused CPU kernels with g++ on first use; tiny test models gain nothing from it.
 TEST_ENV := MLX_DISABLE_COMPILE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test run bench demo lint clean
+# System programs the tests need that pip cannot bring, as program:debian-packages:homebrew
+# (see tests/system_packages.sh). On macOS the page tests use the Chromium that Playwright
+# downloads itself, so Homebrew brings only Redis.
+TEST_PROGRAMS := 'chromium:chromium|chromium-browser:-' 'redis-server:redis-server:redis'
+
+.PHONY: install system-packages test run bench demo lint clean
 
 install: $(STAMP)
 
@@ -19,8 +24,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# System packages first: a missing one stops `make test` at once with one line.
+test: system-packages $(STAMP)
+	@[ "$$(uname -s)" != Darwin ] || $(PY) -m playwright install chromium
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+system-packages:
+	@sh tests/system_packages.sh $(TEST_PROGRAMS)
 
 run: $(STAMP)
 	DATA_DIR=$(DATA_DIR) $(PY) -m server

@@ -21,6 +21,7 @@ BENCHMARKS = [
     "bench.bench_worker",
     "bench.bench_http",
     "bench.bench_upload",
+    "bench.bench_upload_latency",
     "bench.bench_cancel",
     "bench.bench_sse",
     "bench.bench_warm_start",

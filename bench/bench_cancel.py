@@ -29,12 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
 from bench import servers
-from bench.common import row
+from bench.common import p99, row
 from bench.servers import HOST
 from inference_worker.tiny_model import build_tiny_model
 from tests.media import write_video
@@ -46,7 +45,6 @@ VIDEO_FPS = 2
 V1 = "/api/v1/video"
 # 20 workers importing mlx on two cores take tens of seconds to all be under way.
 RUNNING_TIMEOUT_SECONDS = 300.0
-POLL_SECONDS = 0.25
 # A cancel answers within the worker's grace period plus a reap; this bounds a stuck one.
 CANCEL_TIMEOUT_SECONDS = 30.0
 SLEEPER = "import time; time.sleep(600)"
@@ -78,7 +76,7 @@ def run(quick: bool = False) -> list[dict]:
             )
             for _ in range(jobs)
         ]
-        _wait_until_running(service, ids)
+        servers.wait_until_running(service, ids, RUNNING_TIMEOUT_SECONDS)
         cancel_times, kill_times, alive = [], [], 0
         connection = http.client.HTTPConnection(HOST, service.port, timeout=CANCEL_TIMEOUT_SECONDS)
         stack.callback(connection.close)
@@ -103,16 +101,12 @@ def run(quick: bool = False) -> list[dict]:
         row(
             "cancel",
             f"p99 latency, {what} ({checked})",
-            _p99(cancel_times),
+            p99(cancel_times),
             baseline,
-            _p99(kill_times),
+            p99(kill_times),
             "< 1 s",
         ),
     ]
-
-
-def _p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
 def _sleeper(stack: ExitStack) -> subprocess.Popen:
@@ -134,27 +128,6 @@ def _kill(process: subprocess.Popen) -> float:
     servers.signal_group(process.pid, signal.SIGTERM)
     process.wait(SLEEPER_REAP_SECONDS)
     return time.perf_counter() - started
-
-
-def _wait_until_running(service: servers.ServerProcess, ids: list[str]) -> None:
-    """Poll until every session is `processing` with progress > 0; RuntimeError on timeout."""
-    deadline = time.monotonic() + RUNNING_TIMEOUT_SECONDS
-    waiting = list(ids)
-    while True:
-        for session_id in list(waiting):
-            with urllib.request.urlopen(f"{service.url}{V1}/status/{session_id}") as answer:
-                body = json.load(answer)
-            if body["status"] == "processing" and body["progress"] > 0:
-                waiting.remove(session_id)
-            elif body["status"] not in ("pending", "processing"):
-                raise RuntimeError(f"a job ended before it was cancelled: {body}")
-        if not waiting:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{len(waiting)} jobs were not running after {RUNNING_TIMEOUT_SECONDS:g} s"
-            )
-        time.sleep(POLL_SECONDS)
 
 
 def _cancel(connection: http.client.HTTPConnection, session_id: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -36,3 +37,8 @@ def row(
         "ratio": value / baseline if baseline else None,
         "goal": goal,
     }
+
+
+def p99(values: list[float]) -> float:
+    """The 99th percentile (inclusive method: with few values, close to the largest)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[98]

@@ -48,6 +48,8 @@ STOP_GRACE_SECONDS = 15.0
 # SIGKILL cannot be refused: this only bounds a process stuck in the kernel.
 KILL_REAP_SECONDS = 5.0
 HEALTH_POLL_SECONDS = 0.05
+# How often a wait for jobs to be under way asks for their status.
+RUNNING_POLL_SECONDS = 0.25
 # How often a wait for a client's readiness checks that the client is still alive.
 CLIENT_POLL_SECONDS = 0.1
 # Room for what a process has open besides its connections (modules, pipes, logs).
@@ -322,6 +324,29 @@ def upload(url: str, video: Path, fields: dict[str, str] | None = None, timeout:
     )
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         return json.load(answer)["sessionId"]
+
+
+def wait_until_running(service: ServerProcess, ids: Sequence[str], timeout: float) -> None:
+    """Poll until every session is `processing` with progress > 0; RuntimeError on timeout.
+
+    Progress above 0 means the job's worker has its model loaded and is analysing.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(ids)
+    while True:
+        for session_id in list(waiting):
+            url = f"{service.url}/api/v1/video/status/{session_id}"
+            with urllib.request.urlopen(url) as answer:
+                body = json.load(answer)
+            if body["status"] == "processing" and body["progress"] > 0:
+                waiting.remove(session_id)
+            elif body["status"] not in ("pending", "processing"):
+                raise RuntimeError(f"a job ended before it was measured: {body}")
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(waiting)} jobs were not running after {timeout:g} s")
+        time.sleep(RUNNING_POLL_SECONDS)
 
 
 async def _health(request: web.Request) -> web.Response:

@@ -269,7 +269,8 @@ async def watch(client: ApiClient, session_id: str, out: TextIO) -> str:
             async for event in events:
                 if event.name == "status":
                     display.status(event.data)
-                elif event.name == "partial":
+                elif event.name == "partial" and event.data.get("kind") != "timeline":
+                    # Every judged segment is a timeline partial; the bar already counts them.
                     display.message(describe_item(event.data.get("item", {})))
                 elif event.name in TERMINAL_EVENTS:
                     terminal = event

@@ -6,7 +6,9 @@ Three ways in:
   * by hand: `--video PATH --analysis highlights|workout [--params JSON] [--model M]
     [--output-dir DIR]` prints the same event lines;
   * `--probe PATH [--filename NAME]`: checks a video and prints one terminal event whose
-    results are {"video": VideoInfo}; the server uses it to vet uploads out of process.
+    results are {"video": VideoInfo};
+  * `--probe-service`: the same check for every request line on stdin, one answer each
+    (inference_worker/probe_service.py); the server keeps one running to vet uploads.
 
 Exit status: 0 after a `result`, 1 after an `error`, 2 for a bad command line or JobSpec,
 143 when terminated.
@@ -32,7 +34,10 @@ from protocol import (
     Error,
     ErrorCode,
     JobSpec,
+    ModelReport,
+    ModelState,
     ParamsError,
+    ProbeRequest,
     ProtocolError,
     Result,
     decode_job,
@@ -60,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="where artifacts go (default: ./<video>-<analysis>)")
     parser.add_argument("--probe", metavar="PATH", help="only check a video and print its facts")
     parser.add_argument("--filename", default="", help="the name to report for --probe")
+    parser.add_argument(
+        "--probe-service", action="store_true", help="check the videos named on stdin"
+    )
     return parser.parse_args(argv)
 
 
@@ -73,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(argv)
     try:
+        if args.probe_service:
+            from inference_worker.probe_service import serve
+
+            serve(channel, sys.stdin.buffer)
+            return EXIT_OK
         if args.probe:
             return _probe(channel, args.probe, args.filename)
         return _run(channel, args)
@@ -81,15 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _probe(channel: EventChannel, path: str, filename: str) -> int:
-    from inference_worker.video import InvalidVideo, probe
+    from inference_worker.probe_service import answer
 
-    try:
-        info = probe(path, filename or os.path.basename(path))
-    except InvalidVideo as exc:
-        channel.emit(Error(ErrorCode.INVALID_VIDEO.value, str(exc)))
-        return EXIT_FAILED
-    channel.emit(Result({"video": info.to_dict()}))
-    return EXIT_OK
+    terminal = answer(ProbeRequest(path, filename))
+    channel.emit(terminal)
+    return EXIT_OK if isinstance(terminal, Result) else EXIT_FAILED
 
 
 def _run(channel: EventChannel, args: argparse.Namespace) -> int:
@@ -104,7 +113,7 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
             return EXIT_USAGE
     else:
         if args.model:
-            _preload(models, args.model)
+            _preload(channel, models, args.model)
         line = sys.stdin.buffer.readline()
         if not line:
             return EXIT_OK  # the server closed our stdin before giving a job: nothing to do
@@ -119,14 +128,20 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
     return EXIT_OK if isinstance(terminal, Result) else EXIT_FAILED
 
 
-def _preload(models, model: str) -> None:
-    """Load the model before the job arrives; a failure is reported when the job runs."""
+def _preload(channel: EventChannel, models, model: str) -> None:
+    """Load the model before the job arrives and tell the server whether it could.
+
+    A failure is reported again, as the job's error, when the job runs.
+    """
     from inference_worker.model import ModelUnavailable
 
     try:
         models.get(model)
     except ModelUnavailable as exc:
         logging.getLogger("inference_worker").warning("preload failed: %s", exc)
+        channel.emit(ModelReport(ModelState.UNAVAILABLE, str(exc)))
+        return
+    channel.emit(ModelReport(ModelState.READY))
 
 
 def _spec_from_args(args: argparse.Namespace) -> JobSpec:

@@ -26,6 +26,7 @@ from inference_worker.replies import (
 )
 from inference_worker.reporting import Generate, Reporter, StepProgress
 from inference_worker.timeline import Segment, SegmentFrames, format_timestamp, span_fields
+from protocol import PartialKind
 
 # Two or three sentences; a longer answer from a small model adds latency and drift.
 DESCRIBE_TOKENS = 160
@@ -105,12 +106,32 @@ class Highlight:
 
 
 @dataclass(frozen=True)
+class JudgedSegment:
+    """One segment as the model judged it; None where its reply could not be read."""
+
+    start: float
+    end: float
+    significance: int | None
+    description: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The timeline item of API.md highlights results."""
+        return {
+            **span_fields(self.start, self.end),
+            "significance": self.significance,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
 class HighlightsAnalysis:
-    """What the analysis found: the description and criteria it used, highlights in time order."""
+    """What the analysis found: the description and criteria it used, every judged segment
+    (the timeline) and the highlights picked from them, both in time order."""
 
     video_description: str
     criteria: list[str]
     highlights: list[Highlight]
+    timeline: list[JudgedSegment]
 
 
 def analyze_highlights(
@@ -124,10 +145,10 @@ def analyze_highlights(
     """Describe the video, derive highlight criteria, judge each segment, pick highlights.
 
     `segments` is consumed one at a time, so its producer can decode the next segment
-    while the model judges this one. Each highlight goes to `reporter.partial` once the
-    next segment does not extend it (see `_HighlightCollector` for the cap). Unusable
-    model replies fall back to defaults; a segment whose score cannot be read is not
-    significant.
+    while the model judges this one. Each judged segment goes to `reporter.partial` as a
+    timeline item at once; each highlight once the next segment does not extend it (see
+    `_HighlightCollector` for the cap). Unusable model replies fall back to defaults; a
+    segment whose score cannot be read is not significant.
     """
     progress = StepProgress(reporter)
     progress.report(0.0, "Describing the video")
@@ -144,17 +165,27 @@ def analyze_highlights(
 
     collector = _HighlightCollector(params["min_significance"], params["max_highlights"], reporter)
     prompt = segment_prompt(description, criteria)
+    timeline: list[JudgedSegment] = []
     for number, item in enumerate(segments, start=1):
         count = max(segment_count, number)
         progress.report((number + 1) / (count + 2), f"Analyzing segment {number}/{count}")
         reply = strip_echo(generate(prompt, item.frames, VERDICT_TOKENS), prompt)
-        collector.add(item.segment, parse_significance(reply), parse_description(reply))
+        judged = JudgedSegment(
+            item.segment.start,
+            item.segment.end,
+            parse_significance(reply),
+            parse_description(reply),
+        )
+        timeline.append(judged)
+        reporter.partial(PartialKind.TIMELINE, judged.to_dict())
+        collector.add(item.segment, judged.significance, judged.description)
     collector.finish()
     progress.report(1.0, "Selecting highlights")
     return HighlightsAnalysis(
         video_description=description or FALLBACK_VIDEO_DESCRIPTION,
         criteria=criteria,
         highlights=collector.highlights(),
+        timeline=timeline,
     )
 
 
@@ -225,4 +256,4 @@ class _HighlightCollector:
         ahead = sum(1 for found in self._found if found.significance >= highlight.significance)
         self._found.append(highlight)
         if ahead < self._max:
-            self._reporter.partial(highlight.to_dict())
+            self._reporter.partial(PartialKind.HIGHLIGHTS, highlight.to_dict())

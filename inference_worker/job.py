@@ -31,6 +31,7 @@ from protocol import (
     LogLevel,
     ParamsError,
     Partial,
+    PartialKind,
     Progress,
     Result,
     VideoInfo,
@@ -82,8 +83,8 @@ class ProgressReporter:
         self._last = max(self._last, round(value, 4))
         self._emit(Progress(self._last, step))
 
-    def partial(self, item: dict[str, Any]) -> None:
-        self._emit(Partial(item))
+    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+        self._emit(Partial(kind, item))
 
 
 def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> Event:
@@ -182,6 +183,7 @@ def _highlights(
     return {
         "video_description": analysis.video_description,
         "criteria": analysis.criteria,
+        "timeline": [entry.to_dict() for entry in analysis.timeline],
         "highlights_found": len(highlights),
         "highlights": [
             {**h.to_dict(), "thumbnail": name}

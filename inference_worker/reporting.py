@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from protocol import PartialKind
+
 
 class Generate(Protocol):
     """The one seam to the model: a prompt and frames in, the reply text out."""
@@ -25,8 +27,8 @@ class Reporter(Protocol):
     def progress(self, fraction: float, step: str) -> None:
         """`fraction` of this analysis's work done, in [0, 1] and never lower than before."""
 
-    def partial(self, item: dict[str, Any]) -> None:
-        """One finished result item (a highlight, a workout segment)."""
+    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+        """One finished item of the results list `kind` (a judged segment, a highlight...)."""
 
 
 class StepProgress:

@@ -21,6 +21,7 @@ from inference_worker.replies import (
 )
 from inference_worker.reporting import Generate, Reporter, StepProgress
 from inference_worker.timeline import Segment, SegmentFrames, span_fields
+from protocol import PartialKind
 
 # Three short labelled lines.
 VERDICT_TOKENS = 64
@@ -75,19 +76,28 @@ class WorkoutAnalysis:
     segments: list[WorkoutSegment]
 
     def summary(self) -> dict[str, Any]:
-        """Distinct exercises in order of first appearance, total reps, non-rest seconds.
+        """Distinct exercises in order of first appearance, total reps, non-rest seconds,
+        and each exercise's own reps and seconds (`exercise_totals`, in the same order).
 
         "unknown" is not an exercise, so it is not listed, but its time is not rest either.
         """
-        exercises: list[str] = []
+        totals: dict[str, dict[str, Any]] = {}
         for segment in self.segments:
-            if segment.exercise not in (REST, UNKNOWN) and segment.exercise not in exercises:
-                exercises.append(segment.exercise)
+            if segment.exercise in (REST, UNKNOWN):
+                continue
+            total = totals.setdefault(
+                segment.exercise, {"exercise": segment.exercise, "reps": 0, "seconds": 0.0}
+            )
+            total["reps"] += segment.reps
+            total["seconds"] += segment.end - segment.start
         active = sum(s.end - s.start for s in self.segments if s.exercise != REST)
         return {
-            "exercises": exercises,
+            "exercises": list(totals),
             "total_reps": sum(segment.reps for segment in self.segments),
             "active_seconds": round(active, 2),
+            "exercise_totals": [
+                {**total, "seconds": round(total["seconds"], 2)} for total in totals.values()
+            ],
         }
 
 
@@ -177,4 +187,4 @@ class _RunCollector:
             finished = self._run.segment()
             self._run = None
             self.segments.append(finished)
-            self._reporter.partial(finished.to_dict())
+            self._reporter.partial(PartialKind.SEGMENTS, finished.to_dict())

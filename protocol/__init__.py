@@ -14,7 +14,10 @@ from protocol.messages import (
     JobSpec,
     Log,
     LogLevel,
+    ModelReport,
+    ModelState,
     Partial,
+    PartialKind,
     Progress,
     ProtocolError,
     Result,
@@ -34,6 +37,7 @@ from protocol.params import (
     parse_params_json,
     validate_params,
 )
+from protocol.probe import ProbeRequest, decode_probe_request, encode_probe_request
 from protocol.video import VideoInfo
 
 DEFAULT_MODEL = "mlx-community/SmolVLM2-500M-Video-Instruct-mlx"
@@ -50,8 +54,12 @@ __all__ = [
     "JobSpec",
     "Log",
     "LogLevel",
+    "ModelReport",
+    "ModelState",
+    "PartialKind",
     "ParamSpec",
     "Partial",
+    "ProbeRequest",
     "ParamsError",
     "Progress",
     "ProtocolError",
@@ -59,8 +67,10 @@ __all__ = [
     "VideoInfo",
     "decode_event",
     "decode_job",
+    "decode_probe_request",
     "encode_event",
     "encode_job",
+    "encode_probe_request",
     "is_terminal",
     "looks_like_hf_id",
     "model_display_name",

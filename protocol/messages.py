@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from protocol.video import VideoInfo
+
 
 class AnalysisType(str, Enum):
     """The analyses a worker can run; the values are the wire strings."""
@@ -32,6 +34,22 @@ class ErrorCode(str, Enum):
     INVALID_JOB = "invalid_job"
     MODEL_UNAVAILABLE = "model_unavailable"
     INTERNAL_ERROR = "internal_error"
+
+
+class ModelState(str, Enum):
+    """Whether a worker's model can be used; the values are the wire strings."""
+
+    LOADING = "loading"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"
+
+
+class PartialKind(str, Enum):
+    """Which list of the results a partial item belongs to; the values are the wire strings."""
+
+    TIMELINE = "timeline"  # highlights: one judged segment
+    HIGHLIGHTS = "highlights"  # highlights: one kept highlight
+    SEGMENTS = "segments"  # workout: one stretch of one exercise (or rest)
 
 
 class LogLevel(str, Enum):
@@ -53,6 +71,9 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     # The client's name for the upload, reported back in results["video"]["filename"].
     filename: str = ""
+    # What the server's probe found in the upload, so the worker need not probe it again;
+    # None in specs from before it was sent (and by-hand runs), where the worker probes.
+    video: VideoInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,6 +109,12 @@ def decode_job(line: str | bytes) -> JobSpec:
     filename = data.get("filename", "")
     if not isinstance(filename, str):
         raise ProtocolError("job spec filename must be a string")
+    video = data.get("video")
+    if video is not None:
+        try:
+            video = VideoInfo.from_dict(video)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"job spec video is malformed ({exc!r})") from None
     return JobSpec(
         session_id=data["session_id"],
         analysis_type=analysis_type,
@@ -96,6 +123,7 @@ def decode_job(line: str | bytes) -> JobSpec:
         model=data["model"],
         params=params,
         filename=filename,
+        video=video,
     )
 
 
@@ -113,8 +141,9 @@ class Progress:
 
 @dataclass(frozen=True)
 class Partial:
-    """One highlight or workout segment, sent as soon as it is found."""
+    """One item of a results list (`kind` names the list), sent as soon as it is found."""
 
+    kind: PartialKind
     item: dict[str, Any]
     type: str = field(default="partial", init=False)
 
@@ -124,6 +153,18 @@ class Log:
     level: LogLevel
     message: str
     type: str = field(default="log", init=False)
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """Not terminal: a warm worker's model loaded (`ready`) or cannot be (`unavailable`, why).
+
+    Sent once, right after preloading, before the worker reads its JobSpec.
+    """
+
+    state: ModelState
+    reason: str = ""
+    type: str = field(default="model", init=False)
 
 
 @dataclass(frozen=True)
@@ -151,7 +192,7 @@ class InvalidLine:
     reason: str
 
 
-Event = Progress | Partial | Log | Result | Error
+Event = Progress | Partial | Log | ModelReport | Result | Error
 TERMINAL_EVENTS = (Result, Error)
 
 # Lines longer than this are not worth reporting back in full when they are garbage.
@@ -167,6 +208,10 @@ def encode_event(event: Event) -> str:
     data = asdict(event)
     if isinstance(event, Log):
         data["level"] = event.level.value
+    elif isinstance(event, Partial):
+        data["kind"] = event.kind.value
+    elif isinstance(event, ModelReport):
+        data["state"] = event.state.value
     return json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
 
 
@@ -188,9 +233,11 @@ def decode_event(line: str | bytes) -> Event | InvalidLine:
             item = data["item"]
             if not isinstance(item, dict):
                 return InvalidLine(echo, "partial item must be an object")
-            return Partial(item)
+            return Partial(PartialKind(data["kind"]), item)
         if kind == "log":
             return Log(LogLevel(data.get("level", "info")), _text(data, "message"))
+        if kind == "model":
+            return ModelReport(ModelState(data["state"]), _text({"reason": "", **data}, "reason"))
         if kind == "result":
             results = data["results"]
             if not isinstance(results, dict):

@@ -24,8 +24,10 @@ from server import keys
 from server.config import Config
 from server.jobs.cluster_runner import ClusterRunner
 from server.jobs.job_queue import JobQueue, MemoryJobQueue
+from server.jobs.probe import ProbeService
 from server.jobs.redis_job_queue import RedisJobQueue
 from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub, EventLog
 from server.state.janitor import Janitor
 from server.state.paths import DataPaths, FileLocations
@@ -35,7 +37,7 @@ from server.state.redis_store import RedisStore
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
 from server.state.store import SessionStore
-from server.web import handlers_legacy, handlers_service, handlers_sessions
+from server.web import handlers_exports, handlers_legacy, handlers_service, handlers_sessions
 from server.web.metrics import Metrics, metrics
 from server.web.middlewares import Cors, api_key_middleware, errors
 from server.web.responses import API_PREFIX
@@ -60,6 +62,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.METRICS] = Metrics()
     if config.cors_origins:  # with no origin allowed the hook would add nothing to a response
         app.on_response_prepare.append(cors.on_response_prepare)
+    if config.serves_api:  # only uploads are probed
+        app.cleanup_ctx.append(probing)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
     if config.serves_api:
@@ -154,11 +158,18 @@ def make_runner(app: web.Application, state: State, sessions: Sessions) -> JobRu
 
 @contextlib.asynccontextmanager
 async def run_services(app: web.Application, state: State) -> AsyncIterator[None]:
-    """Sessions, runner, uploads and the sweep over `state`, for as long as the app runs."""
+    """Sessions, runner, webhooks, uploads and the sweep over `state`, while the app runs."""
     config = app[keys.CONFIG]
     paths, hub, queue = state.paths, state.events, state.queue
     sessions = Sessions(state.store, hub, paths, queue.position)
     runner = make_runner(app, state, sessions)
+    webhooks = app[keys.WEBHOOKS] = WebhookDeliverer(
+        sessions,
+        config.webhook_secret,
+        allow_private=config.webhook_allow_private,
+        first_retry_seconds=config.webhook_first_retry_seconds,
+        retry_window_seconds=config.webhook_retry_seconds,
+    )
     app[keys.PATHS] = paths
     app[keys.HUB] = hub
     app[keys.SESSIONS] = sessions
@@ -173,6 +184,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         uploading=uploads.__contains__,
         **cluster_sweep(config, state),
     )
+    await webhooks.start()  # first: a job may end as soon as the runner starts
     await runner.start()
     await runner.recover()
     await sessions.announce_all()
@@ -183,6 +195,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         sweeping.cancel()
         await asyncio.gather(sweeping, return_exceptions=True)
         await runner.close()
+        await webhooks.close()
 
 
 def cluster_sweep(config: Config, state: State) -> dict[str, Any]:
@@ -195,6 +208,19 @@ def cluster_sweep(config: Config, state: State) -> dict[str, Any]:
         "turn": cluster_turn(state.redis, "sweep", config.node_id, turn_seconds),
         "orphan_grace": ORPHAN_GRACE,
     }
+
+
+async def probing(app: web.Application) -> AsyncIterator[None]:
+    """Start the probe processes that vet uploads; end them when the app stops."""
+    config = app[keys.CONFIG]
+    probes = app[keys.PROBES] = ProbeService(
+        config.probe_command, timeout=config.probe_timeout_seconds
+    )
+    await probes.start()
+    try:
+        yield
+    finally:
+        await probes.close()
 
 
 async def release_waiters(app: web.Application) -> None:
@@ -224,6 +250,11 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{v1}/results/{sid}", h.results, name="results")
     router.add_get(f"{v1}/results/{sid}/reel", h.reel, name="reel")
     router.add_get(f"{v1}/results/{sid}/thumbnails/{{n:[^/]+}}", h.thumbnail, name="thumbnail")
+    router.add_get(f"{v1}/results/{sid}/video", h.video, name="video")
+    router.add_get(f"{v1}/results/{sid}/chapters.vtt", h.chapters, name="chapters")
+    router.add_get(
+        f"{v1}/results/{sid}/export/{{format:[^/]+}}", handlers_exports.export, name="export"
+    )
     router.add_post(f"{v1}/cancel/{sid}", h.cancel, name="cancel")
     router.add_delete(f"{v1}/cleanup/{sid}", h.cleanup, name="cleanup")
     router.add_delete(f"{v1}/session/{sid}", h.cleanup, name="session")

@@ -7,6 +7,8 @@ setting, so `python -m server` stops with one clear line instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import os
 import shlex
 import socket
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import DEFAULT_MODEL
+from server.jobs.probe import PROBE_TIMEOUT
 
 SERVICE_NAME = "smolvlm-video-server"
 # Kept equal to setup.cfg's version (a test checks it): the service is often run from a
@@ -42,6 +45,10 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     warm_workers: int = 1
     max_concurrent_uploads: int = 8
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_allow_private: bool = False
+    webhook_retry_seconds: float = 6 * 3600.0
+    webhook_first_retry_seconds: float = 5.0
     # Many nodes, one service: with a Redis URL, sessions, queue and events live there.
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     role: str = "all"
@@ -50,7 +57,9 @@ class Config:
     max_job_attempts: int = 3
     # What runs one job: a JobSpec on stdin, JSON-lines events on stdout.
     worker_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker")
-    # Not settings an operator needs; tests shorten them.
+    # Not settings an operator needs; tests point them at fixture scripts or shorten them.
+    probe_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker", "--probe-service")
+    probe_timeout_seconds: float = PROBE_TIMEOUT
     sse_ping_seconds: float = 15.0
     disconnect_poll_seconds: float = 0.5
 
@@ -190,6 +199,34 @@ def _timeout(raw: str) -> float | None:
     return _positive_number(raw)
 
 
+def _switch(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be 1 or 0 (true or false), got {raw!r}")
+
+
+def _webhook_secret(raw: str) -> str | None:
+    """A Standard Webhooks key: `whsec_` and the base64 of 24 to 64 bytes."""
+    text = raw.strip()
+    if not text:
+        return None
+    body = text.removeprefix("whsec_")
+    try:
+        size = len(base64.b64decode(body, validate=True)) if text != body else 0
+    except binascii.Error:
+        size = 0
+    if not 24 <= size <= 64:
+        raise ValueError(
+            "must be whsec_ followed by the base64 of 24 to 64 random bytes, e.g. "
+            'python -c "import base64, secrets; '
+            "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
+        )
+    return text
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
     for origin in origins:
@@ -213,6 +250,25 @@ _SETTINGS = (
     _Setting("cors_origins", "CORS_ORIGINS", _origins, "comma-separated allowed origins"),
     _Setting("warm_workers", "WARM_WORKERS", _non_negative_int, "idle workers kept loaded"),
     _Setting("max_concurrent_uploads", "MAX_CONCURRENT_UPLOADS", _positive_int, "uploads at once"),
+    _Setting("webhook_secret", "WEBHOOK_SECRET", _webhook_secret, "whsec_... key signing webhooks"),
+    _Setting(
+        "webhook_allow_private",
+        "WEBHOOK_ALLOW_PRIVATE",
+        _switch,
+        "1 = webhooks may call loopback/private addresses",
+    ),
+    _Setting(
+        "webhook_retry_seconds",
+        "WEBHOOK_RETRY_SECONDS",
+        _positive_number,
+        "how long a webhook is retried",
+    ),
+    _Setting(
+        "webhook_first_retry_seconds",
+        "WEBHOOK_FIRST_RETRY_SECONDS",
+        _positive_number,
+        "first retry delay, doubling after",
+    ),
     _Setting("worker_command", "WORKER_COMMAND", _command, "command that runs one job"),
     _Setting("redis_url", "REDIS_URL", _redis_url, "run as a node of a cluster on this Redis"),
     _Setting("role", "NODE_ROLE", _role, "all, api (HTTP only) or worker (jobs only)"),

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from server.config import Config
+from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventLog
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
@@ -23,4 +25,6 @@ HUB = web.AppKey("hub", EventLog)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
+PROBES = web.AppKey("probes", ProbeService)
+WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -42,6 +42,7 @@ from server.state.redis_connection import (
     raise_if_cancelling,
 )
 from server.state.sessions import Sessions
+from server.state.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger("server.jobs.cluster_runner")
 
@@ -113,17 +114,25 @@ class ClusterRunner(JobRunner):
     # ---- what the HTTP layer calls ------------------------------------------------------
 
     async def submit(
-        self, session_id: str, analysis_type: AnalysisType, params: dict[str, Any]
+        self,
+        session_id: str,
+        analysis_type: AnalysisType,
+        params: dict[str, Any],
+        webhook: WebhookDelivery | None = None,
     ) -> Session:
         async with self._lock:
-            await self._check_submittable(session_id)
+            uploaded = await self._check_submittable(session_id)
             # Pending before it is queued: a node may take it the moment it is pushed.
-            session = await self._mark_pending(session_id, analysis_type, params)
+            session = await self._mark_pending(uploaded, analysis_type, params, webhook)
             try:
                 await self._queue.push(session_id)
-            except QueueFull:
+            except QueueFull:  # another node filled the queue since the check
                 await self._sessions.update(
-                    session_id, status=SessionStatus.UPLOADED, analysis_type=None, params={}
+                    session_id,
+                    status=uploaded.status,
+                    analysis_type=uploaded.analysis_type,
+                    params=uploaded.params,
+                    webhook=uploaded.webhook,
                 )
                 raise
             await self._sessions.publish_status(session_id)  # now with its position

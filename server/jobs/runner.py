@@ -27,14 +27,18 @@ from typing import Any
 from protocol import (
     AnalysisType,
     Error,
+    ErrorCode,
     InvalidLine,
     JobSpec,
     Log,
+    ModelReport,
+    ModelState,
     Partial,
     Progress,
     Result,
 )
 from server.jobs.job_queue import MemoryJobQueue
+from server.jobs.model_health import ModelHealth
 from server.jobs.warm_pool import WarmPool
 from server.jobs.worker_process import WorkerProcess
 from server.state.models import (
@@ -48,6 +52,7 @@ from server.state.models import (
 )
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
+from server.state.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger("server.jobs.runner")
 # Worker `log` events: kept apart so the runner's own lines are one per job transition.
@@ -62,6 +67,8 @@ ERROR_TAIL_LINES = 1
 STARTING_STEP = "Starting worker"
 RESTARTED_STEP = "Queued again after a server restart"
 COMPLETED_STEP = "Completed"
+CANCELLED_STEP = "Cancelled"
+CANCELLED_QUEUED_STEP = "Cancelled while queued"
 
 
 @dataclass(eq=False)
@@ -120,7 +127,8 @@ class JobRunner:
         self._command = tuple(worker_command)
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
         self._on_finished = on_finished
-        self._warm = WarmPool(warm_workers, self._command, model, self._env)
+        self._health = ModelHealth(model, warm=warm_workers > 0)
+        self._warm = WarmPool(warm_workers, self._command, model, self._env, self._health)
         self._jobs: dict[str, _Job] = {}
         self._lock = asyncio.Lock()  # serialises submit and cancel decisions
         self._wakeup = asyncio.Event()
@@ -198,17 +206,22 @@ class JobRunner:
     # ---- what the HTTP layer calls ------------------------------------------------------
 
     async def submit(
-        self, session_id: str, analysis_type: AnalysisType, params: dict[str, Any]
+        self,
+        session_id: str,
+        analysis_type: AnalysisType,
+        params: dict[str, Any],
+        webhook: WebhookDelivery | None = None,
     ) -> Session:
         """Queue an `uploaded` session for analysis; returns its `pending` snapshot.
 
-        `params` must already be validated. Raises SessionNotFound, SessionConflict (the
-        session already ran or runs), QueueFull, or RunnerClosed.
+        `params` must already be validated; a `webhook` replaces the session's. Raises
+        SessionNotFound, SessionConflict (the session already ran or runs), QueueFull, or
+        RunnerClosed.
         """
         async with self._lock:
-            await self._check_submittable(session_id)
+            uploaded = await self._check_submittable(session_id)
             start_now = not self._queue and len(self._jobs) < self._max_concurrent
-            session = await self._mark_pending(session_id, analysis_type, params)
+            session = await self._mark_pending(uploaded, analysis_type, params, webhook)
             if start_now:
                 self._start_job(session_id)
                 log.info("session %s queued (%s, starts now)", session_id, analysis_type.value)
@@ -223,8 +236,8 @@ class JobRunner:
                 )
         return session
 
-    async def _check_submittable(self, session_id: str) -> None:
-        """Raise unless the session may be queued now (runner open, uploaded, room)."""
+    async def _check_submittable(self, session_id: str) -> Session:
+        """The session if it may be queued now (runner open, uploaded, room); else raise."""
         if not self._accepting:
             raise RunnerClosed()
         session = await self._sessions.get(session_id)
@@ -234,12 +247,17 @@ class JobRunner:
             )
         if not await self.has_room():
             raise QueueFull(self._queue.retry_after_seconds)
+        return session
 
     async def _mark_pending(
-        self, session_id: str, analysis_type: AnalysisType, params: dict[str, Any]
+        self,
+        session: Session,
+        analysis_type: AnalysisType,
+        params: dict[str, Any],
+        webhook: WebhookDelivery | None,
     ) -> Session:
         return await self._sessions.update(
-            session_id,
+            session.id,
             status=SessionStatus.PENDING,
             analysis_type=analysis_type,
             params=dict(params),
@@ -247,6 +265,7 @@ class JobRunner:
             current_step=None,
             error=None,
             results=None,
+            webhook=webhook or session.webhook,
         )
 
     async def has_room(self) -> bool:
@@ -277,7 +296,12 @@ class JobRunner:
         session = await self._sessions.get(session_id)
         if session.status is not SessionStatus.CANCELLED:
             if not session.status.is_terminal:
-                session = await self._sessions.update(session_id, status=SessionStatus.CANCELLED)
+                queued = session.status is SessionStatus.PENDING
+                session = await self._sessions.update(
+                    session_id,
+                    status=SessionStatus.CANCELLED,
+                    current_step=CANCELLED_QUEUED_STEP if queued else CANCELLED_STEP,
+                )
             if session.status is not SessionStatus.CANCELLED:
                 raise SessionConflict(session, f"Session already {session.status.value}")
             log.info("session %s cancelled", session_id)
@@ -314,6 +338,11 @@ class JobRunner:
     async def queue_depth(self) -> int:
         """Jobs waiting in the queue for a slot."""
         return await self._queue.depth()
+
+    @property
+    def model_health(self) -> ModelHealth:
+        """Whether the workers can load the model, as warm workers and jobs last reported."""
+        return self._health
 
     # ---- dispatching --------------------------------------------------------------------
 
@@ -421,6 +450,7 @@ class JobRunner:
             model=self._model,
             params=session.params,
             filename=session.video.filename,
+            video=session.video,  # probed at upload: the worker trusts it instead of probing again
         )
         await asyncio.to_thread(Path(session.output_dir).mkdir, parents=True, exist_ok=True)
         warm = job.worker.pid is not None
@@ -448,8 +478,11 @@ class JobRunner:
                 return _Outcome(error="Could not start the worker process")
             terminal, heard = await self._deliver(job.worker, spec)
         if isinstance(terminal, Result):
+            self._health.report(ModelState.READY)
             return _Outcome(results=terminal.results)
         if isinstance(terminal, Error):
+            if terminal.error == ErrorCode.MODEL_UNAVAILABLE.value:
+                self._health.report(ModelState.UNAVAILABLE, terminal.message)
             return _Outcome(error=terminal.message, detail=f"{terminal.error}: {terminal.message}")
         # Stdout ended with no terminal event: the worker died. Say how.
         await job.worker.wait(EXIT_AFTER_EOF_SECONDS)
@@ -482,18 +515,23 @@ class JobRunner:
     ) -> tuple[Result | Error | None, int]:
         """Fold the worker's events into the session until its terminal event or stdout's end.
 
-        Returns the terminal event (None if stdout ended first) and how many lines came.
+        Returns the terminal event (None if stdout ended first) and how many lines came
+        (a warm worker's model report, sent before it had the job, does not count).
         """
         lines = 0
         async with contextlib.aclosing(worker.events()) as events:
             async for event in events:
+                if isinstance(event, ModelReport):
+                    # A warm worker taken before its pool heard its report.
+                    self._health.report(event.state, event.reason)
+                    continue
                 lines += 1
                 if isinstance(event, Progress):
                     await self._sessions.update(
                         session_id, progress=event.progress, current_step=event.step
                     )
                 elif isinstance(event, Partial):
-                    await self._sessions.add_partial(session_id, event.item)
+                    await self._sessions.add_partial(session_id, event.kind, event.item)
                 elif isinstance(event, Log):
                     level = logging.getLevelName(event.level.value.upper())
                     worker_log.log(level, "session %s worker: %s", session_id, event.message)
@@ -524,7 +562,12 @@ class JobRunner:
             session_id, status=SessionStatus.FAILED, error=outcome.error
         )
         if session.status is SessionStatus.FAILED:
-            log.warning("session %s failed: %s", session_id, outcome.detail or outcome.error)
+            log.warning(
+                "session %s failed: %s (after %.1f s)",
+                session_id,
+                outcome.detail or outcome.error,
+                seconds,
+            )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._accepting else "not started"

@@ -5,14 +5,20 @@ that every job would otherwise wait before its first real progress. A warm worke
 done all that and waits for its JobSpec on stdin. It still takes exactly one job and then
 exits, so cancelling a job kills its process and frees its memory as before; a fresh
 worker is started behind each one taken.
+
+A warm worker says whether its model loaded (a `ModelReport` line, before any job), so
+the pool is the first to know, and tells `ModelHealth`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
+from protocol import ModelReport
+from server.jobs.model_health import ModelHealth
 from server.jobs.worker_process import WorkerProcess
 
 log = logging.getLogger("server.jobs.warm_pool")
@@ -22,13 +28,22 @@ class WarmPool:
     """Keeps `size` idle workers started with `--model MODEL`; `take` hands one out."""
 
     def __init__(
-        self, size: int, command: Sequence[str], model: str, env: Mapping[str, str] | None
+        self,
+        size: int,
+        command: Sequence[str],
+        model: str,
+        env: Mapping[str, str] | None,
+        health: ModelHealth,
     ) -> None:
         self._size = size
+        self._health = health
         # The worker loads the model named by --model before it reads its JobSpec.
         self._command = (*command, "--model", model)
         self._env = env
         self._idle: list[WorkerProcess] = []
+        # Per idle worker, the task reading its model report; stopped when it is taken,
+        # since from then on the job's supervisor reads its stdout.
+        self._listeners: dict[WorkerProcess, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -46,6 +61,9 @@ class WarmPool:
         """
         while self._idle:
             worker = self._idle.pop(0)
+            listener = self._listeners.pop(worker, None)
+            if listener is not None:
+                listener.cancel()
             if worker.returncode is None:
                 self.fill()
                 return worker
@@ -65,6 +83,10 @@ class WarmPool:
             if task.get_name() == "start warm worker":
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        listeners = list(self._listeners.values())
+        for listener in listeners:
+            listener.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
         idle, self._idle = self._idle, []
         await asyncio.gather(*(worker.terminate() for worker in idle))
 
@@ -87,6 +109,17 @@ class WarmPool:
             await worker.terminate()
             return
         self._idle.append(worker)
+        listener = asyncio.create_task(self._listen(worker), name="warm worker model report")
+        self._listeners[worker] = listener
+        listener.add_done_callback(lambda _: self._listeners.pop(worker, None))
+
+    async def _listen(self, worker: WorkerProcess) -> None:
+        """Pass on the model report an idle worker sends once its model is loaded (or not)."""
+        async with contextlib.aclosing(worker.events()) as events:
+            async for event in events:
+                if isinstance(event, ModelReport):
+                    self._health.report(event.state, event.reason)
+                return
 
     def __repr__(self) -> str:
         return f"<WarmPool idle={len(self._idle)}/{self._size}>"

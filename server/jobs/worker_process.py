@@ -99,15 +99,19 @@ class WorkerProcess:
 
     async def send(self, spec: JobSpec) -> None:
         """Write the JobSpec line to stdin and wait until it is handed over; stdin stays open."""
+        await self.send_line(encode_job(spec))
+
+    async def send_line(self, line: str) -> None:
+        """Write one request line (with its newline) to stdin and wait until it is handed over."""
         proc = self._started()
         assert proc.stdin is not None
         try:
-            proc.stdin.write(encode_job(spec).encode("utf-8"))
+            proc.stdin.write(line.encode("utf-8"))
             await proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
-            # The child died before reading its job; its stdout ends without a terminal
+            # The child died before reading its line; its stdout ends without a terminal
             # event and `describe_exit()` says why, so there is nothing to add here.
-            log.debug("%r: stdin closed before the job spec was written", self)
+            log.debug("%r: stdin closed before its line was written", self)
 
     async def events(self) -> AsyncGenerator[Event | InvalidLine, None]:
         """Decode stdout line by line until it ends.

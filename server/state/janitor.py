@@ -90,7 +90,13 @@ class Janitor:
         while True:
             try:
                 if self._turn is None or await self._turn():
-                    await self.sweep()
+                    report = await self.sweep()
+                    if report.expired_sessions or report.orphan_paths:
+                        log.info(
+                            "sweep removed %d expired session(s) and %d orphan path(s)",
+                            report.expired_sessions,
+                            report.orphan_paths,
+                        )
             except Exception:
                 log.exception("sweep failed; trying again in %s s", interval_seconds)
             await asyncio.sleep(interval_seconds)

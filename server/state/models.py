@@ -1,4 +1,4 @@
-"""The session as data: its status, its snapshot, the domain errors and its wire body.
+"""The session as data: its status, its snapshot and the domain errors (its wire body: bodies.py).
 
 No aiohttp here: the store, the runner and the event fan-out all speak in these terms,
 and only the HTTP handlers turn the errors into status codes.
@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from protocol import AnalysisType, VideoInfo
+from server.state.webhook_delivery import WebhookDelivery
 
 
 class SessionStatus(str, Enum):
@@ -55,6 +56,7 @@ class Session:
     error: str | None = None  # the message a client sees when the session failed
     results: dict[str, Any] | None = None  # the worker's results, artifact names relative
     attempts: int = 0  # how many times a worker was started for it (restarts re-run jobs)
+    webhook: WebhookDelivery | None = None  # where its end is announced, if anywhere
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
 
@@ -66,21 +68,6 @@ class Session:
     def __repr__(self) -> str:
         kind = self.analysis_type.value if self.analysis_type else "-"
         return f"<Session {self.id} {self.status.value} {kind} {self.progress:.2f}>"
-
-
-def status_body(session: Session, queue_position: int | None = None) -> dict[str, Any]:
-    """The status object of API.md (also the `data` of every SSE status event)."""
-    return {
-        "sessionId": session.id,
-        "status": session.status.value,
-        "progress": 1.0 if session.status is SessionStatus.COMPLETED else session.progress,
-        "currentStep": session.current_step,
-        "analysisType": session.analysis_type.value if session.analysis_type else None,
-        "createdAt": iso_utc(session.created_at),
-        "updatedAt": iso_utc(session.updated_at),
-        "error": session.error,
-        "queuePosition": queue_position if session.status is SessionStatus.PENDING else None,
-    }
 
 
 # ---- domain errors: nouns, mapped to HTTP only by the handlers ----------------------------

@@ -5,21 +5,37 @@ status events a subscriber sees is the order of the snapshots the store kept. Th
 that hold for every caller live here:
   * a terminal session (completed, failed, cancelled) never changes again;
   * progress never goes down while a run is processing;
-  * a terminal status publishes `status`, then exactly one terminal event, then nothing.
+  * `current_step` is a string in every status but `uploaded` and `pending` (API.md);
+  * a terminal status publishes `status`, then exactly one terminal event, then nothing;
+  * reaching a terminal status makes a waiting webhook `pending` in that same snapshot, so
+    the end and the duty to announce it are stored together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
+
+from protocol import PartialKind
+from server.state.bodies import PartialData, StatusBody, status_body
 from server.state.events import EventLog
-from server.state.models import Session, SessionStatus, status_body
+from server.state.models import Session, SessionStatus, utcnow
 from server.state.paths import DataPaths
 from server.state.store import SessionStore, SnapshotRefused
+from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+
+# The step a session shows when it reaches a status with no step of its own (API.md allows
+# null only while uploaded or pending): e.g. a job that fails before its worker started.
+STATUS_STEPS = {
+    SessionStatus.PROCESSING: "Processing",
+    SessionStatus.COMPLETED: "Completed",
+    SessionStatus.FAILED: "Failed",
+    SessionStatus.CANCELLED: "Cancelled",
+}
 
 
 class Sessions:
@@ -40,6 +56,7 @@ class Sessions:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # The last status body served per session, as JSON, with the snapshot it was made of.
         self._bodies: dict[str, tuple[Session, bytes]] = {}
+        self._webhook_due: Callable[[str], None] = lambda session_id: None
 
     @property
     def hub(self) -> EventLog:
@@ -63,12 +80,18 @@ class Sessions:
         """Sessions newest first, optionally of one status, at most `limit`."""
         return await self._store.list(status=status, limit=limit)
 
+    def on_webhook_due(self, due: Callable[[str], None]) -> None:
+        """Have `due(session_id)` called whenever a session's webhook becomes pending."""
+        self._webhook_due = due
+
     async def update(self, session_id: str, **changes: Any) -> Session:
         """Apply `changes` (Session fields), store the snapshot and publish it.
 
         A terminal session is returned unchanged and nothing is published. While the
         session stays `processing`, a lower `progress` keeps the higher one. Reaching
-        `completed` sets progress to 1.0. Raises SessionNotFound.
+        `completed` sets progress to 1.0; reaching any terminal status makes a waiting
+        webhook pending (and tells `on_webhook_due`). A status past `pending`
+        without a step gets its STATUS_STEPS one. Raises SessionNotFound.
         """
         async with self._lock(session_id):
             current = await self._store.get(session_id)
@@ -83,6 +106,18 @@ class Sessions:
                 changes["progress"] = max(current.progress, changes["progress"])
             if status is SessionStatus.COMPLETED:
                 changes["progress"] = 1.0
+            if status in STATUS_STEPS and changes.get("current_step", current.current_step) is None:
+                changes["current_step"] = STATUS_STEPS[status]
+            webhook = changes.get("webhook", current.webhook)
+            due = (
+                webhook is not None
+                and status.is_terminal
+                and webhook.state is DeliveryState.WAITING
+            )
+            if due:
+                changes["webhook"] = webhook.replace(
+                    state=DeliveryState.PENDING, pending_since=utcnow()
+                )
             session = current.replace(**changes)
             try:
                 await self._store.put(session)
@@ -90,16 +125,31 @@ class Sessions:
                 # Another node ended the session meanwhile: its ending stands, unpublished here.
                 return await self._store.get(session_id)
             await self._publish(session)
+        if due:
+            self._webhook_due(session_id)
+        return session
+
+    async def record_webhook(self, session_id: str, delivery: WebhookDelivery) -> Session:
+        """Store how a session's webhook delivery stands; any status, terminal included.
+
+        Not a change of the session: `updatedAt` stays (expiry counts from the session's
+        end) and nothing is published (a terminal session's events are over); status
+        polls show it. Raises SessionNotFound.
+        """
+        async with self._lock(session_id):
+            current = await self._store.get(session_id)
+            session = current.replace(webhook=delivery, updated_at=current.updated_at)
+            await self._store.put(session)
             return session
 
-    async def add_partial(self, session_id: str, item: dict[str, Any]) -> None:
-        """Publish one partial result of a processing session; ignored for any other status."""
+    async def add_partial(self, session_id: str, kind: PartialKind, item: dict[str, Any]) -> None:
+        """Publish one partial result (an item of the results list `kind`) of a processing
+        session; ignored for any other status."""
         async with self._lock(session_id):
             session = await self._store.get(session_id)
             if session.status is SessionStatus.PROCESSING:
-                await self._hub.publish(
-                    session_id, "partial", {"sessionId": session_id, "item": item}
-                )
+                data = PartialData(session_id=session_id, kind=kind, item=item)
+                await self._hub.publish(session_id, "partial", msgspec.to_builtins(data))
 
     async def publish_status(self, session_id: str) -> None:
         """Publish the current status again (its queue position changed); not once terminal."""
@@ -132,7 +182,7 @@ class Sessions:
         # rmtree of a big upload or many thumbnails must not stall the event loop.
         await asyncio.to_thread(self._paths.remove_session_files, session_id)
 
-    async def body(self, session: Session) -> dict[str, Any]:
+    async def status_of(self, session: Session) -> StatusBody:
         """The status body of API.md, with the session's current queue position."""
         position = (
             await self._queue_position(session.id)
@@ -140,6 +190,10 @@ class Sessions:
             else None
         )
         return status_body(session, position)
+
+    async def body(self, session: Session) -> dict[str, Any]:
+        """`status_of(session)` as plain JSON data (what the event hub carries)."""
+        return msgspec.to_builtins(await self.status_of(session))
 
     async def body_json(self, session: Session) -> bytes:
         """`body(session)` as JSON bytes, made once per snapshot.
@@ -150,11 +204,11 @@ class Sessions:
         without a new snapshot.
         """
         if session.status is SessionStatus.PENDING:
-            return json.dumps(await self.body(session)).encode()
+            return msgspec.json.encode(await self.status_of(session))
         cached = self._bodies.get(session.id)
         if cached is not None and cached[0] is session:
             return cached[1]
-        data = json.dumps(await self.body(session)).encode()
+        data = msgspec.json.encode(await self.status_of(session))
         self._bodies[session.id] = (session, data)
         return data
 

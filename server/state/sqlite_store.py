@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -18,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from protocol import AnalysisType, VideoInfo
-from server.state.models import Session, SessionStatus
+from server.state.models import Session, SessionNotFound, SessionStatus
 from server.state.store import MemoryStore
+from server.state.webhook_delivery import WebhookDelivery
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -48,6 +52,7 @@ def session_to_json(session: Session) -> str:
             "error": session.error,
             "results": session.results,
             "attempts": session.attempts,
+            "webhook": session.webhook.to_dict() if session.webhook else None,
             "created_at": session.created_at.isoformat(),
             "updated_at": session.updated_at.isoformat(),
         },
@@ -70,6 +75,8 @@ def session_from_json(text: str) -> Session:
         error=data["error"],
         results=data["results"],
         attempts=data["attempts"],
+        # Absent in rows written before webhooks existed.
+        webhook=WebhookDelivery.from_dict(data["webhook"]) if data.get("webhook") else None,
         created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
     )
@@ -98,6 +105,10 @@ class SqliteStore(MemoryStore):
                 continue
             self._sessions[session.id] = session
         self.unreadable_rows = skipped
+        if skipped:
+            log.warning(
+                "%s: %d session row(s) this version cannot read were left in place", self, skipped
+            )
         return self
 
     def _open(self) -> list[str]:
@@ -129,13 +140,20 @@ class SqliteStore(MemoryStore):
     def _remove(self, session_id: str) -> None:
         self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
+    # The commit comes first and the memory copy follows it, so a failed write (disk full,
+    # I/O error) leaves readers seeing what is really stored. The single-thread executor keeps
+    # a concurrent delete's removal behind this write, so the row cannot come back.
     async def add(self, session: Session) -> None:
-        await super().add(session)
+        if session.id in self._sessions:
+            raise ValueError(f"session {session.id} is already stored")
         await self._run(self._write, session)
+        await super().add(session)
 
     async def put(self, session: Session) -> None:
-        await super().put(session)
+        if session.id not in self._sessions:
+            raise SessionNotFound(session.id)
         await self._run(self._write, session)
+        await super().put(session)
 
     async def delete(self, session_id: str) -> None:
         stored = session_id in self._sessions

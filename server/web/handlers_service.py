@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from aiohttp import hdrs, web
 
 from protocol import model_display_name
 from server import keys
 from server.config import SERVICE_NAME, VERSION
+from server.web.bodies import Endpoint, Health, ServiceIndex, json_response
 from server.web.openapi import openapi_document
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -23,13 +23,13 @@ async def index(request: web.Request) -> web.StreamResponse:
     """The service's name, version and endpoints (a browser gets the live page instead)."""
     if prefers_html(request.headers.get(hdrs.ACCEPT, "")):
         return web.FileResponse(PAGE, headers=_PAGE_HEADERS)
-    return web.json_response(
-        {
-            "service": SERVICE_NAME,
-            "version": VERSION,
-            "openapi": "/api/v1/openapi.json",
-            "endpoints": endpoints(request.app),
-        },
+    return json_response(
+        ServiceIndex(
+            service=SERVICE_NAME,
+            version=VERSION,
+            openapi="/api/v1/openapi.json",
+            endpoints=endpoints(request.app),
+        ),
         headers=_INDEX_HEADERS,
     )
 
@@ -68,7 +68,7 @@ def _q(parameters: list[str]) -> float:
     return 1.0
 
 
-def endpoints(app: web.Application) -> list[dict[str, Any]]:
+def endpoints(app: web.Application) -> list[Endpoint]:
     """Method, path and summary of every route, from the router itself."""
     listed = []
     for route in app.router.routes():
@@ -76,26 +76,34 @@ def endpoints(app: web.Application) -> list[dict[str, Any]]:
             continue
         doc = (route.handler.__doc__ or "").strip().splitlines()
         listed.append(
-            {
-                "method": route.method,
-                "path": route.resource.canonical if route.resource else "",
-                "summary": doc[0] if doc else "",
-            }
+            Endpoint(
+                method=route.method,
+                path=route.resource.canonical if route.resource else "",
+                summary=doc[0] if doc else "",
+            )
         )
     return listed
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness, the model served and how many jobs run and wait."""
+    """Liveness, the model served and its state, and how many jobs run and wait.
+
+    A 503 `unhealthy` when the model cannot be loaded: every job would fail, so a load
+    balancer or orchestrator should take this node out.
+    """
     runner = request.app[keys.RUNNER]
-    return web.json_response(
-        {
-            "status": "healthy",
-            "model": model_display_name(request.app[keys.CONFIG].model),
-            "running": runner.running_count,
-            "queued": await runner.queue_depth(),
-            "version": VERSION,
-        }
+    model = runner.model_health
+    return json_response(
+        Health(
+            status="unhealthy" if model.unavailable else "healthy",
+            model=model_display_name(request.app[keys.CONFIG].model),
+            model_state=model.state,
+            model_error=model.reason,
+            running=runner.running_count,
+            queued=await runner.queue_depth(),
+            version=VERSION,
+        ),
+        status=503 if model.unavailable else 200,
     )
 
 

@@ -19,6 +19,15 @@ from aiohttp.http_exceptions import BadHttpMessage
 from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
 from server import keys
 from server.state.models import Session, SessionConflict, SessionStatus
+from server.web.bodies import (
+    Cleanup,
+    ResultsBody,
+    SessionAnswer,
+    SessionList,
+    json_response,
+    results_of,
+)
+from server.web.chapters import VTT_CONTENT_TYPE, chapters_vtt, session_chapters
 from server.web.responses import (
     API_PREFIX,
     ApiError,
@@ -56,8 +65,8 @@ def status_url(session_id: str) -> str:
 
 def accepted(session: Session, message: str) -> web.Response:
     """202 with a Location header pointing at the status URL."""
-    return web.json_response(
-        {"sessionId": session.id, "status": session.status.value, "message": message},
+    return json_response(
+        SessionAnswer(session_id=session.id, status=session.status, message=message),
         status=202,
         headers={"Location": status_url(session.id)},
     )
@@ -78,6 +87,8 @@ async def upload(request: web.Request) -> web.Response:
         paths=app[keys.PATHS],
         limits=upload_limits(request),
         slots=app[keys.UPLOADS],
+        probes=app[keys.PROBES],
+        webhooks=app[keys.WEBHOOKS],
     )
     if session.status is SessionStatus.UPLOADED:
         message = (
@@ -94,13 +105,16 @@ async def analyze(request: web.Request) -> web.Response:
     session_id = session_id_of(request)
     sessions = request.app[keys.SESSIONS]
     await sessions.get(session_id)
-    analysis_type, params = await _analysis_request(request)
-    session = await request.app[keys.RUNNER].submit(session_id, analysis_type, params)
+    analysis_type, params, webhook_url = await _analysis_request(request)
+    webhook = await request.app[keys.WEBHOOKS].target(webhook_url)
+    session = await request.app[keys.RUNNER].submit(session_id, analysis_type, params, webhook)
     return accepted(session, "Processing started")
 
 
-async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[str, Any]]:
-    """`analysis_type` and validated `params` from a JSON or form body."""
+async def _analysis_request(
+    request: web.Request,
+) -> tuple[AnalysisType, dict[str, Any], Any]:
+    """`analysis_type`, validated `params` and the `webhook_url` of a JSON or form body."""
     body: dict[str, Any]
     if request.content_type == "application/json":
         try:
@@ -132,7 +146,7 @@ async def _analysis_request(request: web.Request) -> tuple[AnalysisType, dict[st
     params = body.get("params")
     if isinstance(params, str):
         params = parse_params_json(params)
-    return analysis_type, validate_params(analysis_type, params)
+    return analysis_type, validate_params(analysis_type, params), body.get("webhook_url")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -145,12 +159,12 @@ async def status(request: web.Request) -> web.Response:
 async def results(request: web.Request) -> web.Response:
     """The results of a completed session, artifact names turned into URLs."""
     session = await _finished(request)
-    return web.json_response(
-        {
-            "sessionId": session.id,
-            "status": session.status.value,
-            "results": public_results(session.id, session.results or {}),
-        }
+    return json_response(
+        ResultsBody(
+            session_id=session.id,
+            status="completed",
+            results=results_of(public_results(session.id, session.results or {})),
+        )
     )
 
 
@@ -181,6 +195,23 @@ async def thumbnail(request: web.Request) -> web.FileResponse:
     return web.FileResponse(_artifact(session, name), headers={"Content-Type": "image/jpeg"})
 
 
+async def video(request: web.Request) -> web.FileResponse:
+    """The uploaded video itself, in any state until cleanup (Range requests work)."""
+    session = await request.app[keys.SESSIONS].get(session_id_of(request))
+    return web.FileResponse(_upload(session))
+
+
+async def chapters(request: web.Request) -> web.Response:
+    """WebVTT chapters of a completed session, from its judged segments."""
+    session = await _finished(request)
+    found = session_chapters(session.results or {})
+    if not found:
+        raise ApiError(
+            404, "No chapters", "These results have no judged segments", session_id=session.id
+        )
+    return web.Response(text=chapters_vtt(found), content_type=VTT_CONTENT_TYPE, charset="utf-8")
+
+
 async def _finished(request: web.Request) -> Session:
     """The session of the path if it completed; else the error `results` answers with."""
     session = await request.app[keys.SESSIONS].get(session_id_of(request))
@@ -188,6 +219,14 @@ async def _finished(request: web.Request) -> Session:
     if error is not None:
         raise error
     return session
+
+
+def _upload(session: Session) -> Path:
+    """The session's uploaded video, while its file is there."""
+    path = Path(session.upload_path)
+    if not path.is_file():
+        raise ApiError(404, "Not found", "The uploaded video is gone", session_id=session.id)
+    return path
 
 
 def _artifact(session: Session, name: str) -> Path:
@@ -202,12 +241,12 @@ def _artifact(session: Session, name: str) -> Path:
 async def cancel(request: web.Request) -> web.Response:
     """Cancel a queued or running job; answers once its worker process is gone."""
     session = await request.app[keys.RUNNER].cancel(session_id_of(request))
-    return web.json_response(
-        {
-            "sessionId": session.id,
-            "status": session.status.value,
-            "message": "Processing cancelled successfully",
-        }
+    return json_response(
+        SessionAnswer(
+            session_id=session.id,
+            status=session.status,
+            message="Processing cancelled successfully",
+        )
     )
 
 
@@ -221,9 +260,7 @@ async def cleanup(request: web.Request) -> web.Response:
         with contextlib.suppress(SessionConflict):
             await request.app[keys.RUNNER].cancel(session_id)
     await sessions.delete(session_id)
-    return web.json_response(
-        {"sessionId": session_id, "message": "Session cleaned up successfully"}
-    )
+    return json_response(Cleanup(session_id=session_id, message="Session cleaned up successfully"))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -246,8 +283,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit = _limit(request.query.get("limit"))
     sessions = request.app[keys.SESSIONS]
     found = await sessions.list(status=status_filter, limit=limit)
-    bodies = [await sessions.body(session) for session in found]
-    return web.json_response({"sessions": bodies, "count": len(bodies)})
+    bodies = [await sessions.status_of(session) for session in found]
+    return json_response(SessionList(sessions=bodies, count=len(bodies)))
 
 
 def _status_filter(raw: str | None) -> SessionStatus | None:

@@ -23,8 +23,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths a monitor or a browser may read without the API key (API.md, API_KEY).
 PUBLIC_PATHS = frozenset({"/", "/health", "/api/v1/openapi.json"})
-# The route EventSource reaches: it cannot send headers, so the key may come as a query.
-TOKEN_QUERY_ROUTES = frozenset({"events"})
+# Routes that EventSource, <video> and <track> reach: they cannot send headers, so the
+# key may come as a query.
+TOKEN_QUERY_ROUTES = frozenset({"events", "video", "chapters"})
 TOKEN_QUERY_PARAM = "access_token"
 
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"

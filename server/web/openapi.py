@@ -1,19 +1,31 @@
 """The OpenAPI 3.1 description served at `/api/v1/openapi.json` (API.md in machine form).
 
-Parameter schemas are generated from `protocol.SCHEMAS`, so they cannot drift from the
-validation the server and the worker actually do.
+Every schema under `components/schemas` is generated from the bodies the handlers build
+(`server/web/bodies.py`), and the params of the multipart forms from `protocol.SCHEMAS`,
+so neither can drift from what the server sends and checks. The paths are written here:
+which route answers which body, with which status codes and headers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from protocol import SCHEMAS, AnalysisType, ParamSpec
+from protocol import AnalysisType
 from server.config import SERVICE_NAME, VERSION
+from server.state.events import STATUS_EVENT_NAME, TERMINAL_EVENT_NAMES
 from server.state.models import SessionStatus
+from server.web.bodies import component_schemas
+from server.web.exports import FORMATS as EXPORT_FORMATS
 
 _V1 = "/api/v1/video"
 _JSON = "application/json"
+# A Last-Event-ID the server takes: a non-negative integer (spaces around are ignored).
+_EVENT_ID = {"type": "string", "pattern": "^ *[0-9]{1,18} *$"}
+_RETRY_AFTER = {
+    "required": True,
+    "description": "Seconds to wait before trying again",
+    "schema": {"type": "integer", "minimum": 1},
+}
 _UUID4 = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 
 
@@ -28,7 +40,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": component_schemas(),
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
@@ -56,14 +68,46 @@ def _paths() -> dict[str, Any]:
     cleanup_op = _op(
         "Cancel a live job, then delete the session and its files",
         sid,
-        {"200": _json_schema({"sessionId": {"type": "string"}, "message": {"type": "string"}})},
+        {"200": _json_ref("Cleanup")},
         400,
         404,
     )
     return {
-        "/": {"get": _op("Service name, version and endpoints", [], {"200": _json_any()})},
-        "/health": {"get": _op("Health, model and job counts", [], {"200": _json_any()})},
-        "/api/v1/openapi.json": {"get": _op("This document", [], {"200": _json_any()})},
+        "/": {
+            "get": _op(
+                "Service name, version and endpoints (a browser may get the live page)",
+                [],
+                {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            _JSON: {"schema": {"$ref": "#/components/schemas/ServiceIndex"}},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+            )
+        },
+        "/health": {
+            "get": _op(
+                "Health, model state and job counts",
+                [],
+                {
+                    "200": _json_ref("Health"),
+                    "503": {
+                        **_json_ref("Health"),
+                        "description": "Unhealthy: the model cannot be loaded (see modelError)",
+                    },
+                },
+            )
+        },
+        "/api/v1/openapi.json": {
+            "get": _op(
+                "This document",
+                [],
+                {"200": {"description": "OK", "content": {_JSON: {"schema": {"type": "object"}}}}},
+            )
+        },
         "/metrics": {
             "get": _op(
                 "Prometheus metrics (text format 0.0.4); needs the API key when one is set",
@@ -75,7 +119,7 @@ def _paths() -> dict[str, Any]:
                     },
                     "401": {
                         "description": "API key missing or wrong (only when API_KEY is set)",
-                        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+                        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
                     },
                 },
             )
@@ -85,7 +129,7 @@ def _paths() -> dict[str, Any]:
                 **_op(
                     "Upload a video; with analysis_type its analysis is queued",
                     [],
-                    {"202": _json_ref("Accepted")},
+                    {"202": _accepted()},
                     400,
                     413,
                     415,
@@ -102,15 +146,7 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "Results of a completed session",
                 sid,
-                {
-                    "200": _json_schema(
-                        {
-                            "sessionId": {"type": "string"},
-                            "status": {"const": "completed"},
-                            "results": {"$ref": "#/components/schemas/Results"},
-                        }
-                    )
-                },
+                {"200": _json_ref("ResultsBody")},
                 400,
                 404,
                 500,
@@ -126,6 +162,7 @@ def _paths() -> dict[str, Any]:
                 },
                 400,
                 404,
+                500,
             )
         },
         f"{_V1}/results/{{sessionId}}/thumbnails/{{n}}": {
@@ -133,18 +170,82 @@ def _paths() -> dict[str, Any]:
                 "Thumbnail of the n-th highlight",
                 [
                     *sid,
-                    {"name": "n", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    {
+                        "name": "n",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
                 ],
                 {"200": _binary("image/jpeg")},
                 400,
                 404,
+                500,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/video": {
+            "get": _op(
+                "The uploaded video, in any state until cleanup (HTTP Range supported)",
+                [*sid, _ACCESS_TOKEN],
+                {
+                    "200": _binary("video/*"),
+                    "206": _binary("video/*"),
+                },
+                400,
+                404,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/chapters.vtt": {
+            "get": _op(
+                "WebVTT chapters from the judged segments, for <track kind=chapters>",
+                [*sid, _ACCESS_TOKEN],
+                {
+                    "200": {
+                        "description": "WebVTT",
+                        "content": {"text/vtt": {"schema": {"type": "string"}}},
+                    }
+                },
+                400,
+                404,
+                500,
+            )
+        },
+        f"{_V1}/results/{{sessionId}}/export/{{format}}": {
+            "get": _op(
+                "The highlights as an editor's timeline: OpenTimelineIO, CMX 3600 EDL or FCPXML",
+                [
+                    *sid,
+                    {
+                        "name": "format",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": list(EXPORT_FORMATS)},
+                    },
+                ],
+                {
+                    "200": {
+                        "description": "A file of cuts from the uploaded video, at its frame rate",
+                        "content": {
+                            export.content_type: (
+                                {"schema": {"$ref": "#/components/schemas/OtioTimeline"}}
+                                if export.content_type == _JSON
+                                else {"schema": {"type": "string"}}
+                            )
+                            for export in EXPORT_FORMATS.values()
+                        },
+                    }
+                },
+                400,
+                404,
+                409,
+                500,
             )
         },
         f"{_V1}/cancel/{{sessionId}}": {
             "post": _op(
                 "Cancel a queued or running job (idempotent)",
                 sid,
-                {"200": _json_ref("Accepted")},
+                {"200": _json_ref("SessionAnswer")},
                 400,
                 404,
                 409,
@@ -157,7 +258,7 @@ def _paths() -> dict[str, Any]:
                 **_op(
                     "Start the analysis of an uploaded session (two-step flow)",
                     sid,
-                    {"202": _json_ref("Accepted")},
+                    {"202": _accepted()},
                     400,
                     404,
                     409,
@@ -166,9 +267,11 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     "content": {
-                        _JSON: {"schema": {"$ref": "#/components/schemas/AnalyzeRequest"}},
+                        _JSON: {
+                            "schema": _one_of("HighlightsAnalyzeRequest", "WorkoutAnalyzeRequest")
+                        },
                         "application/x-www-form-urlencoded": {
-                            "schema": {"$ref": "#/components/schemas/AnalyzeRequest"}
+                            "schema": {"$ref": "#/components/schemas/AnalyzeForm"}
                         },
                     },
                 },
@@ -179,14 +282,15 @@ def _paths() -> dict[str, Any]:
                 "Server-sent events: status, partial, then completed/failed/cancelled",
                 [
                     *sid,
-                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-                    {"name": "lastEventId", "in": "query", "schema": {"type": "string"}},
-                    {"name": "access_token", "in": "query", "schema": {"type": "string"}},
+                    {"name": "Last-Event-ID", "in": "header", "schema": _EVENT_ID},
+                    {"name": "lastEventId", "in": "query", "schema": _EVENT_ID},
+                    _ACCESS_TOKEN,
                 ],
                 {
                     "200": {
                         "description": "An event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        # In OpenAPI 3.1 an event stream's `schema` describes each event.
+                        "content": {"text/event-stream": {"schema": _events()}},
                     },
                     "204": {"description": "The client already has the terminal event"},
                 },
@@ -209,17 +313,7 @@ def _paths() -> dict[str, Any]:
                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                     },
                 ],
-                {
-                    "200": _json_schema(
-                        {
-                            "sessions": {
-                                "type": "array",
-                                "items": {"$ref": "#/components/schemas/StatusBody"},
-                            },
-                            "count": {"type": "integer"},
-                        }
-                    )
-                },
+                {"200": _json_ref("SessionList")},
                 400,
             )
         },
@@ -245,16 +339,22 @@ def _paths() -> dict[str, Any]:
     }
 
 
+# Where EventSource, <video> and <track> (which cannot send headers) put the API key.
+_ACCESS_TOKEN = {"name": "access_token", "in": "query", "schema": {"type": "string"}}
+
+
 def _op(summary: str, parameters: list[Any], responses: dict[str, Any], *errors: int) -> dict:
     for code in errors:
         responses[str(code)] = {
             "description": "Error",
-            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
         }
+        if code == 503:
+            responses["503"]["headers"] = {"Retry-After": _RETRY_AFTER}
     if errors:
         responses["401"] = {
             "description": "API key missing or wrong (only when API_KEY is set)",
-            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
         }
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
     if parameters:
@@ -269,15 +369,45 @@ def _json_ref(name: str) -> dict[str, Any]:
     }
 
 
-def _json_schema(properties: dict[str, Any]) -> dict[str, Any]:
+def _accepted() -> dict[str, Any]:
+    """202 with the session's status and the status URL in `Location`."""
     return {
-        "description": "OK",
-        "content": {_JSON: {"schema": {"type": "object", "properties": properties}}},
+        **_json_ref("SessionAnswer"),
+        "description": "Accepted",
+        "headers": {
+            "Location": {
+                "required": True,
+                "description": "The status URL of the session",
+                "schema": {"type": "string"},
+            }
+        },
     }
 
 
-def _json_any() -> dict[str, Any]:
-    return {"description": "OK", "content": {_JSON: {"schema": {"type": "object"}}}}
+def _events() -> dict[str, Any]:
+    """One server-sent event: its name, its id in the session's log and its JSON data."""
+
+    def event(names: list[str], data: str) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["event", "id", "data"],
+            "properties": {
+                "event": {"enum": names},
+                "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": _JSON,
+                    "contentSchema": {"$ref": f"#/components/schemas/{data}"},
+                },
+            },
+        }
+
+    status_names = [STATUS_EVENT_NAME, *sorted(TERMINAL_EVENT_NAMES)]
+    return {"oneOf": [event(status_names, "StatusBody"), event(["partial"], "PartialData")]}
+
+
+def _one_of(*names: str) -> dict[str, Any]:
+    return {"oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in names]}
 
 
 def _binary(media_type: str) -> dict[str, Any]:
@@ -288,192 +418,31 @@ def _binary(media_type: str) -> dict[str, Any]:
 
 
 def _upload_body(*, with_type: bool, kind: AnalysisType | None = None) -> dict[str, Any]:
+    """The multipart form of an upload; the params' own fields come from their declaration."""
     properties: dict[str, Any] = {
         "file": {"type": "string", "format": "binary", "description": "The video (or `video`)"},
-        "params": {"type": "string", "description": "Params as a JSON object, default {}"},
+        "params": {
+            "type": "string",
+            "contentMediaType": _JSON,
+            "description": "Params as one JSON object; absent or empty means {}",
+        },
     }
+    schema: dict[str, Any] = {"type": "object", "required": ["file"]}
     if with_type:
         properties["analysis_type"] = {
             "enum": [t.value for t in AnalysisType],
-            "description": "Absent: two-step flow, status `uploaded`",
+            "description": "Absent: two-step flow, status `uploaded` (then no params either)",
         }
+        # Declared once, with the analyze request's fields.
+        properties["webhook_url"] = component_schemas()["AnalyzeForm"]["properties"]["webhook_url"]
     elif kind is not None:
-        for spec in SCHEMAS[kind]:
-            properties[spec.name] = {**_param_schema(spec), "description": spec.help}
-    return {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "properties": properties, "required": ["file"]}
-            }
-        },
-    }
-
-
-def _param_schema(spec: ParamSpec) -> dict[str, Any]:
-    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
-    schema: dict[str, Any] = {"type": kinds[spec.kind]}
-    if spec.default is not None:
-        schema["default"] = spec.default
-    if spec.minimum is not None:
-        schema["minimum"] = spec.minimum
-    if spec.maximum is not None:
-        schema["maximum"] = spec.maximum
-    if spec.max_length is not None:
-        schema["type"] = ["string", "null"]
-        schema["maxLength"] = spec.max_length
-    return schema
-
-
-def _params_schema(kind: AnalysisType) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            spec.name: {**_param_schema(spec), "description": spec.help} for spec in SCHEMAS[kind]
-        },
-    }
-
-
-def _schemas() -> dict[str, Any]:
-    nullable_string = {"type": ["string", "null"]}
-    span = {
-        "start": {"type": "number"},
-        "end": {"type": "number"},
-        "start_time": {"type": "string"},
-        "end_time": {"type": "string"},
-    }
-    common = {
-        "processing_time_seconds": {"type": "number"},
-        "model": {"type": "string"},
-        "video": {"$ref": "#/components/schemas/Video"},
-    }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "code"],
-            "properties": {
-                "error": {"type": "string"},
-                "message": {"type": "string"},
-                "sessionId": {"type": "string"},
-                "code": {"type": "integer"},
-                "status": {"type": "string"},
-                "progress": {"type": "number"},
-            },
-        },
-        "Accepted": {
-            "type": "object",
-            "properties": {
-                "sessionId": {"type": "string"},
-                "status": {"enum": [s.value for s in SessionStatus]},
-                "message": {"type": "string"},
-            },
-        },
-        "StatusBody": {
-            "type": "object",
-            "properties": {
-                "sessionId": {"type": "string"},
-                "status": {"enum": [s.value for s in SessionStatus]},
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                "currentStep": nullable_string,
-                "analysisType": {"enum": [*(t.value for t in AnalysisType), None]},
-                "createdAt": {"type": "string", "format": "date-time"},
-                "updatedAt": {"type": "string", "format": "date-time"},
-                "error": nullable_string,
-                "queuePosition": {"type": ["integer", "null"]},
-            },
-        },
-        "AnalyzeRequest": {
-            "type": "object",
-            "required": ["analysis_type"],
-            "properties": {
-                "analysis_type": {"enum": [t.value for t in AnalysisType]},
-                "params": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/HighlightsParams"},
-                        {"$ref": "#/components/schemas/WorkoutParams"},
-                        {"type": "string", "description": "the same, as a JSON string"},
-                    ]
-                },
-            },
-        },
-        "HighlightsParams": _params_schema(AnalysisType.HIGHLIGHTS),
-        "WorkoutParams": _params_schema(AnalysisType.WORKOUT),
-        "Video": {
-            "type": "object",
-            "properties": {
-                "filename": {"type": "string"},
-                "duration_seconds": {"type": "number"},
-                "width": {"type": "integer"},
-                "height": {"type": "integer"},
-                "fps": {"type": "number"},
-            },
-        },
-        "Results": {
-            "oneOf": [
-                {"$ref": "#/components/schemas/HighlightsResults"},
-                {"$ref": "#/components/schemas/WorkoutResults"},
-            ]
-        },
-        "HighlightsResults": {
-            "type": "object",
-            "properties": {
-                "analysisType": {"const": "highlights"},
-                **common,
-                "video_description": {"type": "string"},
-                "criteria": {"type": "array", "items": {"type": "string"}},
-                "highlights_found": {"type": "integer"},
-                "highlights": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            **span,
-                            "significance": {"type": "integer"},
-                            "description": {"type": "string"},
-                            "thumbnail": {**nullable_string, "description": "an API URL"},
-                        },
-                    },
-                },
-                "reel": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "properties": {
-                                "url": {"type": "string"},
-                                "duration_seconds": {"type": "number"},
-                            },
-                        },
-                        {"type": "null"},
-                    ]
-                },
-            },
-        },
-        "WorkoutResults": {
-            "type": "object",
-            "properties": {
-                "analysisType": {"const": "workout"},
-                **common,
-                "segments": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            **span,
-                            "exercise": {"type": "string"},
-                            "reps": {"type": ["integer", "null"]},
-                            "form_notes": {"type": "string"},
-                        },
-                    },
-                },
-                "summary": {
-                    "type": "object",
-                    "properties": {
-                        "exercises": {"type": "array", "items": {"type": "string"}},
-                        "total_reps": {"type": "integer"},
-                        "active_seconds": {"type": "number"},
-                    },
-                },
-            },
-        },
-    }
+        declared = component_schemas()[f"{kind.value.capitalize()}Params"]["properties"]
+        properties.update(declared)
+        # Params come as one `params` JSON field or as individual fields, never both; an
+        # empty `params` field is the same as none.
+        schema["not"] = {
+            "anyOf": [{"required": ["params", name]} for name in declared],
+            "properties": {"params": {"pattern": "\\S"}},
+        }
+    schema["properties"] = properties
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from protocol import ParamsError, model_display_name
+from server.state.bodies import status_body
 from server.state.models import (
     InvalidVideo,
     ResultsNotReady,
@@ -24,8 +25,8 @@ from server.state.models import (
     SessionError,
     SessionNotFound,
     SessionStatus,
-    status_body,
 )
+from server.web.bodies import ErrorBody, json_response
 
 API_PREFIX = "/api/v1/video"
 
@@ -72,14 +73,11 @@ def error_body(
     *,
     session_id: str | None = None,
     **extra: Any,
-) -> dict[str, Any]:
-    """API.md's error shape; `sessionId` only when one is known."""
-    body: dict[str, Any] = {"error": error, "message": message or error}
-    if session_id is not None:
-        body["sessionId"] = session_id
-    body.update(extra)
-    body["code"] = code
-    return body
+) -> ErrorBody:
+    """API.md's error shape; `sessionId` only when one is known, `extra` as ErrorBody allows."""
+    return ErrorBody(
+        error=error, message=message or error, session_id=session_id, code=code, **extra
+    )
 
 
 def error_response(
@@ -93,7 +91,7 @@ def error_response(
 ) -> web.Response:
     """A JSON error response in API.md's shape."""
     body = error_body(code, error, message, session_id=session_id, **extra)
-    return web.json_response(body, status=code, headers=headers)
+    return json_response(body, status=code, headers=headers)
 
 
 def api_error_for(exc: Exception) -> ApiError | None:
@@ -112,7 +110,7 @@ def api_error_for(exc: Exception) -> ApiError | None:
             "Conflict",
             str(exc),
             session_id=exc.session.id,
-            status=exc.session.status.value,
+            status=exc.session.status,
         )
     if isinstance(exc, ServerBusy):
         return ApiError(
@@ -143,8 +141,8 @@ def results_not_ready(session: Session) -> ApiError:
         "Results not ready",
         f"The session is {session.status.value}",
         session_id=session.id,
-        status=body["status"],
-        progress=body["progress"],
+        status=body.status,
+        progress=body.progress,
     )
 
 
@@ -160,7 +158,7 @@ def finished_session_error(session: Session) -> ApiError | None:
             "Session was cancelled",
             "The session was cancelled before it finished",
             session_id=session.id,
-            status=session.status.value,
+            status=session.status,
         )
     if session.status is not SessionStatus.COMPLETED:
         return results_not_ready(session)

@@ -33,8 +33,9 @@ from protocol import (
     validate_params,
 )
 from server.jobs.job_queue import RETRY_AFTER_SECONDS
-from server.jobs.probe import probe_video
+from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
+from server.jobs.webhooks import WebhookDeliverer
 from server.state.models import QueueFull, Session, SessionNotFound, SessionStatus, TooManyUploads
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
@@ -113,13 +114,16 @@ async def accept_upload(
     paths: DataPaths,
     limits: UploadLimits,
     slots: UploadSlots,
+    probes: ProbeService,
     fixed_type: AnalysisType | None = None,
+    webhooks: WebhookDeliverer | None = None,
 ) -> Session:
     """Stream, validate and probe an upload; create its session and submit it if it has a type.
 
     `fixed_type` is the legacy endpoints' analysis type: their non-file fields are params.
     Without it, `analysis_type` and `params` come from the form and a missing type means the
-    two-step flow (status `uploaded`). Raises ApiError or a domain error; never leaves files.
+    two-step flow (status `uploaded`); with `webhooks`, a `webhook_url` field is vetted
+    and kept with the session. Raises ApiError or a domain error; never leaves files.
     """
     if not await runner.has_room():
         raise QueueFull(RETRY_AFTER_SECONDS)
@@ -127,7 +131,16 @@ async def accept_upload(
     session_id = str(uuid.uuid4())
     with slots.claim(session_id):
         return await _accept(
-            request, session_id, sessions, runner, paths, limits, fixed_type, slots.on_bytes
+            request,
+            session_id,
+            sessions,
+            runner,
+            paths,
+            limits,
+            fixed_type,
+            slots.on_bytes,
+            webhooks,
+            probes,
         )
 
 
@@ -140,6 +153,8 @@ async def _accept(
     limits: UploadLimits,
     fixed_type: AnalysisType | None,
     on_bytes: Callable[[int], None],
+    webhooks: WebhookDeliverer | None,
+    probes: ProbeService,
 ) -> Session:
     created = False
     try:
@@ -151,8 +166,9 @@ async def _accept(
             on_bytes=on_bytes,
         )
         analysis_type, params = _job_of(form.fields, fixed_type, complete=True)
+        webhook = await webhooks.target(form.fields.get("webhook_url")) if webhooks else None
         assert form.video_path is not None  # receive_form raises without a file
-        info = await probe_video(form.video_path, form.filename)
+        info = await probes.probe(form.video_path, form.filename)
         if info.duration_seconds > limits.max_video_seconds:
             raise ApiError(
                 422,
@@ -166,6 +182,7 @@ async def _accept(
             video=info,
             upload_path=str(form.video_path),
             output_dir=str(paths.output_dir(session_id)),
+            webhook=webhook,
         )
         await sessions.create(session)
         created = True
@@ -205,14 +222,16 @@ def _job_of(
     """
     if fixed_type is not None:
         extra = {name: value for name, value in fields.items() if name != "params"}
-        if "params" in fields and extra:
+        # An empty `params` field is the same as none (a form may always send the field).
+        given = fields.get("params", "").strip() != ""
+        if given and extra:
             raise ApiError(
                 400,
                 "Invalid parameters",
                 "Give params either as one `params` JSON field or as individual fields, "
                 f"not both (also got {', '.join(sorted(extra))})",
             )
-        raw = parse_params_json(fields["params"]) if "params" in fields else params_from_form(extra)
+        raw = parse_params_json(fields["params"]) if given else params_from_form(extra)
         return fixed_type, validate_params(fixed_type, raw)
     raw = parse_params_json(fields.get("params"))
     if "analysis_type" not in fields:

@@ -11,20 +11,27 @@ from protocol import (
     JobSpec,
     Log,
     LogLevel,
+    ModelReport,
+    ModelState,
     Partial,
+    PartialKind,
+    ProbeRequest,
     Progress,
     ProtocolError,
     Result,
+    VideoInfo,
     decode_event,
     decode_job,
+    decode_probe_request,
     encode_event,
     encode_job,
+    encode_probe_request,
     is_terminal,
 )
 
 EVENTS = [
     Progress(0.42, "Analyzing segment 5/12"),
-    Partial({"start": 10.0, "end": 20.0, "significance": 7}),
+    Partial(PartialKind.TIMELINE, {"start": 10.0, "end": 20.0, "significance": 7}),
     Log(LogLevel.WARNING, "slow disk"),
     Result({"analysisType": "highlights", "highlights": []}),
     Error("invalid_video", "no video stream"),
@@ -53,6 +60,15 @@ def test_wire_format_matches_the_documented_lines():
     }
 
 
+def test_a_partial_names_the_results_list_its_item_belongs_to():
+    line = encode_event(Partial(PartialKind.SEGMENTS, {"start": 0.0, "exercise": "squat"}))
+    assert json.loads(line) == {
+        "type": "partial",
+        "kind": "segments",
+        "item": {"start": 0.0, "exercise": "squat"},
+    }
+
+
 def test_only_result_and_error_are_terminal():
     assert [is_terminal(e) for e in EVENTS] == [False, False, False, True, True]
 
@@ -71,7 +87,9 @@ GARBAGE = [
     '{"type": "progress", "progress": "half", "step": "x"}',
     '{"type": "progress", "progress": true, "step": "x"}',
     '{"type": "progress", "progress": NaN, "step": "x"}',
-    '{"type": "partial", "item": [1]}',
+    '{"type": "partial", "kind": "highlights", "item": [1]}',
+    '{"type": "partial", "item": {"start": 0.0}}',
+    '{"type": "partial", "kind": "chapters", "item": {"start": 0.0}}',
     '{"type": "result", "results": null}',
     '{"type": "error", "error": 3, "message": "x"}',
     '{"type": "log", "level": "shout", "message": "x"}',
@@ -152,3 +170,46 @@ def test_model_display_name_never_shows_a_server_path(tmp_path):
 def test_json_nested_too_deeply_is_an_invalid_line_not_a_crash():
     decoded = decode_event("[" * 100_000 + "]" * 100_000)
     assert isinstance(decoded, InvalidLine) and "nested" in decoded.reason
+
+
+SPEC_FIELDS = {
+    "session_id": "s",
+    "analysis_type": "workout",
+    "video_path": "/v.mp4",
+    "output_dir": "/out",
+    "model": "m",
+}
+
+
+def test_a_job_spec_carries_the_probes_video_info_both_ways():
+    video = VideoInfo("match.mp4", 12.5, 160, 120, 25.0, rotation=90, has_audio=True)
+    spec = JobSpec("s", AnalysisType.HIGHLIGHTS, "/v.mp4", "/out", "m", video=video)
+    assert decode_job(encode_job(spec)).video == video
+
+
+def test_a_job_spec_without_video_info_still_decodes():
+    """Specs from before the field (and by-hand runs) leave the probing to the worker."""
+    assert decode_job(json.dumps(SPEC_FIELDS)).video is None
+
+
+@pytest.mark.parametrize(
+    "video",
+    ["x", [], {"filename": "a"}, {"filename": "a", "duration_seconds": "long", "width": 1}],
+)
+def test_a_malformed_video_info_is_a_protocol_error(video):
+    with pytest.raises(ProtocolError, match="video is malformed"):
+        decode_job(json.dumps({**SPEC_FIELDS, "video": video}))
+
+
+def test_model_reports_round_trip_with_their_state():
+    for report in (ModelReport(ModelState.READY), ModelReport(ModelState.UNAVAILABLE, "gone")):
+        assert decode_event(encode_event(report)) == report
+    assert isinstance(decode_event('{"type":"model","state":"sleepy"}'), InvalidLine)
+
+
+def test_probe_requests_round_trip_and_bad_ones_say_what_is_wrong():
+    request = ProbeRequest("/data/uploads/x/source.mp4", "match.mp4")
+    assert decode_probe_request(encode_probe_request(request)) == request
+    for bad in ("nope", "[]", '{"filename": "a"}', '{"path": "/p", "filename": 3}'):
+        with pytest.raises(ProtocolError, match="probe request"):
+            decode_probe_request(bad)

@@ -24,6 +24,19 @@ from server.state.models import Session
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HTTP_WORKER = (sys.executable, str(FIXTURES / "http_worker.py"))
 V1 = "/api/v1/video"
+# The keys of API.md's status body, in the order the server sends them.
+STATUS_KEYS = (
+    "sessionId",
+    "status",
+    "progress",
+    "currentStep",
+    "analysisType",
+    "createdAt",
+    "updatedAt",
+    "error",
+    "queuePosition",
+    "webhook",
+)
 # Status checks in tests are short sleeps in a loop; this only bounds a broken test.
 # Every route that takes a session id, with its method ({id} to be filled in).
 ID_ROUTES = [
@@ -32,6 +45,9 @@ ID_ROUTES = [
     ("GET", V1 + "/results/{id}"),
     ("GET", V1 + "/results/{id}/reel"),
     ("GET", V1 + "/results/{id}/thumbnails/0"),
+    ("GET", V1 + "/results/{id}/video"),
+    ("GET", V1 + "/results/{id}/chapters.vtt"),
+    ("GET", V1 + "/results/{id}/export/otio"),
     ("POST", V1 + "/cancel/{id}"),
     ("DELETE", V1 + "/cleanup/{id}"),
     ("DELETE", V1 + "/session/{id}"),

@@ -94,6 +94,8 @@ async def test_upload_shows_progress_lines_and_partial_items_then_prints_the_res
     assert lines[0].startswith("Uploaded sample.mp4: session ")
     assert any(line.startswith("[") and "%] Analyzing segment" in line for line in lines)
     assert any(line.startswith("  + 00:00-") and "significance 8" in line for line in lines)
+    # One line per highlight found; the judged segments (timeline partials) are not listed.
+    assert len([line for line in lines if line.startswith("  + ")]) == 1
     assert "Analysis completed." in lines
     assert "\r" not in run.out and "\x1b" not in run.out  # not a terminal: no bar drawing
     body = results_json(run.out)

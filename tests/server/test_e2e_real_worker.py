@@ -36,7 +36,7 @@ async def real_client(aiohttp_client, tmp_path, model_dir: Path, **overrides):
 
 
 def worker_pids() -> set[int]:
-    """Live `inference_worker` processes that are children of this test process."""
+    """Live job workers (`inference_worker`, not its probe service) that are our children."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -46,7 +46,8 @@ def worker_pids() -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if stat[0] != "Z" and int(stat[1]) == os.getpid() and b"inference_worker" in cmdline:
+        job_worker = b"inference_worker" in cmdline and b"--probe-service" not in cmdline
+        if stat[0] != "Z" and int(stat[1]) == os.getpid() and job_worker:
             pids.add(int(entry.name))
     return pids
 
@@ -112,7 +113,12 @@ async def test_workout_two_step_flow(aiohttp_client, tmp_path, make_video, tiny_
     results = (await (await client.get(f"{V1}/results/{session_id}")).json())["results"]
     assert results["analysisType"] == "workout"
     assert results["segments"][0]["start"] == 0.0
-    assert set(results["summary"]) == {"exercises", "total_reps", "active_seconds"}
+    assert set(results["summary"]) == {
+        "exercises",
+        "total_reps",
+        "active_seconds",
+        "exercise_totals",
+    }
     again = await client.post(f"{V1}/analyze/{session_id}", json={"analysis_type": "workout"})
     assert again.status == 409
 
@@ -133,6 +139,12 @@ async def test_event_stream_follows_a_real_job_and_resumes_without_loss(
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     progress = [frame.data["progress"] for frame in frames if frame.event == "status"]
     assert progress == sorted(progress)
+    # Each judged segment came live as a timeline partial, exactly as the results list it.
+    results = (await (await client.get(f"{V1}/results/{session_id}")).json())["results"]
+    partials = [frame.data for frame in frames if frame.event == "partial"]
+    timeline = [p["item"] for p in partials if p["kind"] == "timeline"]
+    assert timeline == results["timeline"] and len(timeline) == 4  # 12 s in 3-s segments
+    assert {p["kind"] for p in partials} == {"timeline", "highlights"}
 
     # A client that dropped after the first partial resumes with exactly what it missed.
     first_partial = next(frame for frame in frames if frame.event == "partial")
@@ -203,10 +215,10 @@ async def test_synchronous_endpoint_answers_with_the_bare_results(
     assert results["highlights"] == [] and results["reel"] is None  # 8 < 9: nothing kept
 
 
-async def test_a_failing_worker_fails_only_its_session(
-    aiohttp_client, tmp_path, sample_video, tiny_model_dir
+async def test_a_model_that_cannot_be_loaded_fails_the_job_with_a_clear_message(
+    aiohttp_client, tmp_path, sample_video
 ):
-    """A model that cannot be loaded fails the job with a clear message; the server goes on."""
+    """The message names the model but not the server's path; /health then says unhealthy."""
     client = await real_client(aiohttp_client, tmp_path, tmp_path / "missing-model")
     session_id = await upload_id(client, sample_video, analysis_type="workout")
     await finished(client, session_id)
@@ -215,4 +227,8 @@ async def test_a_failing_worker_fails_only_its_session(
     assert failed.status == 500 and body["error"] == "Analysis failed"
     assert "missing-model" in body["message"] and str(tmp_path) not in body["message"]
     health = await client.get("/health")
-    assert health.status == 200
+    assert health.status == 503
+    health_body = await health.json()
+    assert health_body["status"] == "unhealthy" and health_body["modelState"] == "unavailable"
+    assert "missing-model" in health_body["modelError"]
+    assert str(tmp_path) not in health_body["modelError"]

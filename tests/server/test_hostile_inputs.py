@@ -31,6 +31,8 @@ from yarl import URL
 
 from server import keys
 from server.app import create_app
+from server.state.models import SessionStatus
+from server.web.handlers_sessions import MAX_LIST_LIMIT
 from tests.media import (
     write_audio_only,
     write_random_bytes,
@@ -795,6 +797,9 @@ ROUTE_METHODS = {
     f"{V1}/results/{{sessionId}}": {"GET"},
     f"{V1}/results/{{sessionId}}/reel": {"GET"},
     f"{V1}/results/{{sessionId}}/thumbnails/{{n}}": {"GET"},
+    f"{V1}/results/{{sessionId}}/video": {"GET"},
+    f"{V1}/results/{{sessionId}}/chapters.vtt": {"GET"},
+    f"{V1}/results/{{sessionId}}/export/{{format}}": {"GET"},
     f"{V1}/cancel/{{sessionId}}": {"POST"},
     f"{V1}/cleanup/{{sessionId}}": {"DELETE"},
     f"{V1}/session/{{sessionId}}": {"DELETE"},
@@ -808,7 +813,7 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND")
 
 
 def concrete(route: str, session_id: str = SOME_UUID4) -> str:
-    return route.format(sessionId=session_id, n="0")
+    return route.format(sessionId=session_id, n="0", format="otio")
 
 
 async def test_the_route_list_of_this_module_is_the_routers(target):
@@ -831,6 +836,11 @@ async def test_a_wrong_method_is_a_json_405_naming_the_allowed_ones(target, rout
         await assert_unharmed(target, before)
 
 
+QUERY_KEY_ROUTES = {
+    f"{V1}/events/{{sessionId}}",
+    f"{V1}/results/{{sessionId}}/video",
+    f"{V1}/results/{{sessionId}}/chapters.vtt",
+}
 PROTECTED = sorted(route for route in ROUTE_METHODS if route not in PUBLIC)
 BAD_CREDENTIALS = [
     {},
@@ -850,8 +860,9 @@ async def test_a_missing_or_wrong_api_key_is_a_401_on_every_protected_route(keye
     for headers in BAD_CREDENTIALS:
         answer = await refused(keyed, 401, method, concrete(route), headers=headers)
         assert answer["error"] == "Unauthorized"
-    if not route.startswith(f"{V1}/events/"):
-        # Only EventSource, which cannot send headers, may put the key in the query.
+    if route not in QUERY_KEY_ROUTES:
+        # Only EventSource, <video> and <track>, which cannot send headers, may put the key
+        # in the query.
         await refused(keyed, 401, method, concrete(route) + f"?access_token={KEY}")
 
 
@@ -936,7 +947,12 @@ async def test_range_garbage_on_the_reel_is_ignored_or_a_416_never_a_5xx(target,
 )
 async def test_a_bad_status_or_limit_on_the_list_is_a_400_saying_the_allowed_values(target, query):
     answer = await refused(target, 400, "GET", f"{V1}/sessions?{query}")
-    assert "must be" in answer["message"]
+    message = answer["message"]
+    assert "must be" in message
+    if query.startswith("status="):
+        assert all(status.value in message for status in SessionStatus), message
+    else:
+        assert f"from 1 to {MAX_LIST_LIMIT}" in message, message
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "1e9", "0x10", "1.5", "9" * 5000])

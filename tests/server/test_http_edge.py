@@ -23,7 +23,7 @@ PUBLIC = {"/", "/health", "/api/v1/openapi.json"}
 
 
 def concrete(path: str) -> str:
-    return path.format(sessionId=str(uuid.uuid4()), n="0")
+    return path.format(sessionId=str(uuid.uuid4()), n="0", format="otio")
 
 
 def every_route(app: web.Application) -> list[tuple[str, str]]:
@@ -195,10 +195,11 @@ async def test_a_wrong_or_malformed_key_is_a_401(aiohttp_client, tmp_path, autho
     assert response.status == 401
 
 
-async def test_the_access_token_query_works_on_the_events_route_only(
+async def test_the_access_token_query_works_only_where_a_browser_cannot_send_headers(
     aiohttp_client, tmp_path, sample_video
 ):
-    """EventSource cannot send headers, so only the events route takes ?access_token=."""
+    """EventSource, <video> and <track> cannot send headers: only the events, video and
+    chapters routes take ?access_token=."""
     client = await start(aiohttp_client, tmp_path, api_key=KEY)
     auth = {"Authorization": f"Bearer {KEY}"}
     response = await client.post(
@@ -214,6 +215,9 @@ async def test_the_access_token_query_works_on_the_events_route_only(
     assert wrong.status == 401
     status = await client.get(f"{V1}/status/{session_id}?access_token={KEY}")
     assert status.status == 401
+    video = await client.get(f"{V1}/results/{session_id}/video?access_token={KEY}")
+    assert video.status == 200 and await video.read() == sample_video.read_bytes()
+    assert (await client.get(f"{V1}/results/{session_id}/video?access_token=no")).status == 401
 
 
 async def test_a_preflight_needs_no_api_key(aiohttp_client, tmp_path):
@@ -234,6 +238,8 @@ async def test_health_reports_model_counts_and_version(aiohttp_client, tmp_path)
     assert await response.json() == {
         "status": "healthy",
         "model": model_display_name("/models/my-local-smolvlm"),
+        "modelState": "unknown",  # no warm worker, no job yet: nothing is known of it
+        "modelError": None,
         "running": 0,
         "queued": 0,
         "version": VERSION,

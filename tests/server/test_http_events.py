@@ -100,6 +100,22 @@ async def test_a_finished_session_streams_its_terminal_event_then_closes(client,
     assert frames[0].data["status"] == "failed" and frames[0].data["error"]
 
 
+async def test_the_terminal_event_of_a_job_cancelled_while_queued_names_its_step(
+    aiohttp_client, tmp_path, sample_video
+):
+    """API.md: currentStep is a string in every status but uploaded and pending."""
+    client = await start(aiohttp_client, tmp_path, max_concurrent_jobs=1)
+    await upload_id(client, sample_video, "hang-1.mp4", analysis_type="highlights")
+    queued = await upload_id(client, sample_video, "hang-2.mp4", analysis_type="highlights")
+    response = await client.get(f"{V1}/events/{queued}")
+    first = await read_frame(response)
+    assert first.event == "status" and first.data["currentStep"] is None
+    await client.post(f"{V1}/cancel/{queued}")
+    frames = [frame for frame in await read_all(response) if frame.event]
+    assert frames[-1].event == "cancelled"
+    assert frames[-1].data["currentStep"] == "Cancelled while queued"
+
+
 async def test_reconnecting_with_the_terminal_event_id_is_a_204(client, sample_video):
     """204 No Content is what stops a browser's EventSource from reconnecting."""
     session_id = await upload_id(client, sample_video, analysis_type="highlights")

@@ -70,6 +70,15 @@ async def test_params_both_ways_at_once_are_a_400(client, sample_video, tmp_path
     assert files_under(tmp_path / "data") == []
 
 
+async def test_an_empty_params_field_is_the_same_as_none_beside_individual_fields(
+    client, sample_video
+):
+    form = video_form(sample_video, params=" ", min_significance="9")
+    response = await client.post("/analyze/highlights", data=form)
+    assert response.status == 200, await response.text()
+    assert (await only_session(client)).params["min_significance"] == 9
+
+
 async def test_an_unknown_form_field_is_a_400_naming_the_allowed_ones(
     client, sample_video, tmp_path
 ):

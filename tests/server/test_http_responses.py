@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from server.web.responses import error_body, public_results, reel_name, thumbnail_name
 
 SID = "550e8400-e29b-41d4-a716-446655440000"
@@ -9,13 +11,13 @@ BASE = f"/api/v1/video/results/{SID}"
 
 
 def test_error_body_has_the_shape_of_api_md():
-    assert error_body(404, "Session not found", session_id=SID) == {
+    assert msgspec.to_builtins(error_body(404, "Session not found", session_id=SID)) == {
         "error": "Session not found",
         "message": "Session not found",
         "sessionId": SID,
         "code": 404,
     }
-    assert "sessionId" not in error_body(400, "Bad request", "why")
+    assert "sessionId" not in msgspec.to_builtins(error_body(400, "Bad request", "why"))
 
 
 def test_worker_artifact_names_become_api_urls():

@@ -9,6 +9,7 @@ import pytest
 from server import keys
 from tests.server.http_helpers import (
     ID_ROUTES,
+    STATUS_KEYS,
     V1,
     finished,
     start,
@@ -70,17 +71,7 @@ async def test_status_and_its_progress_alias_answer_the_status_body(client, samp
     status = await (await client.get(f"{V1}/status/{session_id}")).json()
     progress = await (await client.get(f"{V1}/progress/{session_id}")).json()
     assert status == progress
-    assert set(status) == {
-        "sessionId",
-        "status",
-        "progress",
-        "currentStep",
-        "analysisType",
-        "createdAt",
-        "updatedAt",
-        "error",
-        "queuePosition",
-    }
+    assert set(status) == set(STATUS_KEYS)
     assert status["status"] == "completed" and status["progress"] == 1.0
     assert status["analysisType"] == "highlights" and status["queuePosition"] is None
     assert status["createdAt"].endswith("Z") and status["updatedAt"].endswith("Z")
@@ -200,17 +191,28 @@ async def test_cancel_answers_200_and_is_idempotent(client, sample_video):
     assert (await until_status(client, session_id, "cancelled"))["status"] == "cancelled"
 
 
-async def test_cancel_of_a_queued_job_takes_it_out_of_the_queue(
+async def test_cancel_of_a_queued_job_takes_it_out_of_the_queue_and_its_step_says_so(
     aiohttp_client, tmp_path, sample_video
 ):
+    """API.md: currentStep is a string in every status but uploaded and pending."""
     client = await start(aiohttp_client, tmp_path, max_concurrent_jobs=1)
     await upload_id(client, sample_video, "hang-1.mp4", analysis_type="highlights")
     queued = await upload_id(client, sample_video, "hang-2.mp4", analysis_type="highlights")
     status = await (await client.get(f"{V1}/status/{queued}")).json()
     assert status["status"] == "pending" and status["queuePosition"] == 1
+    assert status["currentStep"] is None
     assert (await client.post(f"{V1}/cancel/{queued}")).status == 200
     health = await (await client.get("/health")).json()
     assert health["queued"] == 0
+    status = await (await client.get(f"{V1}/status/{queued}")).json()
+    assert status["status"] == "cancelled" and status["currentStep"] == "Cancelled while queued"
+
+
+async def test_an_uploaded_session_cancelled_has_a_step(client, sample_video):
+    session_id = await upload_id(client, sample_video)
+    await client.post(f"{V1}/cancel/{session_id}")
+    status = await (await client.get(f"{V1}/status/{session_id}")).json()
+    assert status["status"] == "cancelled" and status["currentStep"] == "Cancelled"
 
 
 async def test_cancel_of_a_completed_session_is_a_409_with_its_status(client, sample_video):

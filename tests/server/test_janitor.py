@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from datetime import timedelta
 
 import pytest
 
 from server.state.janitor import Janitor, SweepReport
 from server.state.models import SessionNotFound, SessionStatus, utcnow
-from tests.server.conftest import new_session
+from tests.server.conftest import eventually, new_session
 
 TTL = timedelta(hours=24)
 
@@ -97,3 +100,20 @@ async def test_files_of_no_session_are_swept_but_not_an_upload_in_progress(
     assert not orphan_upload.exists() and not orphan_artifacts.exists() and not stray_file.exists()
     assert receiving.exists()
     assert data_paths.upload_dir(kept.id).exists() and data_paths.output_dir(kept.id).exists()
+
+
+async def test_each_pass_of_run_logs_what_it_removed(make_sessions, data_paths, clock, caplog):
+    caplog.set_level(logging.INFO, logger="server.state.janitor")
+    sessions = make_sessions()
+    janitor = Janitor(sessions, data_paths, TTL, uploading=lambda _id: False, clock=clock)
+    await add(sessions, data_paths, SessionStatus.COMPLETED, age=TTL * 2, clock=clock)
+    (data_paths.uploads / "stray").mkdir(parents=True)
+
+    task = asyncio.create_task(janitor.run(interval_seconds=3600))
+    try:
+        assert await eventually(lambda: "sweep removed" in caplog.text)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert "sweep removed 1 expired session(s) and 1 orphan path(s)" in caplog.text

@@ -9,6 +9,7 @@ fails these tests with the command that installs it: they are part of `make test
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import pytest
 
 from server.config import SERVICE_NAME
 from tests.media import write_text_file
-from tests.server.http_helpers import V1, start
+from tests.server.http_helpers import HTTP_WORKER, V1, start
 
 REAL_WORKER = (sys.executable, "-m", "inference_worker")
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+# $CHROMIUM, else the system's Chromium (`make test` installs Debian's); on macOS, where
+# `make test` has Playwright download its own browser, None selects that one.
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium")
 # As root and on a closed network: no sandbox (it needs a user namespace), and nothing
 # that phones home (each refused connection would only slow the start down).
 CHROMIUM_ARGS = [
@@ -69,12 +72,12 @@ async def test_the_page_needs_no_api_key(aiohttp_client, tmp_path):
 
 
 @pytest.fixture
-def chromium() -> Path:
-    """The browser's path; a clear failure (not a skip) when it is missing."""
-    if not CHROMIUM.exists():
+def chromium() -> str | None:
+    """The browser's path (None: Playwright's own); a clear failure (not a skip) if missing."""
+    if CHROMIUM is None and sys.platform != "darwin":
         pytest.fail(
-            f"Chromium is needed for the page tests and is not at {CHROMIUM}: install it "
-            "with `apt-get install chromium`, or point $CHROMIUM at a Chromium or Chrome"
+            "Chromium is needed for the page tests and is not on PATH: `make test` installs "
+            "it (apt-get install chromium), or point $CHROMIUM at a Chromium or Chrome"
         )
     return CHROMIUM
 
@@ -87,7 +90,7 @@ async def browser(tmp_path, chromium):
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             tmp_path / "chromium-profile",
-            executable_path=str(chromium),
+            executable_path=chromium,
             headless=True,
             args=CHROMIUM_ARGS,
         )
@@ -99,14 +102,13 @@ async def browser(tmp_path, chromium):
 
 
 async def open_page(aiohttp_client, tmp_path, browser, model: Path, **overrides):
-    """The app with the real worker on a loopback port, and the page open in the browser."""
+    """The app (with the real worker unless `overrides` name another) on a loopback port,
+    and the page open in the browser."""
     client = await start(
         aiohttp_client,
         tmp_path,
         like_run_app=True,
-        worker_command=REAL_WORKER,
-        model=str(model),
-        **overrides,
+        **{"worker_command": REAL_WORKER, "model": str(model), **overrides},
     )
     page = await browser.new_page()
     # Items shown while the job runs (no thumbnail yet), recorded as they are added.
@@ -178,12 +180,12 @@ async def test_cancel_stops_a_running_job_and_says_so(
     await start_job(page, make_video("long.mp4", seconds=60.0), segment_seconds=1)
     await page.locator("#status", has_text="Analyzing segment").wait_for()
     session_id = await page.locator("#session-id").text_content()
-    await page.get_by_role("button", name="Cancel").click()
+    await page.get_by_role("button", name="Cancel", exact=True).click()
 
     await page.locator("#status", has_text="Analysis cancelled.").wait_for()
     status = await (await client.get(f"{V1}/status/{session_id}")).json()
     assert status["status"] == "cancelled"
-    assert not await page.get_by_role("button", name="Cancel").is_visible()
+    assert not await page.get_by_role("button", name="Cancel", exact=True).is_visible()
     assert await page.get_by_role("button", name="Analyze video").is_enabled()
     assert 0 < await page.locator("#analysis-progress").evaluate("bar => bar.value") < 100
 
@@ -217,3 +219,107 @@ async def test_with_an_api_key_the_page_sends_it_everywhere(
     await finished_with_thumbnails_and_reel(page)
     assert await page.locator("#status").text_content() == "Done."
     assert not await page.get_by_role("alert").is_visible()
+
+
+# ---- the timeline, its chapters and earlier sessions -------------------------------------
+
+# Bars on the chart, sampled each time the chart is redrawn, with the status line then.
+RECORD_CHART = """
+window.chartHistory = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const chart = document.getElementById("chart");
+  new MutationObserver(() => {
+    window.chartHistory.push({
+      bars: chart.querySelectorAll(".seg").length,
+      status: document.getElementById("status").textContent,
+    });
+  }).observe(chart, { childList: true });
+});
+"""
+
+
+async def test_the_chart_grows_live_a_click_seeks_the_video_and_chapters_load(
+    aiohttp_client, tmp_path, browser, sample_video, steered_model_dir
+):
+    client, page = await open_page(aiohttp_client, tmp_path, browser, steered_model_dir)
+    await page.add_init_script(RECORD_CHART)
+    await page.reload()
+
+    await start_job(page, sample_video, segment_seconds=2)  # 12 s: six judged segments
+    await page.locator("#status", has_text="Done.").wait_for()
+
+    history = await page.evaluate("window.chartHistory")
+    bars = [entry["bars"] for entry in history]
+    assert bars == sorted(bars) and bars[-1] == 6
+    assert any(0 < entry["bars"] < 6 and entry["status"] != "Done." for entry in history)
+    assert await page.locator("#chart .mark").count() == 1  # the one kept highlight, 0-12 s
+    assert await page.locator("#chart .seg.kept").count() == 6
+    assert "6 segments judged" in await page.locator("#legend").text_content()
+
+    await page.locator("#chart .seg").nth(3).click()
+    await page.wait_for_function(
+        "Math.abs(document.getElementById('player').currentTime - 6) < 0.5"
+    )
+    await page.wait_for_function(
+        """() => {
+          const track = document.querySelector("#player track");
+          return track && track.kind === "chapters" && track.track.cues?.length > 0;
+        }"""
+    )
+    cues = await page.evaluate(
+        """[...document.querySelector("#player track").track.cues].map(
+             (cue) => [cue.startTime, cue.endTime, cue.text])"""
+    )
+    assert cues[0][0] == 0 and abs(cues[-1][1] - 12.0) < 0.2
+    assert all("significance 8/10" in text for _, _, text in cues)
+    session_id = await page.locator("#session-id").text_content()
+    chapters = await client.get(f"{V1}/results/{session_id}/chapters.vtt")
+    assert chapters.status == 200
+    await page.screenshot(path="/tmp/timeline-highlights.png", full_page=True)
+
+
+async def test_earlier_sessions_are_listed_newest_first_and_reopen(
+    aiohttp_client, tmp_path, browser, sample_video, steered_model_dir
+):
+    _, page = await open_page(aiohttp_client, tmp_path, browser, steered_model_dir)
+    for segment_seconds in (6, 4):
+        await start_job(page, sample_video, segment_seconds=segment_seconds)
+        await page.locator("#status", has_text="Done.").wait_for()
+    newest = await page.locator("#session-id").text_content()
+
+    later = await browser.new_page()  # a visitor coming back
+    await later.goto(page.url)
+    entries = later.locator("#history-list li")
+    await entries.nth(1).wait_for()
+    assert await entries.count() == 2
+    assert newest in await entries.first.text_content()
+    assert all("completed" in text for text in await entries.all_text_contents())
+
+    await entries.nth(1).get_by_role("button").click()  # the older one: 6-s segments
+    await later.locator("#status", has_text="Done.").wait_for()
+    assert await later.locator("#chart .seg").count() == 2
+    assert await later.locator("#chart .mark").count() == 1
+    assert "1 highlight in sample.mp4" in await later.locator("#summary").text_content()
+    await later.wait_for_function("document.querySelector('#player track')?.track.cues?.length > 0")
+    await later.screenshot(path="/tmp/timeline-history.png", full_page=True)
+
+
+async def test_a_workout_draws_a_band_per_exercise_and_reps_as_bars(
+    aiohttp_client, tmp_path, browser, sample_video, tiny_model_dir
+):
+    """The fixture worker's workout: squats, 3 reps, from 0 to 2 s."""
+    _, page = await open_page(
+        aiohttp_client, tmp_path, browser, tiny_model_dir, worker_command=HTTP_WORKER
+    )
+    await page.get_by_label("Video file").set_input_files(sample_video)
+    await page.get_by_role("radio", name="Workout").check()
+    await page.get_by_role("button", name="Analyze video").click()
+    await page.locator("#status", has_text="Done.").wait_for()
+
+    band = page.locator("#chart .band.exercise")
+    assert await band.count() == 1
+    assert await band.get_attribute("aria-label") == "00:00–00:02: squat, 3 reps"
+    assert await page.locator("#chart .reps").all_text_contents() == ["squat3 reps · 0:02"]
+    await band.click()
+    await page.wait_for_function("document.getElementById('player').currentTime === 0")
+    await page.screenshot(path="/tmp/timeline-workout.png", full_page=True)

@@ -68,6 +68,7 @@ async def test_a_job_runs_to_completion_with_the_job_spec_it_was_given(make_runn
         "model": "test-model",
         "params": {"mode": "succeed"},
         "filename": "clip.mp4",
+        "video": submitted.video.to_dict(),  # the upload's probe result: no second probe
         "analysis_type": "highlights",
         "video_path_exists": True,
     }
@@ -84,8 +85,8 @@ async def test_a_jobs_events_are_ordered_and_end_with_exactly_one_terminal_event
     assert events[-1].name == "completed"
     partials = [event.data for event in events if event.name == "partial"]
     assert partials == [
-        {"sessionId": session.id, "item": {"start": 0.0, "end": 10.0}},
-        {"sessionId": session.id, "item": {"start": 10.0, "end": 20.0}},
+        {"sessionId": session.id, "kind": "timeline", "item": {"start": 0.0, "end": 10.0}},
+        {"sessionId": session.id, "kind": "timeline", "item": {"start": 10.0, "end": 20.0}},
     ]
     statuses = [event.data["status"] for event in events if event.name == "status"]
     assert statuses[:3] == ["uploaded", "pending", "processing"]
@@ -376,9 +377,19 @@ async def test_wait_returns_a_finished_session_at_once_and_a_running_one_when_it
     make_runner,
 ):
     harness = await make_runner()
-    session = await harness.submit("succeed")
-    done = await harness.finished(session.id)
-    assert await harness.runner.wait(session.id) == done
+    session = await harness.submit("sleep")
+    await harness.sleeping(session.id)
+    waiting = asyncio.ensure_future(harness.runner.wait(session.id))
+    for _ in range(10):  # let the waiter reach its subscription
+        await asyncio.sleep(0)
+    assert not waiting.done()  # still running: the waiter waits
+    cancelled = await harness.runner.cancel(session.id)
+    assert await asyncio.wait_for(waiting, WAIT) == cancelled
+    # Finished: answered without ever suspending, i.e. at once.
+    at_once = harness.runner.wait(session.id)
+    with pytest.raises(StopIteration) as answered:
+        at_once.send(None)
+    assert answered.value.value == cancelled
 
 
 async def test_close_stops_workers_and_leaves_their_sessions_as_they_were(make_runner):
@@ -409,12 +420,6 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
 
 
 def test_repr_shows_slots_and_queue(data_paths):
-    from server.jobs.job_queue import MemoryJobQueue
-    from server.jobs.runner import JobRunner
-    from server.state.events import EventHub
-    from server.state.sessions import Sessions
-    from server.state.store import MemoryStore
-
     queue = MemoryJobQueue(3)
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
     runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from protocol import PartialKind
 from server.state.models import SessionNotFound, SessionStatus, utcnow
 from tests.server.conftest import new_session
 
@@ -60,7 +61,7 @@ async def test_a_terminal_session_never_changes_again(make_sessions, data_paths)
     cancelled = await sessions.update(session.id, status=SessionStatus.CANCELLED)
     count = await sessions.hub.last_event_id(session.id)
     again = await sessions.update(session.id, status=SessionStatus.COMPLETED, results={})
-    await sessions.add_partial(session.id, {"late": True})
+    await sessions.add_partial(session.id, PartialKind.HIGHLIGHTS, {"late": True})
     await sessions.publish_status(session.id)
     assert again == cancelled == await sessions.get(session.id)
     assert await sessions.hub.last_event_id(session.id) == count  # nothing published after the end
@@ -105,12 +106,12 @@ async def test_partials_are_published_while_processing_only(make_sessions, data_
     sessions = make_sessions()
     waiting = await sessions.create(new_session(data_paths, status=SessionStatus.PENDING))
     running = await sessions.create(new_session(data_paths, status=SessionStatus.PROCESSING))
-    await sessions.add_partial(waiting.id, {"n": 0})
-    await sessions.add_partial(running.id, {"n": 1})
+    await sessions.add_partial(waiting.id, PartialKind.TIMELINE, {"n": 0})
+    await sessions.add_partial(running.id, PartialKind.TIMELINE, {"n": 1})
     assert [e.name for e in await published(sessions, waiting.id)] == ["status"]
     events = await published(sessions, running.id)
     assert events[-1].name == "partial"
-    assert events[-1].data == {"sessionId": running.id, "item": {"n": 1}}
+    assert events[-1].data == {"sessionId": running.id, "kind": "timeline", "item": {"n": 1}}
 
 
 async def test_the_body_carries_the_queue_position_while_pending(make_sessions, data_paths):
@@ -185,3 +186,30 @@ async def test_a_pending_body_always_carries_the_current_queue_position(make_ses
     assert json.loads(await sessions.body_json(session))["queuePosition"] == 3
     positions["place"] = 1  # the queue moved; the snapshot did not
     assert json.loads(await sessions.body_json(session))["queuePosition"] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "step"),
+    [
+        (SessionStatus.PROCESSING, "Processing"),
+        (SessionStatus.COMPLETED, "Completed"),
+        (SessionStatus.FAILED, "Failed"),
+        (SessionStatus.CANCELLED, "Cancelled"),
+    ],
+)
+async def test_a_status_past_pending_always_has_a_step(make_sessions, data_paths, status, step):
+    """API.md: currentStep may be null only while uploaded or pending."""
+    sessions = make_sessions()
+    session = await sessions.create(new_session(data_paths))
+    pending = await sessions.update(session.id, status=SessionStatus.PENDING)
+    assert pending.current_step is None
+    changed = await sessions.update(session.id, status=status)
+    assert changed.current_step == step
+    assert (await published(sessions, session.id))[-1].data["currentStep"] == step
+
+
+async def test_a_step_given_with_the_status_is_kept(make_sessions, data_paths):
+    sessions = make_sessions()
+    session = await sessions.create(new_session(data_paths))
+    failed = await sessions.update(session.id, status=SessionStatus.FAILED, current_step="Oops")
+    assert failed.current_step == "Oops"

@@ -187,7 +187,7 @@ class Soak:
         workers = [
             pid
             for pid in children_of(self.server.proc.pid)
-            if pid in pids and "--probe" not in command_line(pid)
+            if pid in pids and "--probe-service" not in command_line(pid)
         ]
         rng.shuffle(workers)
         for pid in workers:
@@ -205,7 +205,12 @@ class Soak:
     # ---- afterwards -------------------------------------------------------------------
 
     def workers_left(self) -> set[int]:
-        return children_of(self.server.proc.pid)
+        """The server's children but its probe processes, which live as long as it does."""
+        return {
+            pid
+            for pid in children_of(self.server.proc.pid)
+            if "--probe-service" not in command_line(pid)
+        }
 
     def folders(self) -> set[str]:
         return {

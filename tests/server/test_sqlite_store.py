@@ -17,6 +17,7 @@ import pytest
 from protocol import AnalysisType, VideoInfo
 from server.state.models import Session, SessionNotFound, SessionStatus, utcnow
 from server.state.sqlite_store import SqliteStore, session_from_json, session_to_json
+from server.state.store import MemoryStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,9 +67,36 @@ async def test_sessions_survive_closing_and_reopening(tmp_path):
         await reopened.close()
 
 
-async def test_store_rules_match_the_memory_store(tmp_path):
-    """Duplicate add is refused; put never resurrects a deleted session; delete is idempotent."""
+async def test_a_failed_write_leaves_the_memory_copy_as_stored(tmp_path):
+    """Readers never see a change that the database did not commit."""
     store = await SqliteStore(tmp_path / "sessions.db").open()
+    try:
+        session = make_session()
+        await store.add(session)
+        await store._run(store._db.execute, "DROP TABLE sessions")  # every later write fails
+
+        with pytest.raises(sqlite3.OperationalError):
+            await store.put(session.replace(status=SessionStatus.PROCESSING))
+        assert (await store.get(session.id)).status is SessionStatus.PENDING
+
+        newcomer = make_session()
+        with pytest.raises(sqlite3.OperationalError):
+            await store.add(newcomer)
+        with pytest.raises(SessionNotFound):
+            await store.get(newcomer.id)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_store_rules_match_the_memory_store(tmp_path, kind):
+    """Duplicate add is refused; put never resurrects a deleted session; delete is idempotent.
+
+    The same steps run on both stores, so the rules are shown to be the same."""
+    if kind == "memory":
+        store = MemoryStore()
+    else:
+        store = await SqliteStore(tmp_path / "sessions.db").open()
     try:
         session = make_session()
         await store.add(session)
@@ -99,7 +127,7 @@ async def test_list_is_newest_first_with_status_filter_and_limit(tmp_path):
         await store.close()
 
 
-async def test_an_unreadable_row_is_skipped_not_fatal(tmp_path):
+async def test_an_unreadable_row_is_skipped_not_fatal_and_logged(tmp_path, caplog):
     store = await SqliteStore(tmp_path / "sessions.db").open()
     await store.add(make_session())
     await store.close()
@@ -108,6 +136,7 @@ async def test_an_unreadable_row_is_skipped_not_fatal(tmp_path):
     reopened = await SqliteStore(tmp_path / "sessions.db").open()
     try:
         assert len(await reopened.list()) == 1 and reopened.unreadable_rows == 1
+        assert "1 session row(s) this version cannot read" in caplog.text
     finally:
         await reopened.close()
 

@@ -119,12 +119,21 @@ async def test_terminate_returns_once_the_process_is_gone(make_worker):
     assert worker.describe_exit() == "worker was killed by signal SIGTERM"
 
 
-async def test_terminate_is_idempotent_and_shared_by_concurrent_callers(make_worker):
+async def test_terminate_is_idempotent_and_shared_by_concurrent_callers(make_worker, monkeypatch):
+    signals = []
+    send = WorkerProcess._signal_group
+
+    def counted(pgid, signum):
+        signals.append(signum)
+        return send(pgid, signum)
+
+    monkeypatch.setattr(WorkerProcess, "_signal_group", staticmethod(counted))
     worker = await make_worker("sleep")
     await first_event(worker)
     await asyncio.wait_for(asyncio.gather(*(worker.terminate() for _ in range(5))), WAIT)
     await worker.terminate()
     assert not process_alive(worker.pid)
+    assert signals.count(signal.SIGTERM) == 1  # one termination, shared by all six calls
 
 
 async def test_a_child_ignoring_sigterm_is_killed_with_sigkill(make_worker):
@@ -208,8 +217,9 @@ async def test_a_cancelled_terminate_call_still_ends_the_process(make_worker):
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
+    assert await dies(worker.pid)  # with no further call: the termination went on
     await asyncio.wait_for(worker.terminate(), WAIT)
-    assert not process_alive(worker.pid)
+    assert worker.returncode == -signal.SIGKILL
 
 
 async def test_starting_twice_is_refused(make_worker):

@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from inference_worker.timeline import SegmentFrames, plan_segments
+from protocol import PartialKind
 
 
 @dataclass(frozen=True)
@@ -53,22 +54,26 @@ class ScriptedModel:
 
 @dataclass
 class RecordingReporter:
-    """Records progress as (fraction, step) pairs and partial items, in order.
+    """Records progress as (fraction, step) pairs and partials as (kind, item), in order.
 
-    With a shared `events` log, each partial is also logged there as "partial".
+    With a shared `events` log, each partial is also logged there as "partial <kind>".
     """
 
     steps: list[tuple[float, str]] = field(default_factory=list)
-    items: list[dict[str, Any]] = field(default_factory=list)
+    partials: list[tuple[PartialKind, dict[str, Any]]] = field(default_factory=list)
     events: list[str] | None = None
 
     def progress(self, fraction: float, step: str) -> None:
         self.steps.append((fraction, step))
 
-    def partial(self, item: dict[str, Any]) -> None:
-        self.items.append(item)
+    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+        self.partials.append((kind, item))
         if self.events is not None:
-            self.events.append("partial")
+            self.events.append(f"partial {kind.value}")
+
+    def items(self, kind: PartialKind) -> list[dict[str, Any]]:
+        """The partial items sent for the results list `kind`, in order."""
+        return [item for sent, item in self.partials if sent is kind]
 
 
 def blank_frames(count: int) -> list[Image.Image]:

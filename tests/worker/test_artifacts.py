@@ -121,6 +121,9 @@ def test_the_reel_plays_in_a_browser(sample_video, tmp_path):
 def test_the_reel_has_sound_only_when_the_source_has(make_video, tmp_path):
     write_reel(make_video("silent.mp4", seconds=3.0), [(0.0, 2.0)], tmp_path, name="silent.mp4")
     assert probe(tmp_path / "silent.mp4").has_audio is False
+    loud = make_video("loud.mp4", seconds=3.0, audio=True)
+    write_reel(loud, [(0.0, 2.0)], tmp_path, name="loud.mp4")
+    assert probe(tmp_path / "loud.mp4").has_audio is True
 
 
 def test_the_reel_sound_is_the_source_sound_for_as_long_as_the_picture(sample_video, tmp_path):

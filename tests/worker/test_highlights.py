@@ -13,7 +13,7 @@ from inference_worker.highlights import (
     HighlightsAnalysis,
     analyze_highlights,
 )
-from protocol import AnalysisType, validate_params
+from protocol import AnalysisType, PartialKind, validate_params
 from tests.worker.scripted import RecordingReporter, ScriptedModel, blank_frames, segment_frames
 
 DESCRIPTION = "A soccer match between two teams in a stadium."
@@ -162,7 +162,8 @@ def test_garbage_replies_throughout_still_give_a_complete_valid_result(garbage):
     assert isinstance(analysis, HighlightsAnalysis)
     assert analysis.video_description == FALLBACK_VIDEO_DESCRIPTION
     assert analysis.criteria == FALLBACK_CRITERIA
-    assert analysis.highlights == [] and reporter.items == []
+    assert analysis.highlights == [] and reporter.items(PartialKind.HIGHLIGHTS) == []
+    assert [entry.significance for entry in analysis.timeline] == [None, None, None]
     assert reporter.steps[-1][0] == 1.0
 
 
@@ -225,8 +226,8 @@ def test_a_video_without_segments_completes_with_no_highlights():
 
 def test_each_highlight_is_sent_as_a_partial_equal_to_its_final_item():
     analysis, _, reporter = run([verdict(7, "A"), verdict(8, "B"), verdict(1), verdict(9, "C")])
-    assert reporter.items == [h.to_dict() for h in analysis.highlights]
-    assert len(reporter.items) == 2
+    assert reporter.items(PartialKind.HIGHLIGHTS) == [h.to_dict() for h in analysis.highlights]
+    assert len(reporter.items(PartialKind.HIGHLIGHTS)) == 2
 
 
 def test_a_highlight_is_sent_only_once_the_next_segment_does_not_extend_it():
@@ -242,15 +243,19 @@ def test_a_highlight_is_sent_only_once_the_next_segment_does_not_extend_it():
         params(),
         RecordingReporter(events=events),
     )
-    assert events == ["generate"] * 5 + ["partial", "generate", "partial"]
+    judged = ["generate", "partial timeline"]
+    assert events == ["generate"] * 2 + judged * 3 + ["partial highlights"] + judged + [
+        "partial highlights"
+    ]
 
 
 def test_with_the_cap_partials_are_those_ranking_within_it_so_far_and_include_the_final_list():
     scores = [5, 2, 9, 2, 7, 2, 8]
     analysis, _, reporter = run([verdict(s) for s in scores], max_highlights=2)
-    sent = [(item["start"], item["significance"]) for item in reporter.items]
+    highlights = reporter.items(PartialKind.HIGHLIGHTS)
+    sent = [(item["start"], item["significance"]) for item in highlights]
     assert sent == [(0.0, 5), (20.0, 9), (40.0, 7), (60.0, 8)]
-    assert all(h.to_dict() in reporter.items for h in analysis.highlights)
+    assert all(h.to_dict() in highlights for h in analysis.highlights)
 
 
 def test_segments_are_pulled_one_at_a_time_between_model_calls():
@@ -273,4 +278,48 @@ def test_segments_are_pulled_one_at_a_time_between_model_calls():
         "generate",
         "pull 2",
         "generate",
+    ]
+
+
+# ---- the timeline -------------------------------------------------------------------------
+
+
+def test_the_timeline_carries_every_judged_segment_with_its_score_and_sentence_in_order():
+    replies = [verdict(2, "Players walk."), verdict(9, "A goal!"), "", verdict(5, "A pass.")]
+    analysis, _, _ = run(replies, duration=35.0)
+    assert [entry.to_dict() for entry in analysis.timeline] == [
+        {"start": 0.0, "end": 10.0, "start_time": "00:00", "end_time": "00:10",
+         "significance": 2, "description": "Players walk."},
+        {"start": 10.0, "end": 20.0, "start_time": "00:10", "end_time": "00:20",
+         "significance": 9, "description": "A goal!"},
+        {"start": 20.0, "end": 30.0, "start_time": "00:20", "end_time": "00:30",
+         "significance": None, "description": None},
+        {"start": 30.0, "end": 35.0, "start_time": "00:30", "end_time": "00:35",
+         "significance": 5, "description": "A pass."},
+    ]  # fmt: skip
+
+
+def test_the_timeline_leaves_the_highlights_as_they_were():
+    """The same replies pick the same highlights as before the timeline existed."""
+    scores = [5, 2, 9, 9, 2, 7, 2, 8]
+    analysis, _, _ = run(
+        [verdict(s, f"Moment {i}.") for i, s in enumerate(scores)], max_highlights=3
+    )
+    assert [h.to_dict() for h in analysis.highlights] == [
+        Highlight(20.0, 40.0, 9, "Moment 2.").to_dict(),
+        Highlight(50.0, 60.0, 7, "Moment 5.").to_dict(),
+        Highlight(70.0, 80.0, 8, "Moment 7.").to_dict(),
+    ]
+    assert [entry.significance for entry in analysis.timeline] == scores
+
+
+def test_each_judged_segment_is_sent_as_a_timeline_partial_equal_to_its_entry():
+    analysis, _, reporter = run([verdict(7, "A"), verdict(1, "B"), verdict(9, "C")])
+    assert reporter.items(PartialKind.TIMELINE) == [e.to_dict() for e in analysis.timeline]
+    assert [kind for kind, _ in reporter.partials] == [
+        PartialKind.TIMELINE,
+        PartialKind.TIMELINE,
+        PartialKind.HIGHLIGHTS,
+        PartialKind.TIMELINE,
+        PartialKind.HIGHLIGHTS,
     ]

@@ -6,8 +6,10 @@ not words; the analysis logic itself is tested with scripted replies elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -15,7 +17,7 @@ import uuid
 import av
 import pytest
 
-from protocol import AnalysisType, JobSpec, decode_event, encode_job
+from protocol import AnalysisType, JobSpec, PartialKind, decode_event, encode_job
 from tests import media
 from tests.worker.worker_runner import (
     REPO,
@@ -51,6 +53,7 @@ HIGHLIGHT_KEYS = {
     "description",
     "thumbnail",
 }
+TIMELINE_KEYS = HIGHLIGHT_KEYS - {"thumbnail"}
 SEGMENT_KEYS = {"start", "end", "start_time", "end_time", "exercise", "reps", "form_notes"}
 
 
@@ -79,6 +82,19 @@ def test_highlights_job_speaks_only_events_and_returns_the_api_shape(
     for highlight in results["highlights"]:
         assert set(highlight) == HIGHLIGHT_KEYS
     assert run.of_type("progress")[-1].progress == 1.0
+    # The timeline: every 4-s segment of the 12-s clip, end to end, whatever the model said.
+    timeline = results["timeline"]
+    assert [(t["start"], t["start_time"]) for t in timeline] == [
+        (0.0, "00:00"),
+        (4.0, "00:04"),
+        (8.0, "00:08"),
+    ]
+    assert timeline[-1]["end"] == pytest.approx(12.0, abs=0.2)
+    for entry in timeline:
+        assert set(entry) == TIMELINE_KEYS
+        assert entry["significance"] is None or 1 <= entry["significance"] <= 10
+    live = [event.item for event in run.of_type("partial") if event.kind is PartialKind.TIMELINE]
+    assert live == timeline
 
 
 def test_steered_model_finds_highlights_with_decodable_thumbnails_and_reel(
@@ -95,10 +111,14 @@ def test_steered_model_finds_highlights_with_decodable_thumbnails_and_reel(
     assert [(h["start"], h["end"], h["significance"]) for h in results["highlights"]] == [
         (0.0, pytest.approx(12.0, abs=0.2), 8)
     ]
-    partials = [event.item for event in run.of_type("partial")]
-    assert [
-        {k: v for k, v in h.items() if k != "thumbnail"} for h in results["highlights"]
-    ] == partials
+    partials = run.of_type("partial")
+    assert [{k: v for k, v in h.items() if k != "thumbnail"} for h in results["highlights"]] == [
+        event.item for event in partials if event.kind is PartialKind.HIGHLIGHTS
+    ]
+    # Every judged segment, in order, live and in the results: 12 s in 4-s segments.
+    timeline = [event.item for event in partials if event.kind is PartialKind.TIMELINE]
+    assert timeline == results["timeline"]
+    assert [(t["start"], t["significance"]) for t in timeline] == [(0.0, 8), (4.0, 8), (8.0, 8)]
     for highlight in results["highlights"]:
         with av.open(str(out / highlight["thumbnail"])) as image:
             assert next(image.decode(video=0)).width > 0
@@ -144,8 +164,15 @@ def test_workout_job_returns_segments_and_summary(make_video, tiny_model_dir, tm
         assert isinstance(segment["reps"], int) and segment["reps"] >= 0
     covered = [(s["start"], s["end"]) for s in results["segments"]]
     assert covered[0][0] == 0.0 and covered[-1][1] == pytest.approx(8.0, abs=0.2)
-    assert set(results["summary"]) == {"exercises", "total_reps", "active_seconds"}
-    assert [event.item for event in run.of_type("partial")] == results["segments"]
+    assert set(results["summary"]) == {
+        "exercises",
+        "total_reps",
+        "active_seconds",
+        "exercise_totals",
+    }
+    partials = run.of_type("partial")
+    assert {event.kind for event in partials} == {PartialKind.SEGMENTS}
+    assert [event.item for event in partials] == results["segments"]
 
 
 def test_by_hand_mode_prints_the_same_events(sample_video, tiny_model_dir, tmp_path):
@@ -164,6 +191,25 @@ def test_by_hand_mode_prints_the_same_events(sample_video, tiny_model_dir, tmp_p
     assert_clean_channel(run)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.terminal.type == "result" and run.terminal.results["analysisType"] == "workout"
+    # The same job as the server sends it; greedy decoding gives the same replies.
+    spec = make_spec(
+        sample_video, tmp_path / "served", tiny_model_dir, AnalysisType.WORKOUT, segment_seconds=6
+    )
+    served = run_spec(dataclasses.replace(spec, filename=sample_video.name))
+    assert without_timing(run.events) == without_timing(served.events)
+
+
+def without_timing(events: list) -> list:
+    """The events with what differs between two identical runs (timings) left out."""
+    kept = []
+    for event in events:
+        if event.type == "result":
+            results = {k: v for k, v in event.results.items() if k != "processing_time_seconds"}
+            event = dataclasses.replace(event, results=results)
+        elif event.type == "log":  # e.g. "model ... ready in 3.17 s"
+            event = dataclasses.replace(event, message=re.sub(r"[\d.]+ s\b", "# s", event.message))
+        kept.append(event)
+    return kept
 
 
 BAD_VIDEOS = {

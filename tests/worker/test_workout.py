@@ -10,7 +10,7 @@ from inference_worker.workout import (
     WorkoutSegment,
     analyze_workout,
 )
-from protocol import AnalysisType, validate_params
+from protocol import AnalysisType, PartialKind, validate_params
 from tests.worker.scripted import RecordingReporter, ScriptedModel, segment_frames
 
 
@@ -134,6 +134,10 @@ def test_the_summary_lists_exercises_in_order_and_totals_reps_and_active_time():
         "exercises": ["squat", "lunge"],
         "total_reps": 17,
         "active_seconds": 30.0,
+        "exercise_totals": [
+            {"exercise": "squat", "reps": 9, "seconds": 20.0},
+            {"exercise": "lunge", "reps": 8, "seconds": 10.0},
+        ],
     }
 
 
@@ -163,7 +167,12 @@ def test_garbage_replies_give_unknown_segments_with_zero_reps(garbage):
     assert isinstance(analysis, WorkoutAnalysis)
     assert analysis.segments == [WorkoutSegment(0.0, 30.0, UNKNOWN, 0, "")]
     # "unknown" is not an exercise to list, but it is not known to be rest either.
-    assert analysis.summary() == {"exercises": [], "total_reps": 0, "active_seconds": 30.0}
+    assert analysis.summary() == {
+        "exercises": [],
+        "total_reps": 0,
+        "active_seconds": 30.0,
+        "exercise_totals": [],
+    }
     assert reporter.steps[-1][0] == 1.0
 
 
@@ -205,14 +214,21 @@ def test_a_video_without_segments_completes_with_an_empty_workout():
     reporter = RecordingReporter()
     analysis = analyze_workout(ScriptedModel(), iter([]), 0, params(), reporter)
     assert analysis.segments == []
-    assert analysis.summary() == {"exercises": [], "total_reps": 0, "active_seconds": 0.0}
+    assert analysis.summary() == {
+        "exercises": [],
+        "total_reps": 0,
+        "active_seconds": 0.0,
+        "exercise_totals": [],
+    }
     assert reporter.steps == [(1.0, "Summarizing the workout")]
 
 
 def test_each_merged_segment_is_sent_as_a_partial_equal_to_its_final_item():
     replies = [verdict("squat", 5), verdict("squat", 5), verdict("rest"), verdict("plank")]
     analysis, _, reporter = run(replies)
-    assert reporter.items == [segment.to_dict() for segment in analysis.segments]
+    assert reporter.partials == [
+        (PartialKind.SEGMENTS, segment.to_dict()) for segment in analysis.segments
+    ]
 
 
 def test_a_segment_is_sent_only_once_the_next_one_does_not_continue_it():
@@ -224,10 +240,10 @@ def test_a_segment_is_sent_only_once_the_next_one_does_not_continue_it():
         "generate",
         "generate",
         "generate",
-        "partial",
+        "partial segments",
         "generate",
-        "partial",
-        "partial",
+        "partial segments",
+        "partial segments",
     ]
 
 

@@ -1,0 +1,361 @@
+"""Every JSON body the HTTP API sends, declared once as a `msgspec.Struct`, and the
+analyze request bodies it takes (those only describe: the checks and their messages stay
+in `protocol.params`, shared with the worker).
+
+The handlers build these classes and send them with `json_response`; the OpenAPI
+document's component schemas are generated from them (`component_schemas`), so the
+contract a client reads cannot drift from what the code sends. msgspec rather than
+pydantic: it encodes faster than `json.dumps` (status polls are most of the traffic)
+and writes the JSON Schema (OpenAPI 3.1 is JSON Schema 2020-12) of the same classes.
+
+How to add a body (or a field):
+  1. Declare a `msgspec.Struct` here (or, if the state layer builds it, in
+     `server/state/bodies.py`, imported below). Wire names are the class's field names;
+     `rename="camel"` for camelCase bodies, `msgspec.field(name=...)` for one odd name.
+     A field a client may not get has a default, and `omit_defaults=True` leaves it out.
+  2. Add the class to `DECLARED`: its schema (and those of the classes it uses) then
+     appear under `components/schemas` of `/api/v1/openapi.json`, named after the class.
+  3. Build it in the handler and answer with `json_response(body)`; in `openapi.py`
+     point the route's response at `#/components/schemas/<ClassName>`.
+Results are converted from the worker's dict with `msgspec.convert`: a field the worker
+adds reaches clients only once it is declared in its results class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+from aiohttp import web
+
+from protocol import SCHEMAS, AnalysisType, ParamSpec
+from server.state.bodies import PartialData, StatusBody
+from server.state.models import SessionStatus
+
+_JSON = "application/json"
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+class ErrorBody(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """API.md's error shape; `sessionId`, `status` and `progress` only when they apply."""
+
+    error: str
+    message: str
+    session_id: str | None = None
+    status: SessionStatus | None = None
+    progress: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    code: Annotated[int, msgspec.Meta(ge=400, le=599)]
+
+
+# ---- sessions ---------------------------------------------------------------------------
+
+
+class SessionAnswer(msgspec.Struct, rename="camel"):
+    """The answer of upload and analyze (202) and of cancel (200): the session and its status."""
+
+    session_id: str
+    status: SessionStatus
+    message: str
+
+
+class Cleanup(msgspec.Struct, rename="camel"):
+    """The answer of cleanup: the session and everything it left are gone."""
+
+    session_id: str
+    message: str
+
+
+class SessionList(msgspec.Struct):
+    """Status bodies of sessions, newest first."""
+
+    sessions: list[StatusBody]
+    count: int
+
+
+# ---- results ----------------------------------------------------------------------------
+
+Seconds = Annotated[float, msgspec.Meta(ge=0, description="seconds from the video's start")]
+Clock = Annotated[str, msgspec.Meta(description='"mm:ss" or "hh:mm:ss", for display')]
+
+
+class Video(msgspec.Struct):
+    """What the probe found about the uploaded video; `filename` is the client's name."""
+
+    filename: str
+    duration_seconds: float
+    width: int
+    height: int
+    fps: float
+
+
+class Highlight(msgspec.Struct):
+    """One highlight: a stretch of the video, how significant it is, and its thumbnail URL."""
+
+    start: Seconds
+    end: Seconds
+    start_time: Clock
+    end_time: Clock
+    significance: Annotated[int, msgspec.Meta(ge=1, le=10)]
+    description: str
+    thumbnail: Annotated[str, msgspec.Meta(description="an API URL")] | None
+
+
+class TimelineEntry(msgspec.Struct):
+    """One judged segment: its significance and sentence, null where the reply was unreadable."""
+
+    start: Seconds
+    end: Seconds
+    start_time: Clock
+    end_time: Clock
+    significance: Annotated[int, msgspec.Meta(ge=1, le=10)] | None
+    description: str | None
+
+
+class Reel(msgspec.Struct):
+    """The highlight reel: its API URL and length."""
+
+    url: str
+    duration_seconds: float
+
+
+class _ResultsOf(msgspec.Struct, tag_field="analysisType"):
+    """What the results of both analyses start with (the tag `analysisType` comes first)."""
+
+    processing_time_seconds: float
+    model: Annotated[str, msgspec.Meta(description="Hugging Face id or local folder name")]
+    video: Video
+
+
+class HighlightsResults(_ResultsOf, tag="highlights"):
+    """Results of a highlights analysis (API.md, Results)."""
+
+    video_description: str
+    criteria: list[str]
+    highlights_found: int
+    highlights: list[Highlight]
+    reel: Reel | None
+    # Every judged segment in time order; empty in results stored before it existed.
+    timeline: list[TimelineEntry] = msgspec.field(default_factory=list)
+
+
+class WorkoutSegment(msgspec.Struct):
+    """A stretch of one exercise (or rest) and its repetitions."""
+
+    start: Seconds
+    end: Seconds
+    start_time: Clock
+    end_time: Clock
+    exercise: str
+    reps: Annotated[int, msgspec.Meta(ge=0)]
+    form_notes: str
+
+
+class ExerciseTotal(msgspec.Struct):
+    """One exercise's repetitions and seconds over the whole workout."""
+
+    exercise: str
+    reps: Annotated[int, msgspec.Meta(ge=0)]
+    seconds: float
+
+
+class WorkoutSummary(msgspec.Struct):
+    """Distinct exercises in order, total repetitions and the seconds not at rest, and each
+    exercise's own totals in the same order."""
+
+    exercises: list[str]
+    total_reps: int
+    active_seconds: float
+    # Empty in results stored before it existed.
+    exercise_totals: list[ExerciseTotal] = msgspec.field(default_factory=list)
+
+
+class WorkoutResults(_ResultsOf, tag="workout"):
+    """Results of a workout analysis (API.md, Results)."""
+
+    segments: list[WorkoutSegment]
+    summary: WorkoutSummary
+
+
+Results = HighlightsResults | WorkoutResults
+
+
+class ResultsBody(msgspec.Struct, rename="camel"):
+    """The results of a completed session (API.md §3)."""
+
+    session_id: str
+    status: Literal["completed"]
+    results: Results
+
+
+def results_of(public: Mapping[str, Any]) -> Results:
+    """The worker's results (artifact names already made URLs) as their declared class.
+
+    Raises msgspec.ValidationError if the worker broke its contract: a server fault.
+    """
+    return msgspec.convert(public, Results)
+
+
+# ---- exports ----------------------------------------------------------------------------
+
+
+class OtioTimeline(msgspec.Struct):
+    """The `otio` export: an OpenTimelineIO timeline as its `otio_json` adapter writes it.
+
+    Only the top level is described here; everything inside follows OpenTimelineIO's own
+    schemas (`OTIO_SCHEMA` names each object's), which the adapter writes, not this server.
+    """
+
+    OTIO_SCHEMA: Literal["Timeline.1"]
+    name: str
+    global_start_time: dict[str, Any] | None
+    tracks: Annotated[dict[str, Any], msgspec.Meta(description="a Stack of one video Track")]
+    metadata: dict[str, Any]
+
+
+# ---- the service ------------------------------------------------------------------------
+
+
+class Health(msgspec.Struct, rename="camel"):
+    """Liveness, the model served and its state, and how many jobs run and wait.
+
+    `unhealthy` (a 503) when the model cannot be loaded; `model_error` says why.
+    """
+
+    status: Literal["healthy", "unhealthy"]
+    model: str
+    model_state: Literal["loading", "ready", "unavailable", "unknown"]
+    model_error: str | None
+    running: int
+    queued: int
+    version: str
+
+
+class Endpoint(msgspec.Struct):
+    """One route: its method, path pattern and summary."""
+
+    method: str
+    path: str
+    summary: str
+
+
+class ServiceIndex(msgspec.Struct):
+    """The service's name, version, where its OpenAPI document is, and its routes."""
+
+    service: str
+    version: str
+    openapi: str
+    endpoints: list[Endpoint]
+
+
+# ---- requests ---------------------------------------------------------------------------
+
+
+def _params_struct(kind: AnalysisType) -> type[msgspec.Struct]:
+    """The params object of `kind` as a Struct made from `protocol.SCHEMAS` (one source)."""
+    fields = []
+    for spec in SCHEMAS[kind]:
+        fields.append((spec.name, _param_type(spec), spec.default))
+    return msgspec.defstruct(
+        f"{kind.value.capitalize()}Params",
+        fields,
+        forbid_unknown_fields=True,
+        omit_defaults=True,
+    )
+
+
+def _param_type(spec: ParamSpec) -> Any:
+    meta = msgspec.Meta(
+        ge=spec.minimum, le=spec.maximum, max_length=spec.max_length, description=spec.help
+    )
+    kind = Annotated[spec.kind, meta]
+    return kind | None if spec.default is None else kind
+
+
+HighlightsParams = _params_struct(AnalysisType.HIGHLIGHTS)
+WorkoutParams = _params_struct(AnalysisType.WORKOUT)
+
+
+WebhookUrl = Annotated[
+    str,
+    msgspec.Meta(
+        description="POSTed the status body, signed (Standard Webhooks), when the session "
+        "ends; needs WEBHOOK_SECRET on the server and a public address (API.md, Webhooks)",
+        extra_json_schema={"format": "uri"},
+    ),
+]
+
+
+class HighlightsAnalyzeRequest(
+    msgspec.Struct, tag_field="analysis_type", tag="highlights", omit_defaults=True
+):
+    """Start a highlights analysis; `params` absent or null means the defaults."""
+
+    params: HighlightsParams | None = None  # type: ignore[valid-type]
+    webhook_url: WebhookUrl | None = None
+
+
+class WorkoutAnalyzeRequest(
+    msgspec.Struct, tag_field="analysis_type", tag="workout", omit_defaults=True
+):
+    """Start a workout analysis; `params` absent or null means the defaults."""
+
+    params: WorkoutParams | None = None  # type: ignore[valid-type]
+    webhook_url: WebhookUrl | None = None
+
+
+class AnalyzeForm(msgspec.Struct, omit_defaults=True):
+    """Start an analysis from a form: `params` is the params object as JSON text."""
+
+    analysis_type: AnalysisType
+    params: Annotated[
+        str,
+        msgspec.Meta(
+            description="HighlightsParams or WorkoutParams as JSON text; empty means {}",
+            extra_json_schema={"contentMediaType": "application/json"},
+        ),
+    ] = ""
+    webhook_url: WebhookUrl = ""
+
+
+# Every declared body: `component_schemas` makes the OpenAPI schemas of these (and of
+# every class they use). A new body goes here.
+DECLARED: tuple[Any, ...] = (
+    ErrorBody,
+    SessionAnswer,
+    Cleanup,
+    StatusBody,
+    SessionList,
+    ResultsBody,
+    HighlightsResults,
+    WorkoutResults,
+    OtioTimeline,
+    PartialData,
+    Health,
+    ServiceIndex,
+    HighlightsAnalyzeRequest,
+    WorkoutAnalyzeRequest,
+    AnalyzeForm,
+)
+
+
+def component_schemas() -> dict[str, Any]:
+    """JSON Schemas of every declared body, keyed by class name, refs into components."""
+    _, components = msgspec.json.schema_components(
+        DECLARED, ref_template="#/components/schemas/{name}"
+    )
+    return components
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(
+    body: msgspec.Struct, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response of a declared body."""
+    return web.Response(
+        body=_encoder.encode(body), status=status, headers=headers, content_type=_JSON
+    )
