@@ -183,6 +183,11 @@ class ClusterRunner(JobRunner):
     async def _begin(self, claim: Claim) -> None:
         """Start a claimed job, or end it at once if there is nothing (more) to run."""
         session_id = claim.session_id
+        if session_id in self._jobs:
+            # Our own lease lapsed (this node stalled) and we took it back: the attempt
+            # under way goes on, its keeper renews the lease again.
+            log.warning("session %s: took back its own lapsed lease", session_id)
+            return
         try:
             session = await self._sessions.get(session_id)
         except SessionNotFound:
