@@ -14,7 +14,7 @@ TEST_ENV := MLX_DISABLE_COMPILE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENI
 # downloads itself, so Homebrew brings only Redis.
 TEST_PROGRAMS := 'chromium:chromium|chromium-browser:-' 'redis-server:redis-server:redis'
 
-.PHONY: install system-packages test run bench demo lint clean
+.PHONY: install system-packages test run cluster bench demo lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ system-packages:
 
 run: $(STAMP)
 	DATA_DIR=$(DATA_DIR) $(PY) -m server
+
+# A local Redis and three nodes (api, worker, all) on one DATA_DIR; Ctrl-C stops them all.
+cluster: $(STAMP)
+	$(PY) -m bench.cluster --data-dir $(DATA_DIR)-cluster
 
 bench: $(STAMP)
 	$(TEST_ENV) $(PY) -m bench --write docs/BENCHMARKS.md
