@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./data
+# MLX's backend on Linux: cpu, or cuda on hosts with NVIDIA GPUs (`make MLX_BACKEND=cuda`).
+MLX_BACKEND ?= cpu
 # MLX compiles fused CPU kernels with g++ on first use; tiny test models gain nothing from it.
 TEST_ENV := MLX_DISABLE_COMPILE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -21,7 +23,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,$(MLX_BACKEND)]'
 	touch $(STAMP)
 
 # System packages first: a missing one stops `make test` at once with one line.
