@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -21,6 +24,7 @@ from server.state.redis_store import RedisStore
 from server.state.store import SnapshotRefused
 from tests.server.conftest import new_session
 from tests.server.redis_server import RedisServer
+from tests.server.server_process import REPO
 
 WAIT = 30.0  # only a bound against hangs
 
@@ -45,6 +49,33 @@ async def test_a_redis_that_could_lose_writes_is_refused_with_one_line(tmp_path)
         assert "appendonly is 'no', needs 'yes'" in problem and "\n" not in problem
     finally:
         server.stop()
+
+
+def test_a_node_refuses_to_start_on_a_lossy_redis_with_one_line(tmp_path):
+    server = RedisServer(tmp_path / "lossy", durable=False).start()
+    try:
+        node = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--redis-url",
+                server.url,
+                "--data-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+        )
+    finally:
+        server.stop()
+    assert node.returncode == 1
+    last = node.stderr.strip().splitlines()[-1]
+    assert last.startswith("Not starting: Redis could lose acknowledged sessions: appendonly")
+    assert "Traceback" not in node.stderr
 
 
 async def test_an_unreachable_redis_is_a_503_kind_of_error(tmp_path):
