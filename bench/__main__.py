@@ -93,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     table = render(rows, machine_note())
     print(table)
     if args.write:
-        _write_table(args.write, table)
+        write_between(args.write, table, "<!-- bench:begin -->", "<!-- bench:end -->")
     return 1 if failed else 0
 
 
-def _write_table(path: str, table: str) -> None:
-    """Replace the table between the markers in FILE, keeping the prose around it."""
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+def write_between(path: str, table: str, begin: str, end: str) -> None:
+    """Replace the table between the markers in FILE, keeping everything else (the prose,
+    and other commands' tables, such as bench-model's, under their own markers)."""
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     head, _, rest = text.partition(begin)

@@ -1,8 +1,15 @@
 """`python -m client` (installed as `smolvlm-client`): the job API from a terminal.
 
     smolvlm-client upload match.mp4 --analysis highlights --params '{"segment_seconds": 5}'
+    smolvlm-client upload gym.mp4 --no-analysis   # two-step: then `analyze ID --analysis workout`
     smolvlm-client watch ID      # live progress from the event stream, items as found
     smolvlm-client results ID    # pretty JSON; also `status ID` and `cancel ID`
+    smolvlm-client sessions      # a table of sessions, newest first (`--json` for JSON)
+    smolvlm-client export ID otio   # the highlights for a video editor (also edl, fcpxml)
+    smolvlm-client chapters ID   # WebVTT chapters; `video ID -o FILE` the uploaded video
+
+`upload` and `analyze` take `--webhook-url URL`: the server POSTs the session's end there,
+and `watch` ends with one line on how that delivery went.
 
 `--url` picks the server (default http://127.0.0.1:8000); `--api-key` or SMOLVLM_API_KEY
 sends `Authorization: Bearer <key>`. Exit codes: 0 ok, 1 the job failed or was cancelled,
@@ -29,6 +36,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from client.downloads import STDOUT, DownloadRefused, human_size, save, server_file_name
+from client.listing import sessions_table, webhook_line
 from protocol import AnalysisType, ParamsError, parse_params_json
 
 PROG = "smolvlm-client"
@@ -39,6 +48,8 @@ API = "/api/v1/video"
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
 # Ctrl-C: the shell convention (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+# A closed pipe on stdout: the shell convention (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
 # The errors of `results` that mean the job itself ended badly (API.md §3), not the request.
 JOB_FAILED_ERRORS = frozenset({"Analysis failed", "Session was cancelled"})
 TERMINAL_EVENTS = ("completed", "failed", "cancelled")
@@ -51,6 +62,11 @@ STREAM_READ_TIMEOUT_SECONDS = 60.0
 # in a row (a restarting server is back within a few seconds).
 STREAM_RETRIES = 5
 STREAM_RETRY_DELAY_SECONDS = 1.0
+# A webhook's first attempt is over within the server's 10 s attempt timeout; `watch` waits
+# that long for it, so its last line says how the delivery went rather than "pending".
+WEBHOOK_WAIT_SECONDS = 11.0
+WEBHOOK_POLL_SECONDS = 0.2
+EXPORT_FORMATS = ("otio", "edl", "fcpxml")
 
 
 class ClientError(Exception):
@@ -83,6 +99,9 @@ class ServerEvent:
     data: Any
 
 
+Download = contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]
+
+
 class ApiClient:
     """The v1 session API over one aiohttp ClientSession; use as `async with`."""
 
@@ -100,15 +119,65 @@ class ApiClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._http.close()
 
-    async def upload(self, video: Path, analysis: str, params: dict[str, Any]) -> dict:
-        """Stream `video` to the upload route, its analysis queued; the 202 body (`sessionId`)."""
+    async def upload(
+        self,
+        video: Path,
+        analysis: str | None,
+        params: dict[str, Any],
+        webhook_url: str | None = None,
+    ) -> dict:
+        """Stream `video` to the upload route, its analysis queued (none: the two-step flow,
+        state `uploaded`); the 202 body (`sessionId`)."""
         content_type = mimetypes.guess_type(video.name)[0] or "application/octet-stream"
         with video.open("rb") as file:
             form = aiohttp.FormData()
-            form.add_field("analysis_type", analysis)
-            form.add_field("params", json.dumps(params))
+            if analysis is not None:
+                form.add_field("analysis_type", analysis)
+                form.add_field("params", json.dumps(params))
+            if webhook_url is not None:
+                form.add_field("webhook_url", webhook_url)
             form.add_field("file", file, filename=video.name, content_type=content_type)
             return await self._json("POST", f"{API}/upload", data=form)
+
+    async def analyze(
+        self,
+        session_id: str,
+        analysis: str,
+        params: dict[str, Any],
+        webhook_url: str | None = None,
+    ) -> dict:
+        """Start the analysis of an `uploaded` session (the two-step flow); the 202 body."""
+        body: dict[str, Any] = {"analysis_type": analysis, "params": params}
+        if webhook_url is not None:
+            body["webhook_url"] = webhook_url
+        return await self._json("POST", f"{API}/analyze/{_segment(session_id)}", json=body)
+
+    async def sessions(self, status: str | None = None, limit: int | None = None) -> dict:
+        """The session list (`sessions`, `count`), newest first."""
+        query = {"status": status, "limit": limit}
+        query = {key: str(value) for key, value in query.items() if value is not None}
+        return await self._json("GET", f"{API}/sessions", params=query)
+
+    def export(self, session_id: str, export_format: str) -> Download:
+        """The highlights as an editor's timeline file; use as `async with`."""
+        return self.download(f"/results/{_segment(session_id)}/export/{quote(export_format)}")
+
+    def chapters(self, session_id: str) -> Download:
+        """The WebVTT chapters of a completed session; use as `async with`."""
+        return self.download(f"/results/{_segment(session_id)}/chapters.vtt")
+
+    def video(self, session_id: str) -> Download:
+        """The uploaded video itself; use as `async with`."""
+        return self.download(f"/results/{_segment(session_id)}/video")
+
+    @contextlib.asynccontextmanager
+    async def download(self, path: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response of `GET {API}{path}`, its body unread, once it is known not to be an
+        error (else the API's error as a ClientError)."""
+        async with self._http.get(f"{self.url}{API}{path}") as response:
+            if response.status >= 400:
+                raise await _error_from(response)
+            yield response
 
     async def status(self, session_id: str) -> dict:
         return await self._json("GET", f"{API}/status/{_segment(session_id)}")
@@ -285,7 +354,26 @@ async def watch(client: ApiClient, session_id: str, out: TextIO) -> str:
         print(f"Analysis failed: {reason}", file=out, flush=True)
     else:
         print(f"Analysis {terminal.name}.", file=out, flush=True)
+    webhook = terminal.data.get("webhook")
+    if webhook:
+        webhook = await first_attempt_of(client, session_id, webhook)
+        print(webhook_line(webhook), file=out, flush=True)
     return terminal.name
+
+
+async def first_attempt_of(client: ApiClient, session_id: str, webhook: dict) -> dict:
+    """The ended session's webhook once its first attempt is over, or as it is after
+    WEBHOOK_WAIT_SECONDS (a receiver that slow is the server's to retry, not ours to wait)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WEBHOOK_WAIT_SECONDS
+    while (
+        webhook.get("state") in ("waiting", "pending")
+        and not webhook.get("attempts")
+        and loop.time() < deadline
+    ):
+        await asyncio.sleep(WEBHOOK_POLL_SECONDS)
+        webhook = (await client.status(session_id)).get("webhook") or webhook
+    return webhook
 
 
 def print_json(body: Any, out: TextIO) -> None:
@@ -295,25 +383,106 @@ def print_json(body: Any, out: TextIO) -> None:
 async def run(args: argparse.Namespace, out: TextIO) -> int:
     """Carry out one parsed command; the exit code."""
     async with ApiClient(args.url, args.api_key) as client:
-        if args.command == "upload":
-            accepted = await client.upload(args.video, args.analysis, args.params)
-            session_id = accepted["sessionId"]
-            if args.no_watch:
-                print(session_id, file=out, flush=True)
-                return EXIT_OK
-            print(f"Uploaded {args.video.name}: session {session_id}", file=out, flush=True)
-            with _hint_on_interrupt(session_id):
-                ended = await watch(client, session_id, out)
-            if ended != "completed":
-                return EXIT_JOB_FAILED
-            print_json(await client.results(session_id), out)
-            return EXIT_OK
-        if args.command == "watch":
-            ended = await watch(client, args.session_id, out)
-            return EXIT_OK if ended == "completed" else EXIT_JOB_FAILED
-        call = {"status": client.status, "results": client.results, "cancel": client.cancel}
-        print_json(await call[args.command](args.session_id), out)
+        return await COMMANDS[args.command](client, args, out)
+
+
+async def upload_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    analysis = None if args.no_analysis else args.analysis or AnalysisType.HIGHLIGHTS.value
+    accepted = await client.upload(args.video, analysis, args.params, args.webhook_url)
+    session_id = accepted["sessionId"]
+    if args.no_watch or analysis is None:
+        print(session_id, file=out, flush=True)
         return EXIT_OK
+    print(f"Uploaded {args.video.name}: session {session_id}", file=out, flush=True)
+    return await follow(client, session_id, out)
+
+
+async def analyze_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    await client.analyze(args.session_id, args.analysis, args.params, args.webhook_url)
+    if args.no_watch:
+        print(args.session_id, file=out, flush=True)
+        return EXIT_OK
+    print(f"Analysis started: session {args.session_id}", file=out, flush=True)
+    return await follow(client, args.session_id, out)
+
+
+async def follow(client: ApiClient, session_id: str, out: TextIO) -> int:
+    """Watch a just started job to its end, then print its results."""
+    with _hint_on_interrupt(session_id):
+        ended = await watch(client, session_id, out)
+    if ended != "completed":
+        return EXIT_JOB_FAILED
+    print_json(await client.results(session_id), out)
+    return EXIT_OK
+
+
+async def watch_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    ended = await watch(client, args.session_id, out)
+    return EXIT_OK if ended == "completed" else EXIT_JOB_FAILED
+
+
+async def json_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    """`status`, `results` and `cancel`: the API's answer as pretty JSON."""
+    call = {"status": client.status, "results": client.results, "cancel": client.cancel}
+    print_json(await call[args.command](args.session_id), out)
+    return EXIT_OK
+
+
+async def sessions_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    body = await client.sessions(args.status, args.limit)
+    if args.json:
+        print_json(body, out)
+    else:
+        print(sessions_table(body.get("sessions", []), args.status), file=out, flush=True)
+    return EXIT_OK
+
+
+async def export_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    async with client.export(args.session_id, args.format) as response:
+        # The server's name (`<uploaded name>-highlights.<format>`) unless one was given;
+        # only a name the user typed may replace an existing file.
+        target = args.output or server_file_name(response) or f"{args.session_id}.{args.format}"
+        return await _save(response, target, out, replace=args.output is not None)
+
+
+async def chapters_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    async with client.chapters(args.session_id) as response:
+        return await _save(response, args.output, out)
+
+
+async def video_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    async with client.video(args.session_id) as response:
+        return await _save(response, args.output, out)
+
+
+async def _save(
+    response: aiohttp.ClientResponse, target: str, out: TextIO, *, replace: bool = True
+) -> int:
+    """Save a download; on a file, one line saying where and how much."""
+    out.flush()  # text already written must come before the bytes
+    try:
+        size = await save(response, target, out.buffer, replace=replace)
+    except DownloadRefused as exc:
+        raise ClientError(str(exc)) from None
+    except OSError as exc:
+        raise ClientError(f"cannot write {target}: {exc.strerror or exc}") from None
+    if target != STDOUT:
+        print(f"Saved {target} ({human_size(size)})", file=out, flush=True)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "upload": upload_command,
+    "analyze": analyze_command,
+    "watch": watch_command,
+    "status": json_command,
+    "results": json_command,
+    "cancel": json_command,
+    "sessions": sessions_command,
+    "export": export_command,
+    "chapters": chapters_command,
+    "video": video_command,
+}
 
 
 @contextlib.contextmanager
@@ -341,7 +510,8 @@ def parser() -> argparse.ArgumentParser:
     """The command line: global options, then one subcommand."""
     main_parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Upload videos to a smolvlm-video-server and follow their analysis.",
+        description="Upload videos to a smolvlm-video-server, follow their analysis and "
+        "download what it made.",
         epilog="Exit codes: 0 ok, 1 the job failed or was cancelled, 2 usage/connection/API error.",
     )
     main_parser.add_argument("--url", default=DEFAULT_URL, help=f"server (default {DEFAULT_URL})")
@@ -351,33 +521,101 @@ def parser() -> argparse.ArgumentParser:
         help=f"API key if the server requires one (default: ${API_KEY_ENV})",
     )
     commands = main_parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     upload = commands.add_parser("upload", help="upload a video and watch its analysis")
     upload.add_argument("video", type=Path, help="the video file")
+    _analysis_options(upload, default=None)
     upload.add_argument(
-        "--analysis",
-        choices=[kind.value for kind in AnalysisType],
-        default=AnalysisType.HIGHLIGHTS.value,
-        help="what to look for (default highlights)",
-    )
-    upload.add_argument(
-        "--params", type=_params, default={}, help="JSON object, e.g. '{\"segment_seconds\": 5}'"
+        "--no-analysis",
+        action="store_true",
+        help="only store the video (two-step flow): print the session id, start the "
+        "analysis later with `analyze ID`",
     )
     upload.add_argument(
         "--no-watch", action="store_true", help="print the session id and return at once"
     )
+
+    analyze = commands.add_parser(
+        "analyze", help="start the analysis of a video stored with `upload --no-analysis`"
+    )
+    analyze.add_argument("session_id", metavar="ID")
+    _analysis_options(analyze, default=AnalysisType.HIGHLIGHTS.value)
+    analyze.add_argument(
+        "--no-watch", action="store_true", help="print the session id and return at once"
+    )
+
     for name, text in (
         ("watch", "follow a session's progress until it ends"),
-        ("results", "print a completed session's results"),
-        ("status", "print a session's status"),
+        ("results", "print a completed session's results (JSON)"),
+        ("status", "print a session's status (JSON)"),
         ("cancel", "cancel a session's job"),
     ):
         commands.add_parser(name, help=text).add_argument("session_id", metavar="ID")
+
+    sessions = commands.add_parser("sessions", help="list sessions, newest first")
+    sessions.add_argument(
+        "--status", help="only sessions in this state (uploaded, pending, processing, ...)"
+    )
+    sessions.add_argument("--limit", type=int, help="at most this many (1 to 1000)")
+    sessions.add_argument("--json", action="store_true", help="print the API's JSON, not a table")
+
+    export = commands.add_parser(
+        "export", help="download a completed session's highlights for a video editor"
+    )
+    export.add_argument("session_id", metavar="ID")
+    export.add_argument(
+        "format",
+        choices=EXPORT_FORMATS,
+        help="otio (OpenTimelineIO), edl (CMX 3600) or fcpxml (Final Cut Pro X)",
+    )
+    export.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="where to save it, - for stdout (default: the name the server gives, "
+        "<video>-highlights.<format>, never replacing an existing file)",
+    )
+
+    chapters = commands.add_parser(
+        "chapters", help="print or save a completed session's chapters (WebVTT)"
+    )
+    chapters.add_argument("session_id", metavar="ID")
+    chapters.add_argument(
+        "-o", "--output", metavar="FILE", default=STDOUT, help="save to FILE (default stdout)"
+    )
+
+    video = commands.add_parser("video", help="download a session's uploaded video")
+    video.add_argument("session_id", metavar="ID")
+    video.add_argument(
+        "-o", "--output", metavar="FILE", required=True, help="where to save it, - for stdout"
+    )
     return main_parser
+
+
+def _analysis_options(command: argparse.ArgumentParser, default: str | None) -> None:
+    """--analysis, --params and --webhook-url, shared by `upload` and `analyze`."""
+    command.add_argument(
+        "--analysis",
+        choices=[kind.value for kind in AnalysisType],
+        default=default,
+        help="what to look for (default highlights)",
+    )
+    command.add_argument(
+        "--params", type=_params, default={}, help="JSON object, e.g. '{\"segment_seconds\": 5}'"
+    )
+    command.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="the server POSTs the session's end there, signed (it needs WEBHOOK_SECRET)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `smolvlm-client`; returns the exit code."""
-    args = parser().parse_args(argv)
+    command_line = parser()
+    args = command_line.parse_args(argv)
+    if args.command == "upload" and args.no_analysis and (args.analysis or args.params):
+        command_line.error("--analysis and --params go with `analyze ID`, not --no-analysis")
     if args.command == "upload" and not args.video.is_file():
         print(f"error: no such file: {args.video}", file=sys.stderr)
         return EXIT_ERROR
@@ -398,6 +636,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader left (`... | head`): stop quietly, as the shell's own tools do, and keep
+        # Python's flush of stdout at exit from failing on the closed pipe too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

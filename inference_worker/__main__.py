@@ -25,10 +25,11 @@ import uuid
 from inference_worker.channel import (
     EXIT_TERMINATED,
     EventChannel,
+    JobInbox,
     Terminated,
     install_sigterm_handler,
-    stop_when_parent_is_gone,
 )
+from inference_worker.compute import use_fast_blas
 from protocol import (
     DEFAULT_MODEL,
     Error,
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s",
     )
+    # Before anything imports mlx: the fast BLAS must be in place when MLX's library loads.
+    use_fast_blas()
     args = parse_args(argv)
     try:
         if args.probe_service:
@@ -112,9 +115,11 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
             channel.emit(Error(ErrorCode.INVALID_PARAMS.value, str(exc)))
             return EXIT_USAGE
     else:
+        # From now on the server going away stops this process, even mid-preload.
+        inbox = JobInbox(busy_first=bool(args.model))
         if args.model:
             _preload(channel, models, args.model)
-        line = sys.stdin.buffer.readline()
+        line = inbox.job_line()
         if not line:
             return EXIT_OK  # the server closed our stdin before giving a job: nothing to do
         try:
@@ -122,7 +127,7 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
         except ProtocolError as exc:
             channel.emit(Error(ErrorCode.INVALID_JOB.value, str(exc)))
             return EXIT_USAGE
-        stop_when_parent_is_gone()
+        inbox.stop_when_closed()
     terminal = run_job(spec, channel.emit, models)
     channel.emit(terminal)
     return EXIT_OK if isinstance(terminal, Result) else EXIT_FAILED

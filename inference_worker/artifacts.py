@@ -19,6 +19,7 @@ import numpy as np
 from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 
+from inference_worker.channel import removed_if_killed
 from inference_worker.video import (
     CORRUPT,
     InvalidVideo,
@@ -28,6 +29,7 @@ from inference_worker.video import (
     stream_origin,
     video_stream,
 )
+from protocol import VideoInfo
 
 THUMBNAILS_DIR = "thumbnails"
 THUMBNAIL_QUALITY = 85
@@ -81,6 +83,7 @@ def write_reel(
     output_dir: Path | str,
     name: str = "reel.mp4",
     max_edge: int = REEL_MAX_EDGE,
+    info: VideoInfo | None = None,
 ) -> float:
     """Join the (start, end) second ranges of the video, in order, into one MP4; its duration.
 
@@ -88,9 +91,9 @@ def write_reel(
     audio when the source has sound, timestamps continuous across ranges, the index at the
     front (+faststart) so a browser starts playing and seeking before the whole file is in.
     The source's rotation is carried as a display matrix. Ranges are clipped to the video;
-    ValueError if nothing is left.
+    ValueError if nothing is left. `info` is the video's probe when the caller has it.
     """
-    info = probe(video_path)
+    info = info or probe(video_path)
     # A whole-number rate: 29.97 fps becomes 30, which repeats one frame in 33 s.
     fps = Fraction(min(max(1, round(info.fps)), REEL_MAX_FPS) if info.fps else REEL_MAX_FPS)
     spans = _frame_spans(ranges, info.duration_seconds, fps)
@@ -130,8 +133,10 @@ def _written_atomically(final: Path) -> Iterator[Path]:
     """A temporary path beside `final`, renamed to `final` only if the block completes."""
     temporary = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
     try:
-        yield temporary
-        os.replace(temporary, final)
+        # Removed by the SIGTERM watchdog too, if it must end the process mid-write.
+        with removed_if_killed(temporary):
+            yield temporary
+            os.replace(temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -6,19 +6,20 @@ and loading the model first, then the analysis (most of the time), then the arti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference_worker.artifacts import write_reel, write_thumbnails
 from inference_worker.highlights import analyze_highlights
 from inference_worker.model import ModelUnavailable, SmolVLM, load_model
 from inference_worker.prefetch import prefetched
-from inference_worker.timeline import SegmentFrames, frame_times, plan_segments
+from inference_worker.timeline import SegmentFrames, frame_times, overview_times, plan_segments
 from inference_worker.video import InvalidVideo, VideoReader, probe
 from inference_worker.workout import analyze_workout
 from protocol import (
@@ -37,6 +38,9 @@ from protocol import (
     VideoInfo,
     validate_params,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("inference_worker")
 
@@ -94,23 +98,36 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
     reporter.progress(0.0, "Checking the video")
     try:
         params = validate_params(spec.analysis_type, spec.params)
-        info = probe(spec.video_path, spec.filename or os.path.basename(spec.video_path))
+        # The server probed the upload already; probe here only when it did not say.
+        info = spec.video_info or probe(
+            spec.video_path, spec.filename or os.path.basename(spec.video_path)
+        )
         reporter.progress(0.02, "Loading the model")
         load_started = time.monotonic()
         model = models.get(spec.model)
         emit(
             Log(
                 LogLevel.INFO,
-                f"model {model.name} ready in {time.monotonic() - load_started:.2f} s",
+                f"model {model.name} ready in {time.monotonic() - load_started:.2f} s "
+                f"({model.compute})",
             )
         )
         reporter.progress(_LOADED, "Model loaded")
         output_dir = Path(spec.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        encoded_before = model.frames_encoded
+        totals_before = dataclasses.replace(model.totals)
         if spec.analysis_type is AnalysisType.HIGHLIGHTS:
             analysis = _highlights(spec, info, params, model, output_dir, reporter)
         else:
             analysis = _workout(spec, info, params, model, reporter)
+        emit(
+            Log(
+                LogLevel.INFO,
+                f"{model.frames_encoded - encoded_before} frames through the vision tower",
+            )
+        )
+        emit(Log(LogLevel.INFO, model.totals.since(totals_before)))
     except ParamsError as exc:
         return Error(ErrorCode.INVALID_PARAMS.value, str(exc))
     except InvalidVideo as exc:
@@ -132,16 +149,40 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
 
 
 def _segment_frames(
-    reader: VideoReader, info: VideoInfo, segment_seconds: float, frames_per_segment: int
+    reader: VideoReader,
+    info: VideoInfo,
+    params: dict[str, Any],
+    decoded: dict[float, Image.Image] | None = None,
 ) -> tuple[int, Iterator[SegmentFrames]]:
-    """The segment count, and their frames decoded one segment ahead of the model."""
-    segments = plan_segments(info.duration_seconds, segment_seconds)
+    """The segment count, and their frames decoded one segment ahead of the model.
+
+    Frames already in `decoded` (by time) are used as they are, not decoded again.
+    """
+    segments = plan_segments(info.duration_seconds, params["segment_seconds"])
+    known = decoded or {}
 
     def decode(segment):
-        times = frame_times(segment.start, segment.end, frames_per_segment)
-        return SegmentFrames(segment, [frame.image for frame in reader.frames_at(times)])
+        times = frame_times(segment.start, segment.end, params["frames_per_segment"])
+        missing = [time for time in times if time not in known]
+        images = [frame.image for frame in reader.frames_at(missing)]
+        fresh = dict(zip(missing, images, strict=True))
+        return SegmentFrames(segment, [known[t] if t in known else fresh[t] for t in times])
 
     return len(segments), prefetched(decode, segments)
+
+
+def _overview_frames(
+    spec: JobSpec, info: VideoInfo, params: dict[str, Any], size: int
+) -> dict[float, Image.Image]:
+    """The describe step's frames, by time: OVERVIEW_FRAMES of the segments' own frames."""
+    segments = plan_segments(info.duration_seconds, params["segment_seconds"])
+    times = overview_times(
+        [frame_times(s.start, s.end, params["frames_per_segment"]) for s in segments],
+        OVERVIEW_FRAMES,
+    )
+    with VideoReader(spec.video_path, size) as reader:
+        images = [frame.image for frame in reader.frames_at(times)]
+    return dict(zip(times, images, strict=True))
 
 
 def _highlights(
@@ -152,17 +193,15 @@ def _highlights(
     output_dir: Path,
     reporter: ProgressReporter,
 ) -> dict[str, Any]:
-    with VideoReader(spec.video_path, model.image_size) as overview_reader:
-        overview_times = frame_times(0.0, info.duration_seconds, OVERVIEW_FRAMES)
-        overview = [frame.image for frame in overview_reader.frames_at(overview_times)]
+    overview = _overview_frames(spec, info, params, model.image_size)
     with VideoReader(spec.video_path, model.image_size) as reader:
-        count, segments = _segment_frames(
-            reader, info, params["segment_seconds"], params["frames_per_segment"]
-        )
-        with closing(segments):  # stops the decode-ahead thread with the job
+        count, segments = _segment_frames(reader, info, params, decoded=overview)
+        # closing: stops the decode-ahead thread with the job. The overview frames come
+        # back in their segments: their vision features are computed once, then reused.
+        with closing(segments), model.features_kept(list(overview.values())):
             analysis = analyze_highlights(
                 model.generate,
-                overview,
+                list(overview.values()),
                 segments,
                 count,
                 params,
@@ -177,7 +216,11 @@ def _highlights(
     if params["make_reel"] and highlights:
         reporter.progress(0.3, "Writing the highlight reel")
         duration = write_reel(
-            spec.video_path, [(h.start, h.end) for h in highlights], output_dir, REEL_FILE
+            spec.video_path,
+            [(h.start, h.end) for h in highlights],
+            output_dir,
+            REEL_FILE,
+            info=info,
         )
         reel = {"file": REEL_FILE, "duration_seconds": round(duration, 2)}
     return {
@@ -201,9 +244,7 @@ def _workout(
     reporter: ProgressReporter,
 ) -> dict[str, Any]:
     with VideoReader(spec.video_path, model.image_size) as reader:
-        count, segments = _segment_frames(
-            reader, info, params["segment_seconds"], params["frames_per_segment"]
-        )
+        count, segments = _segment_frames(reader, info, params)
         with closing(segments):  # stops the decode-ahead thread with the job
             analysis = analyze_workout(
                 model.generate, segments, count, params, reporter.phase(_LOADED, 1.0)

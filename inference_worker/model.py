@@ -2,11 +2,18 @@
 
 The only module that calls mlx_vlm. It is imported early by the worker, so mlx_vlm (about a
 second to import) is imported inside the functions that need it.
+
+The vision tower is most of a call's cost (77% of a segment at the real size on a CPU), so
+its output for a frame can be kept for a job's later prompts showing the same frame
+(`SmolVLM.features_kept`); mlx_vlm's SmolVLM path takes such `cached_image_features` and
+skips the tower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,15 +43,52 @@ class GenerationStats:
     peak_memory: float
 
 
+@dataclass
+class GenerationTotals:
+    """What `SmolVLM.generate` has done since load; the job logs its share at its end."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+    def since(self, earlier: GenerationTotals) -> str:
+        """The calls and tokens after `earlier`, as one phrase for the log."""
+        return (
+            f"{self.calls - earlier.calls} model calls, "
+            f"{self.prompt_tokens - earlier.prompt_tokens} prompt tokens, "
+            f"{self.generation_tokens - earlier.generation_tokens} tokens generated"
+        )
+
+
 class SmolVLM:
     """A loaded SmolVLM2: model and processor, used through `generate`."""
 
-    def __init__(self, name: str, model: Any, processor: Any) -> None:
+    def __init__(self, name: str, model: Any, processor: Any, compute: str) -> None:
         self.name = name
         self._model = model
         self._processor = processor
         self.image_size = _frame_size(model, processor)
+        # How the arithmetic runs on this host (device, weight dtype, BLAS), for the log.
+        self.compute = compute
         self.last_stats: GenerationStats | None = None
+        self.totals = GenerationTotals()
+        # Frames run through the vision tower since load: what `features_kept` saves.
+        self.frames_encoded = 0
+        # Frame key -> its features (None until first computed), within `features_kept`.
+        self._kept: dict[str, Any] = {}
+
+    @contextmanager
+    def features_kept(self, frames: Sequence[Image.Image]) -> Iterator[None]:
+        """Within the block, each of `frames` goes through the vision tower at most once.
+
+        A prompt showing such a frame (the same pixels) again reuses its features. Other
+        frames are encoded per call and not kept, so memory stays bounded by `frames`.
+        """
+        self._kept = {_frame_key(frame): None for frame in frames}
+        try:
+            yield
+        finally:
+            self._kept = {}
 
     def generate(self, prompt: str, frames: Sequence[Image.Image], max_tokens: int) -> str:
         """Answer `prompt` about `frames` (in order; none for a text-only prompt), greedily.
@@ -64,6 +108,7 @@ class SmolVLM:
         )
         # mlx_vlm reports the process-wide peak; reset it so the figure is this call's.
         mx.reset_peak_memory()
+        features = {"cached_image_features": self._image_features(images)} if images else {}
         result = mlx_generate(
             self._model,
             self._processor,
@@ -72,16 +117,64 @@ class SmolVLM:
             max_tokens=max_tokens,
             temperature=0.0,
             verbose=False,
+            **features,
         )
         self.last_stats = GenerationStats(
             prompt_tokens=result.prompt_tokens,
             generation_tokens=result.generation_tokens,
             peak_memory=result.peak_memory,
         )
+        self.totals.calls += 1
+        self.totals.prompt_tokens += result.prompt_tokens
+        self.totals.generation_tokens += result.generation_tokens
         return result.text.strip()
+
+    def _image_features(self, images: list[Image.Image]) -> Any:
+        """The language-model inputs for `images`, in order: (frames x tokens, width).
+
+        Frames kept by `features_kept` are encoded once; the rest in one batch per call.
+        """
+        import mlx.core as mx
+
+        keys = [_frame_key(image) for image in images]
+        distinct = dict(zip(keys, images, strict=True))
+        todo = {key: image for key, image in distinct.items() if self._kept.get(key) is None}
+        encoded = dict(zip(todo, self._encode(list(todo.values())), strict=True))
+        for key in encoded.keys() & self._kept.keys():
+            self._kept[key] = encoded[key]
+        return mx.concatenate([encoded[key] if key in encoded else self._kept[key] for key in keys])
+
+    def _encode(self, images: list[Image.Image]) -> list[Any]:
+        """Run `images` through the processor, vision tower and connector: one array each.
+
+        Goes through the model's own `get_input_embeddings`, with a prompt of nothing but
+        image tokens, so the features are exactly those mlx_vlm would put in the prompt.
+        """
+        import mlx.core as mx
+
+        if not images:
+            return []
+        pixels = self._processor(images=[images])
+        tokens = len(images) * self._processor.image_seq_len
+        image_tokens = mx.full((1, tokens), self._model.config.image_token_index, mx.int32)
+        embeddings = self._model.get_input_embeddings(
+            image_tokens,
+            pixels["pixel_values"],
+            pixel_attention_mask=pixels.get("pixel_attention_mask"),
+        ).inputs_embeds[0]
+        mx.eval(embeddings)
+        self.frames_encoded += len(images)
+        return list(embeddings.reshape(len(images), -1, embeddings.shape[-1]))
 
     def __repr__(self) -> str:
         return f"SmolVLM(name={self.name!r}, image_size={self.image_size})"
+
+
+def _frame_key(image: Image.Image) -> str:
+    """Identifies a frame by its pixels: the same picture gives the same vision features."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.hexdigest()
 
 
 def load_model(model: str) -> SmolVLM:
@@ -104,6 +197,9 @@ def load_model(model: str) -> SmolVLM:
         if not path.is_dir():
             raise ModelUnavailable(f"{subject} is not a folder; {_FIX_LOCAL}")
 
+    from inference_worker.compute import cast_for_host, use_fast_blas
+
+    blas = use_fast_blas()  # before mlx_vlm imports mlx: MLX binds its BLAS when it loads
     from mlx_vlm import load
 
     try:
@@ -118,7 +214,8 @@ def load_model(model: str) -> SmolVLM:
         ) from exc
     # Video frames go in whole: splitting each into tiles costs about 4x the image tokens.
     processor.image_processor.do_image_splitting = False
-    return SmolVLM(name, loaded_model, processor)
+    compute = f"{cast_for_host(loaded_model)}; BLAS: {blas.describe()}"
+    return SmolVLM(name, loaded_model, processor, compute)
 
 
 def _fetch_from_hub(model_id: str) -> Path:
@@ -163,4 +260,4 @@ def _frame_size(model: Any, processor: Any) -> int:
     return int(model.config.vision_config.image_size)
 
 
-__all__ = ["GenerationStats", "ModelUnavailable", "SmolVLM", "load_model"]
+__all__ = ["GenerationStats", "GenerationTotals", "ModelUnavailable", "SmolVLM", "load_model"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -82,3 +83,17 @@ def format_timestamp(seconds: float) -> str:
     if hours:
         return f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{minutes:02d}:{secs:02d}"
+
+
+def overview_times(segment_times: Sequence[Sequence[float]], count: int) -> list[float]:
+    """`count` of the segments' frame times, spread evenly over them, in ascending order.
+
+    The overview that the describe step shows is picked among the frames the segments
+    show anyway, so every frame is decoded and run through the vision tower once per job.
+    All of them when there are no more than `count`.
+    """
+    pool = sorted(time for times in segment_times for time in times)
+    if len(pool) <= count:
+        return pool
+    # The centres of `count` equal slices of the pool, as frame_times does for seconds.
+    return [pool[int((i + 0.5) * len(pool) / count)] for i in range(count)]

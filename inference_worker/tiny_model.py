@@ -4,7 +4,11 @@ The architecture is the real one (`mlx_vlm.models.smolvlm`) at toy sizes, saved 
 on-disk layout as a converted SmolVLM2 checkpoint, so it goes through the real
 `mlx_vlm.load()` and the real processor. Only the sizes and the weights are made up.
 
-    python -m inference_worker.tiny_model DIR
+`--size 256m` / `--size 500m` build the same thing at the real SmolVLM2-Video sizes, in
+bf16 as converted checkpoints ship, steered to a short verdict: a model for measuring the
+real cost of the worker's calls offline (minutes per job on a CPU host), never for tests.
+
+    python -m inference_worker.tiny_model DIR [--size tiny|256m|500m] [--answer TEXT]
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 # The real SmolVLM2 chat template (transformers' SmolVLM DEFAULT_CHAT_TEMPLATE).
@@ -40,6 +45,71 @@ PATCH_SIZE = 8
 SCALE_FACTOR = 2
 # Image tokens per frame after the connector's pixel shuffle; must match the vision tower.
 IMAGE_SEQ_LEN = (IMAGE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The dimensions that differ between the tiny model and the real SmolVLM2 checkpoints."""
+
+    text_hidden: int
+    text_intermediate: int
+    text_heads: int
+    text_kv_heads: int
+    text_layers: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_heads: int
+    vision_layers: int
+    image_size: int
+    patch_size: int
+    scale_factor: int
+    # None: as many rows as the tokenizer has tokens; else the real checkpoint's vocabulary.
+    vocab_size: int | None
+    # bf16 is what converted SmolVLM2 checkpoints ship; the tiny model keeps fp32 bytes.
+    dtype: str
+
+    @property
+    def image_seq_len(self) -> int:
+        """Image tokens per frame after the connector's pixel shuffle."""
+        return (self.image_size // self.patch_size) ** 2 // self.scale_factor**2
+
+
+# SigLIP-B/16 at 512 px, pixel shuffle 4 (64 tokens per frame), SmolLM2 text models: the
+# dimensions of HuggingFaceTB/SmolVLM2-{256M,500M}-Video-Instruct (507.5 M parameters at 500m).
+_SIGLIP_B16_512 = {
+    "vision_hidden": 768,
+    "vision_intermediate": 3072,
+    "vision_heads": 12,
+    "vision_layers": 12,
+    "image_size": 512,
+    "patch_size": 16,
+    "scale_factor": 4,
+    "vocab_size": 49280,
+    "dtype": "bfloat16",
+}
+SIZES = {
+    "tiny": ModelSize(
+        text_hidden=64,
+        text_intermediate=128,
+        text_heads=4,
+        text_kv_heads=2,
+        text_layers=2,
+        vision_hidden=64,
+        vision_intermediate=128,
+        vision_heads=4,
+        vision_layers=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        scale_factor=SCALE_FACTOR,
+        vocab_size=None,
+        dtype="float32",
+    ),
+    "256m": ModelSize(576, 1536, 9, 3, 30, **_SIGLIP_B16_512),
+    "500m": ModelSize(960, 2560, 15, 5, 32, **_SIGLIP_B16_512),
+}
+# What a full-size build answers unless told otherwise: a verdict of about the length a
+# real model writes (a dozen tokens), so decoding costs what it would.
+FULL_SIZE_ANSWER = "8, The crowd cheers as the player scores a goal."
 # An upper bound: training stops earlier, once every corpus word is a single token.
 MAX_VOCAB_SIZE = 1024
 # Hugging Face's initializer_range for SmolVLM2.
@@ -109,22 +179,22 @@ def _silenced_token_ids(tokenizer) -> list[int]:
     ]
 
 
-def _model_config(vocab_size: int, image_token_id: int, eos_token_id: int) -> dict:
+def _model_config(size: ModelSize, vocab_size: int, image_token_id: int, eos_token_id: int) -> dict:
     return {
         "architectures": ["SmolVLMForConditionalGeneration"],
         "model_type": "smolvlm",
         "image_token_id": image_token_id,
-        "scale_factor": SCALE_FACTOR,
+        "scale_factor": size.scale_factor,
         "vocab_size": vocab_size,
         "eos_token_id": eos_token_id,
         "tie_word_embeddings": False,
         "text_config": {
             "model_type": "llama",
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "num_hidden_layers": 2,
+            "hidden_size": size.text_hidden,
+            "intermediate_size": size.text_intermediate,
+            "num_attention_heads": size.text_heads,
+            "num_key_value_heads": size.text_kv_heads,
+            "num_hidden_layers": size.text_layers,
             "rms_norm_eps": 1e-5,
             "rope_theta": 100000.0,
             "max_position_embeddings": 8192,
@@ -135,12 +205,12 @@ def _model_config(vocab_size: int, image_token_id: int, eos_token_id: int) -> di
             "model_type": "smolvlm_vision",
             # Keep hidden_size >= patch_size: the weight sanitizer infers the patch
             # embedding's layout from which dimension is largest.
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
+            "hidden_size": size.vision_hidden,
+            "intermediate_size": size.vision_intermediate,
+            "num_attention_heads": size.vision_heads,
+            "num_hidden_layers": size.vision_layers,
+            "image_size": size.image_size,
+            "patch_size": size.patch_size,
             "num_channels": 3,
             "layer_norm_eps": 1e-6,
         },
@@ -182,16 +252,18 @@ def _random_weights(config: dict, seed: int, silenced_ids: list[int]) -> dict:
     return weights
 
 
-def _steer_to_answer(weights: dict, answer_id: int, eos_id: int) -> dict:
-    """Set the text model's weights so that every reply is exactly `answer_id`, then the end.
+def _steer_to_answer(weights: dict, answer_ids: list[int], eos_id: int) -> dict:
+    """Set the text model's weights so that every reply is exactly `answer_ids`, then the end.
 
     Random weights answer with random words, so no end-to-end run would ever find a
     highlight. A steered model is the same architecture on the same load and generate
     path, with weights chosen instead of drawn: the attention and MLP blocks write
     nothing to the residual stream, so the last hidden state is the current token's
-    embedding. Embedding dimension 0 is 1 for every token and dimension 1 is 1 only for
-    the answer, and the output head reads "answer" from dimension 0 and "end" (twice as
-    strongly) from dimension 1: after any prompt the answer wins, after the answer the end.
+    embedding. Embedding dimension 0 is 1 for every token, and dimension k (1..n) is 1
+    only for the k-th answer token. The output head reads the first answer token from
+    dimension 0, and from dimension k (twice as strongly) the token after the k-th, or
+    the end after the last: after any other token the answer starts, inside it the next
+    token follows. So the answer's tokens must be distinct.
     """
     import mlx.core as mx
 
@@ -200,43 +272,54 @@ def _steer_to_answer(weights: dict, answer_id: int, eos_id: int) -> dict:
         if name.startswith("language_model.layers.") and name.endswith(
             ("self_attn.o_proj.weight", "mlp.down_proj.weight")
         ):
-            steered[name] = mx.zeros(value.shape)
+            steered[name] = mx.zeros(value.shape, dtype=value.dtype)
     embed = weights["language_model.embed_tokens.weight"]
-    marker = mx.zeros(embed.shape[0]).at[answer_id].add(1.0)
+    markers = mx.zeros((embed.shape[0], len(answer_ids)), dtype=embed.dtype)
+    markers[mx.array(answer_ids), mx.arange(len(answer_ids))] = 1.0
     steered["language_model.embed_tokens.weight"] = mx.concatenate(
-        [mx.ones((embed.shape[0], 1)), marker[:, None], embed[:, 2:]], axis=1
+        [mx.ones((embed.shape[0], 1), dtype=embed.dtype), markers, embed[:, 1 + len(answer_ids) :]],
+        axis=1,
     )
-    head = mx.zeros(weights["language_model.lm_head.weight"].shape)
-    head[answer_id, 0] = STEERING_GAIN
-    head[eos_id, 1] = 2 * STEERING_GAIN
+    head = mx.zeros(weights["language_model.lm_head.weight"].shape, dtype=embed.dtype)
+    head[answer_ids[0], 0] = STEERING_GAIN
+    for position, next_id in enumerate([*answer_ids[1:], eos_id], start=1):
+        head[next_id, position] = 2 * STEERING_GAIN
     steered["language_model.lm_head.weight"] = head
     mx.eval(steered)
     return steered
 
 
-def build_tiny_model(directory: Path, seed: int = 0, answer: str | None = None) -> Path:
-    """Write a tiny SmolVLM2 into `directory` and return it.
+def build_tiny_model(
+    directory: Path, seed: int = 0, answer: str | None = None, size: str = "tiny"
+) -> Path:
+    """Write a random-weight SmolVLM2 of `size` (see SIZES) into `directory` and return it.
 
-    Weights are random, or, with `answer` (a single digit), steered so that every reply
-    is that digit (see `_steer_to_answer`). Offline and deterministic: the same arguments
-    give byte-identical files. The folder has the layout of a converted SmolVLM2
-    checkpoint and loads with `mlx_vlm.load(directory)`.
+    Weights are random, or, with `answer`, steered so that every reply is that text (see
+    `_steer_to_answer`); full sizes are steered to FULL_SIZE_ANSWER unless told otherwise.
+    Offline and deterministic: the same arguments give byte-identical files. The folder
+    has the layout of a converted SmolVLM2 checkpoint and loads with `mlx_vlm.load(directory)`.
     """
     import mlx.core as mx
 
+    dims = SIZES[size]
+    if answer is None and size != "tiny":
+        answer = FULL_SIZE_ANSWER
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
 
     tokenizer = _train_tokenizer()
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    token_count = tokenizer.get_vocab_size(with_added_tokens=True)
+    vocab_size = dims.vocab_size or token_count
     image_token_id = tokenizer.token_to_id("<image>")
     eos_token_id = tokenizer.token_to_id("<end_of_utterance>")
-    config = _model_config(vocab_size, image_token_id, eos_token_id)
-    weights = _random_weights(config, seed, _silenced_token_ids(tokenizer))
+    config = _model_config(dims, vocab_size, image_token_id, eos_token_id)
+    # Rows past the tokenizer's tokens (a real-size vocabulary) decode to nothing: silenced.
+    silenced = _silenced_token_ids(tokenizer) + list(range(token_count, vocab_size))
+    weights = _random_weights(config, seed, silenced)
+    if dims.dtype != "float32":
+        weights = {name: value.astype(getattr(mx, dims.dtype)) for name, value in weights.items()}
     if answer is not None:
-        if len(answer) != 1 or not answer.isdigit():
-            raise ValueError("answer must be a single digit")
-        weights = _steer_to_answer(weights, tokenizer.token_to_id(answer), eos_token_id)
+        weights = _steer_to_answer(weights, _answer_ids(tokenizer, answer), eos_token_id)
 
     tokenizer.save(str(directory / "tokenizer.json"))
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -244,12 +327,28 @@ def build_tiny_model(directory: Path, seed: int = 0, answer: str | None = None) 
     _write_json(directory / "tokenizer_config.json", _tokenizer_config())
     _write_json(directory / "special_tokens_map.json", _special_tokens_map())
     _write_json(directory / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
-    _write_json(directory / "preprocessor_config.json", _preprocessor_config())
+    _write_json(directory / "preprocessor_config.json", _preprocessor_config(dims.image_size))
     _write_json(
         directory / "processor_config.json",
-        {"image_seq_len": IMAGE_SEQ_LEN, "processor_class": "SmolVLMProcessor"},
+        {"image_seq_len": dims.image_seq_len, "processor_class": "SmolVLMProcessor"},
     )
     return directory
+
+
+def _answer_ids(tokenizer, answer: str) -> list[int]:
+    """The token ids of a steered answer; ValueError if steering cannot give exactly it."""
+    ids = tokenizer.encode(answer).ids
+    # The chat template ends every prompt with "Assistant:"; a ":" in the answer would
+    # make the model start the answer after its own ":" instead of at the beginning.
+    prompt_end = tokenizer.encode("Assistant:").ids[-1]
+    if not ids or len(set(ids)) != len(ids) or prompt_end in ids:
+        raise ValueError(
+            "answer must be short text of distinct tokens without ':' "
+            f"(got {answer!r}: tokens {[tokenizer.id_to_token(i) for i in ids]})"
+        )
+    if tokenizer.decode(ids) != answer:
+        raise ValueError(f"answer {answer!r} does not round-trip through the tokenizer")
+    return ids
 
 
 def _special_tokens_map() -> dict:
@@ -273,14 +372,14 @@ def _tokenizer_config() -> dict:
     }
 
 
-def _preprocessor_config() -> dict:
+def _preprocessor_config(image_size: int) -> dict:
     return {
         "image_processor_type": "SmolVLMImageProcessor",
         "processor_class": "SmolVLMProcessor",
         "do_convert_rgb": True,
         "do_resize": True,
-        "size": {"longest_edge": 2 * IMAGE_SIZE},
-        "max_image_size": {"longest_edge": IMAGE_SIZE},
+        "size": {"longest_edge": 2 * image_size},
+        "max_image_size": {"longest_edge": image_size},
         "do_image_splitting": True,
         "resample": 1,
         "do_rescale": True,
@@ -300,15 +399,21 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: build the tiny model into DIR and print its path."""
     parser = argparse.ArgumentParser(
         prog="python -m inference_worker.tiny_model",
-        description="Build a tiny random-weight SmolVLM2 (real architecture) for offline use.",
+        description="Build a random-weight SmolVLM2 (real architecture) for offline use.",
     )
     parser.add_argument("directory", type=Path, help="folder to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     parser.add_argument(
-        "--answer", help="a digit every reply will be (weights steered instead of random)"
+        "--answer", help="the text every reply will be (weights steered instead of random)"
+    )
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="tiny",
+        help="tiny (default, for tests) or a real SmolVLM2-Video size, for measuring",
     )
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.directory, seed=args.seed, answer=args.answer))
+    print(build_tiny_model(args.directory, seed=args.seed, answer=args.answer, size=args.size))
 
 
 if __name__ == "__main__":

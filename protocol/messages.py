@@ -71,9 +71,9 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     # The client's name for the upload, reported back in results["video"]["filename"].
     filename: str = ""
-    # What the server's probe found in the upload, so the worker need not probe it again;
-    # None in specs from before it was sent (and by-hand runs), where the worker probes.
-    video: VideoInfo | None = None
+    # The server's probe of the video: the worker trusts it instead of probing again.
+    # None (older servers, by-hand runs): the worker probes the file itself.
+    video_info: VideoInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -109,12 +109,12 @@ def decode_job(line: str | bytes) -> JobSpec:
     filename = data.get("filename", "")
     if not isinstance(filename, str):
         raise ProtocolError("job spec filename must be a string")
-    video = data.get("video")
-    if video is not None:
+    video_info = data.get("video_info")
+    if video_info is not None:
         try:
-            video = VideoInfo.from_dict(video)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"job spec video is malformed ({exc!r})") from None
+            video_info = VideoInfo.from_dict(video_info)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ProtocolError("job spec video_info is not a probe result") from None
     return JobSpec(
         session_id=data["session_id"],
         analysis_type=analysis_type,
@@ -123,7 +123,7 @@ def decode_job(line: str | bytes) -> JobSpec:
         model=data["model"],
         params=params,
         filename=filename,
-        video=video,
+        video_info=video_info,
     )
 
 

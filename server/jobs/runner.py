@@ -450,7 +450,7 @@ class JobRunner:
             model=self._model,
             params=session.params,
             filename=session.video.filename,
-            video=session.video,  # probed at upload: the worker trusts it instead of probing again
+            video_info=session.video,  # probed at upload: the worker need not probe again
         )
         await asyncio.to_thread(Path(session.output_dir).mkdir, parents=True, exist_ok=True)
         warm = job.worker.pid is not None

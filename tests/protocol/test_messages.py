@@ -131,6 +131,16 @@ def test_job_spec_round_trips():
     assert decode_job(line) == spec
 
 
+def test_job_spec_carries_the_servers_probe_and_older_specs_decode_without_it():
+    info = VideoInfo("gym.mp4", 61.5, 1920, 1080, 29.97, rotation=90, has_audio=True)
+    spec = JobSpec("abc", AnalysisType.HIGHLIGHTS, "v.mp4", "out", "m", video_info=info)
+
+    assert decode_job(encode_job(spec)).video_info == info
+    older = '{"session_id": "a", "analysis_type": "workout", "video_path": "v", '
+    older += '"output_dir": "o", "model": "m"}'
+    assert decode_job(older).video_info is None
+
+
 @pytest.mark.parametrize(
     "line, complaint",
     [
@@ -146,6 +156,11 @@ def test_job_spec_round_trips():
             '{"session_id": "a", "analysis_type": "workout", "video_path": "v", '
             '"output_dir": "o", "model": "m", "params": []}',
             "params must be an object",
+        ),
+        (
+            '{"session_id": "a", "analysis_type": "workout", "video_path": "v", '
+            '"output_dir": "o", "model": "m", "video_info": {"width": 2}}',
+            "video_info is not a probe result",
         ),
     ],
 )
@@ -181,24 +196,13 @@ SPEC_FIELDS = {
 }
 
 
-def test_a_job_spec_carries_the_probes_video_info_both_ways():
-    video = VideoInfo("match.mp4", 12.5, 160, 120, 25.0, rotation=90, has_audio=True)
-    spec = JobSpec("s", AnalysisType.HIGHLIGHTS, "/v.mp4", "/out", "m", video=video)
-    assert decode_job(encode_job(spec)).video == video
-
-
-def test_a_job_spec_without_video_info_still_decodes():
-    """Specs from before the field (and by-hand runs) leave the probing to the worker."""
-    assert decode_job(json.dumps(SPEC_FIELDS)).video is None
-
-
 @pytest.mark.parametrize(
     "video",
     ["x", [], {"filename": "a"}, {"filename": "a", "duration_seconds": "long", "width": 1}],
 )
 def test_a_malformed_video_info_is_a_protocol_error(video):
-    with pytest.raises(ProtocolError, match="video is malformed"):
-        decode_job(json.dumps({**SPEC_FIELDS, "video": video}))
+    with pytest.raises(ProtocolError, match="video_info is not a probe result"):
+        decode_job(json.dumps({**SPEC_FIELDS, "video_info": video}))
 
 
 def test_model_reports_round_trip_with_their_state():

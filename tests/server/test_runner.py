@@ -68,7 +68,7 @@ async def test_a_job_runs_to_completion_with_the_job_spec_it_was_given(make_runn
         "model": "test-model",
         "params": {"mode": "succeed"},
         "filename": "clip.mp4",
-        "video": submitted.video.to_dict(),  # the upload's probe result: no second probe
+        "video_info": submitted.video.to_dict(),  # the upload's probe result: no second probe
         "analysis_type": "highlights",
         "video_path_exists": True,
     }

@@ -166,3 +166,50 @@ def test_hf_id_in_the_cache_loads_offline_under_its_id(hf_cache, tiny_model_dir)
 
     assert vlm.name == "tiny-org/tiny-smolvlm2"
     assert isinstance(vlm.generate(PROMPT, _frames(1), max_tokens=3), str)
+
+
+def _raw_mlx_vlm_reply(vlm, prompt, frames, max_tokens):
+    """The same call straight through mlx_vlm, which runs the vision tower itself."""
+    from mlx_vlm import apply_chat_template
+    from mlx_vlm import generate as mlx_generate
+
+    formatted = apply_chat_template(
+        vlm._processor, vlm._model.config, prompt, num_images=len(frames)
+    )
+    result = mlx_generate(
+        vlm._model, vlm._processor, formatted, image=frames, max_tokens=max_tokens, temperature=0.0
+    )
+    return result.text.strip()
+
+
+@pytest.mark.parametrize("frame_count", [1, 4])
+def test_features_computed_by_the_worker_give_mlx_vlms_own_answer(vlm, frame_count):
+    frames = _frames(frame_count)
+    assert vlm.generate(PROMPT, frames, 12) == _raw_mlx_vlm_reply(vlm, PROMPT, frames, 12)
+
+
+def test_kept_frames_go_through_the_vision_tower_once_with_unchanged_answers(vlm):
+    """An overview of 8 frames, then two segments of 4 of them: 8 vision passes, not 16."""
+    frames = _frames(8)
+    segments = [frames[:4], frames[4:]]
+    expected = [_raw_mlx_vlm_reply(vlm, PROMPT, segment, 12) for segment in segments]
+    before = vlm.frames_encoded
+
+    with vlm.features_kept(frames):
+        vlm.generate("Describe the video.", frames, 4)
+        replies = [vlm.generate(PROMPT, segment, 12) for segment in segments]
+
+    assert vlm.frames_encoded - before == 8
+    assert replies == expected
+
+
+def test_frames_are_kept_only_within_the_block(vlm):
+    frames = _frames(2)
+    with vlm.features_kept(frames):
+        vlm.generate(PROMPT, frames, 1)
+    before = vlm.frames_encoded
+
+    vlm.generate(PROMPT, frames, 1)
+    vlm.generate(PROMPT, frames, 1)
+
+    assert vlm.frames_encoded - before == 4

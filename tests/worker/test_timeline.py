@@ -6,6 +6,7 @@ from inference_worker.timeline import (
     Segment,
     format_timestamp,
     frame_times,
+    overview_times,
     plan_segments,
     span_fields,
 )
@@ -100,3 +101,20 @@ def test_span_fields_round_seconds_to_hundredths_and_format_the_rounded_value():
         "start_time": "02:00",
         "end_time": "02:10",
     }
+
+
+def test_overview_times_are_segment_frame_times_spread_over_the_video():
+    segments = [frame_times(s.start, s.end, 4) for s in plan_segments(60.0, 10.0)]
+    pool = [time for times in segments for time in times]
+
+    picked = overview_times(segments, 8)
+
+    assert len(picked) == 8 and set(picked) <= set(pool)
+    assert picked == sorted(picked)
+    # Spread: one pick in every 3 of the 24 frames, from the first eighth to the last.
+    assert picked[0] < 60.0 / 8 and picked[-1] > 60.0 * 7 / 8
+
+
+def test_overview_takes_every_frame_when_the_segments_have_no_more():
+    segments = [[1.25, 3.75], [6.25, 8.75]]
+    assert overview_times(segments, 8) == [1.25, 3.75, 6.25, 8.75]

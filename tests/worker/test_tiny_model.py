@@ -146,6 +146,38 @@ def test_a_steered_model_answers_its_digit_through_the_real_generate_path(steere
     assert model.last_stats.generation_tokens <= 2  # the digit, then the end of the turn
 
 
-def test_steering_takes_a_single_digit_only(tmp_path):
-    with pytest.raises(ValueError, match="single digit"):
-        tiny_model.build_tiny_model(tmp_path, answer="eight")
+def test_a_model_steered_to_a_sentence_says_it_and_stops(tmp_path):
+    """Full-size builds are steered to a verdict of a real model's length, the same way."""
+    from inference_worker.model import load_model
+
+    directory = tiny_model.build_tiny_model(tmp_path, answer=tiny_model.FULL_SIZE_ANSWER)
+    model = load_model(str(directory))
+    frame = Image.new("RGB", (64, 48), (10, 200, 10))
+
+    assert model.generate("Rate this segment.", [frame] * 4, 64) == tiny_model.FULL_SIZE_ANSWER
+    tokens = model.last_stats.generation_tokens
+    assert 10 <= tokens <= 14  # a dozen words and signs, then the end of the turn
+
+
+@pytest.mark.parametrize("answer", ["", "a goal a goal", "Score: 8"])
+def test_steering_refuses_answers_it_cannot_give_exactly(tmp_path, answer):
+    """Repeated tokens or the prompt's closing ':' would send the chain elsewhere."""
+    with pytest.raises(ValueError, match="distinct tokens"):
+        tiny_model.build_tiny_model(tmp_path, answer=answer)
+
+
+@pytest.mark.parametrize(("size", "parameters"), [("500m", 507_482_304), ("256m", 256_484_928)])
+def test_full_sizes_have_the_real_checkpoints_dimensions(size, parameters):
+    """Counted from the real mlx_vlm architecture built from the config (nothing evaluated)."""
+    from mlx.utils import tree_flatten
+    from mlx_vlm.models import smolvlm
+
+    dims = tiny_model.SIZES[size]
+    config = tiny_model._model_config(dims, dims.vocab_size, 1, 2)
+    model_config = smolvlm.ModelConfig.from_dict(config)
+    model_config.text_config = smolvlm.TextConfig.from_dict(config["text_config"])
+    model_config.vision_config = smolvlm.VisionConfig.from_dict(config["vision_config"])
+    model = smolvlm.Model(model_config)
+
+    assert sum(value.size for _, value in tree_flatten(model.parameters())) == parameters
+    assert dims.image_seq_len == 64 and dims.dtype == "bfloat16"

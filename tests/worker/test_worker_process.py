@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import uuid
 
 import av
@@ -350,3 +351,67 @@ def test_stray_prints_never_reach_the_event_channel():
         {"type": "log", "level": "info", "message": "hello"}
     ]
     assert "a library notice" in done.stderr and "raw fd write" in done.stderr
+
+
+NATIVE_CALL_STARTED = 1.0
+
+
+def _start_stuck_worker(part, *flags):
+    """The stuck_in_native_call fixture, once it is inside its long native call."""
+    proc = subprocess.Popen(
+        [WORKER[0], str(REPO / "tests" / "worker" / "stuck_in_native_call.py"), str(part), *flags],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=worker_env(),
+    )
+    assert proc.stdout.readline() == b"ready\n"
+    # "ready" comes just before the product starts; it takes minutes, so a moment later
+    # the main thread is surely inside it (a signal before would reach Python directly).
+    time.sleep(NATIVE_CALL_STARTED)
+    return proc
+
+
+def test_sigterm_ends_a_worker_stuck_in_a_native_call_and_removes_its_unfinished_file(
+    tmp_path,
+):
+    """The native call lasts minutes; the watchdog, armed at the C level, does not wait for it."""
+    part = tmp_path / ".reel.mp4.part"
+    proc = _start_stuck_worker(part)
+    try:
+        assert part.exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=STOP_BOUND) == 128 + signal.SIGTERM
+        assert proc.stdout.read() == b""  # the native call never returned
+        assert not part.exists()
+    finally:
+        proc.kill()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def test_worker_whose_server_dies_during_a_native_call_stops_at_once(tmp_path):
+    """A warm worker loading its model watches stdin already: its end stops the load."""
+    proc = _start_stuck_worker(tmp_path / "part", "--watch-stdin")
+    try:
+        proc.stdin.close()
+        assert proc.wait(timeout=STOP_BOUND) == 128 + signal.SIGTERM
+        assert proc.stdout.read() == b""
+    finally:
+        proc.kill()
+        proc.stdout.close()
+
+
+def test_a_cold_worker_whose_stdin_closes_before_any_job_has_nothing_to_do():
+    done = subprocess.run(
+        WORKER,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=worker_env(),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""

@@ -1,0 +1,134 @@
+"""How the model's arithmetic runs on this host: which BLAS MLX calls, which precision.
+
+Measured on a 2-core x86 Linux host with the `mlx[cpu]` wheel (docs/BENCHMARKS.md): that
+wheel links the reference BLAS (about 6 GFLOP/s for an fp32 matrix product) and multiplies
+bf16 without any BLAS (about 5 GFLOP/s), so the full-size SmolVLM2 needed minutes per
+segment. An optimised OpenBLAS makes the fp32 product about 100 GFLOP/s, so on such hosts
+the worker (1) loads an OpenBLAS that exports the plain `cblas_*` names into the global
+symbol scope before MLX is imported, so that MLX's calls resolve to it, and (2) casts bf16
+weights to fp32 at load. On Apple silicon (Accelerate, Metal) and CUDA hosts nothing
+changes: bf16 stays, as the checkpoints ship.
+
+The OpenBLAS comes from the opencv-python wheel (a dependency of mlx-vlm, and listed in
+setup.cfg for this reason): it bundles OpenBLAS with unprefixed symbols. numpy's and
+scipy's OpenBLAS export only `scipy_`-prefixed names and cannot stand in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.metadata
+import logging
+import os
+import site
+import sys
+from dataclasses import dataclass
+
+log = logging.getLogger("inference_worker")
+
+# SMOLVLM_CPU_FAST_PATH=0 keeps MLX's own BLAS and the shipped dtype: for comparing the
+# two paths (bench-model, tests), never needed in normal use.
+FAST_PATH_ENV = "SMOLVLM_CPU_FAST_PATH"
+# Where wheels keep bundled libraries: <site-packages>/<project>.libs/.
+_BUNDLED_OPENBLAS = "*.libs/libopenblas*.so*"
+_CUDA_BACKENDS = ("mlx-cuda", "mlx-cuda-12", "mlx-cuda-13")
+
+
+@dataclass(frozen=True)
+class BlasChoice:
+    """What `use_fast_blas` did: the library loaded (None: MLX's own), and why."""
+
+    library: str | None
+    reason: str
+
+    def describe(self) -> str:
+        """For the worker's log: which BLAS, with how many threads, and why."""
+        if self.library is None:
+            return f"MLX's own BLAS ({self.reason})"
+        # OpenBLAS uses every core unless OPENBLAS_NUM_THREADS says otherwise.
+        threads = os.environ.get("OPENBLAS_NUM_THREADS")
+        threads = f"{threads} threads" if threads else "all cores"
+        return f"OpenBLAS {os.path.basename(self.library)} ({threads}; {self.reason})"
+
+
+_choice: BlasChoice | None = None
+
+
+def use_fast_blas() -> BlasChoice:
+    """On a Linux CPU-only MLX, make MLX's BLAS calls go to an optimised OpenBLAS.
+
+    Must run before `mlx` is imported (the symbols are bound when MLX's library loads);
+    later calls return the first call's choice. Never raises: without a usable OpenBLAS,
+    MLX keeps its own.
+    """
+    global _choice
+    if _choice is None:
+        _choice = _choose_blas()
+        log.debug("BLAS: %s", _choice.describe())
+    return _choice
+
+
+def fast_path_enabled() -> bool:
+    """False when SMOLVLM_CPU_FAST_PATH=0 asks for MLX as shipped."""
+    return os.environ.get(FAST_PATH_ENV, "1") != "0"
+
+
+def _choose_blas() -> BlasChoice:
+    if not fast_path_enabled():
+        return BlasChoice(None, f"{FAST_PATH_ENV}=0")
+    if not sys.platform.startswith("linux"):
+        return BlasChoice(None, "not Linux: MLX uses the platform's BLAS")
+    if _installed(*_CUDA_BACKENDS):
+        return BlasChoice(None, "CUDA backend installed: left as shipped")
+    if "mlx.core" in sys.modules:
+        return BlasChoice(None, "mlx was imported before the worker could choose")
+    for path in sorted(_bundled_openblas()):
+        try:
+            library = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        if hasattr(library, "cblas_sgemm"):
+            return BlasChoice(path, "CPU-only MLX")
+    return BlasChoice(None, "no OpenBLAS with plain cblas_* names is installed")
+
+
+def _installed(*names: str) -> bool:
+    for name in names:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return True
+    return False
+
+
+def _bundled_openblas() -> list[str]:
+    folders = [*site.getsitepackages(), site.getusersitepackages()]
+    return [
+        path for folder in folders for path in glob.glob(os.path.join(folder, _BUNDLED_OPENBLAS))
+    ]
+
+
+def cast_for_host(model) -> str:
+    """Cast `model`'s floating weights to what is fastest on this host; say what was done.
+
+    On the CPU, fp32 products go through BLAS and bf16/fp16 ones do not (measured 100 vs
+    5 GFLOP/s with OpenBLAS): fp32. Elsewhere (Metal, CUDA) keep what the checkpoint ships.
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    floating = {
+        value.dtype
+        for _, value in tree_flatten(model.parameters())
+        if mx.issubdtype(value.dtype, mx.floating)
+    }
+    shipped = "/".join(sorted(str(dtype).removeprefix("mlx.core.") for dtype in floating))
+    if mx.default_device() != mx.cpu:
+        return f"GPU, {shipped} weights as shipped"
+    if floating <= {mx.float32} or not fast_path_enabled():
+        return f"CPU, {shipped} weights as shipped"
+    model.set_dtype(mx.float32)
+    mx.eval(model.parameters())
+    return f"CPU, float32 weights (cast from {shipped}: only fp32 products use BLAS)"
