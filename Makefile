@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./data
+# MLX's backend on Linux: cpu, or cuda on hosts with NVIDIA GPUs (`make MLX_BACKEND=cuda`).
+MLX_BACKEND ?= cpu
 # MLX compiles fused CPU kernels with g++ on first use; tiny test models gain nothing from it.
 TEST_ENV := MLX_DISABLE_COMPILE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -14,14 +16,14 @@ TEST_ENV := MLX_DISABLE_COMPILE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENI
 # downloads itself, so Homebrew brings only Redis.
 TEST_PROGRAMS := 'chromium:chromium|chromium-browser:-' 'redis-server:redis-server:redis'
 
-.PHONY: install system-packages test run bench bench-model demo lint clean
+.PHONY: install system-packages test run cluster bench bench-model demo lint clean
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,$(MLX_BACKEND)]'
 	touch $(STAMP)
 
 # System packages first: a missing one stops `make test` at once with one line.
@@ -34,6 +36,10 @@ system-packages:
 
 run: $(STAMP)
 	DATA_DIR=$(DATA_DIR) $(PY) -m server
+
+# A local Redis and three nodes (api, worker, all) on one DATA_DIR; Ctrl-C stops them all.
+cluster: $(STAMP)
+	$(PY) -m bench.cluster --data-dir $(DATA_DIR)-cluster
 
 bench: $(STAMP)
 	$(TEST_ENV) $(PY) -m bench --write docs/BENCHMARKS.md

@@ -26,6 +26,7 @@ BENCHMARKS = [
     "bench.bench_sse",
     "bench.bench_warm_start",
     "bench.bench_overlap",
+    "bench.bench_cluster",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from server.app import create_app
 from server.config import Config
+from server.state.redis_connection import redis_problem
 
 # Requests waiting on a job or streaming events are released by the app's on_shutdown,
 # so a shutdown only waits this long for ordinary requests still in flight.
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("server").info("Starting with %r", config)
+    if config.redis_url is not None:
+        problem = asyncio.run(redis_problem(config.redis_url))
+        if problem:
+            sys.exit(f"Not starting: {problem}")
     web.run_app(
         create_app(config),
         host=config.host,

@@ -11,22 +11,32 @@ synchronous analyses instead of letting them hold the shutdown open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from server import keys
 from server.config import Config
-from server.jobs.job_queue import JobQueue
+from server.jobs.cluster_runner import ClusterRunner
+from server.jobs.job_queue import JobQueue, MemoryJobQueue
 from server.jobs.probe import ProbeService
+from server.jobs.redis_job_queue import RedisJobQueue
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
-from server.state.events import EventHub
+from server.state.events import EventHub, EventLog
 from server.state.janitor import Janitor
-from server.state.paths import DataPaths
+from server.state.paths import DataPaths, FileLocations
+from server.state.redis_connection import check_durable, cluster_turn, connect
+from server.state.redis_events import RedisEventLog
+from server.state.redis_store import RedisStore
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
+from server.state.store import SessionStore
 from server.web import handlers_exports, handlers_legacy, handlers_service, handlers_sessions
 from server.web.metrics import Metrics, metrics
 from server.web.middlewares import Cors, api_key_middleware, errors
@@ -36,6 +46,9 @@ from server.web.uploads import UploadSlots
 STORE_FILE = "sessions.db"
 # Expiry is measured in hours; a sweep every few minutes keeps disk use close to the TTL.
 SWEEP_INTERVAL_SECONDS = 300.0
+# On a cluster, another node's upload in progress has files but no session yet; an upload
+# writes every few milliseconds, so a folder untouched this long is nobody's.
+ORPHAN_GRACE = timedelta(hours=1)
 
 
 def create_app(config: Config) -> web.Application:
@@ -49,10 +62,14 @@ def create_app(config: Config) -> web.Application:
     app[keys.METRICS] = Metrics()
     if config.cors_origins:  # with no origin allowed the hook would add nothing to a response
         app.on_response_prepare.append(cors.on_response_prepare)
-    app.cleanup_ctx.append(probing)
+    if config.serves_api:  # only uploads are probed
+        app.cleanup_ctx.append(probing)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
-    add_routes(app.router)
+    if config.serves_api:
+        add_routes(app.router)
+    else:
+        add_worker_routes(app.router)
     return app
 
 
@@ -62,24 +79,90 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     Sessions a previous process left pending or processing are queued again, and every
     stored session is announced on the (new, empty) event hub.
     """
-    config = app[keys.CONFIG]
+    async with open_state(app[keys.CONFIG]) as state, run_services(app, state):
+        yield
+
+
+@dataclass(frozen=True)
+class State:
+    """The implementations this service runs on: where sessions, queue, events and files live."""
+
+    paths: FileLocations
+    store: SessionStore
+    events: EventLog
+    queue: JobQueue
+    redis: Redis | None = None  # the cluster's Redis, when there is one
+
+
+@contextlib.asynccontextmanager
+async def open_state(config: Config) -> AsyncIterator[State]:
+    """The one place that picks the implementations.
+
+    With a Redis URL: sessions and events in Redis (checked to persist every write and
+    never evict), shared by every node on the same Redis and DATA_DIR. Without: SQLite in
+    DATA_DIR, and memory for queue and events.
+    """
     paths = DataPaths(config.data_dir)
     paths.create()
-    store = await SqliteStore(paths.root / STORE_FILE).open()
-    hub = EventHub()
-    queue = JobQueue(config.max_queued_jobs)
-    sessions = Sessions(store, hub, paths, queue.position)
-    runner = JobRunner(
+    if config.redis_url is None:
+        store = await SqliteStore(paths.root / STORE_FILE).open()
+        hub = EventHub()
+        try:
+            yield State(paths, store, hub, MemoryJobQueue(config.max_queued_jobs))
+        finally:
+            await hub.close()
+            await store.close()
+        return
+    client = connect(config.redis_url)
+    try:
+        await check_durable(client)
+        queue = RedisJobQueue(
+            client, config.max_queued_jobs, lease_seconds=config.node_lease_seconds
+        )
+        await queue.open()
+        events = await RedisEventLog(client).start()
+        try:
+            yield State(paths, RedisStore(client), events, queue, client)
+        finally:
+            await events.close()
+    finally:
+        await client.aclose()
+
+
+def make_runner(app: web.Application, state: State, sessions: Sessions) -> JobRunner:
+    """This node's job runner: alone with its own queue, or one of a cluster's nodes."""
+    config = app[keys.CONFIG]
+    options: dict[str, Any] = {
+        "paths": state.paths,
+        "model": config.model,
+        "max_concurrent": config.max_concurrent_jobs,
+        "job_timeout": config.job_timeout_seconds,
+        "worker_command": config.worker_command,
+        "on_finished": app[keys.METRICS].job_finished,
+        "warm_workers": config.warm_workers if config.runs_jobs else 0,
+    }
+    if state.redis is None:
+        assert isinstance(state.queue, MemoryJobQueue)
+        return JobRunner(sessions, state.queue, **options)
+    assert isinstance(state.queue, RedisJobQueue)
+    return ClusterRunner(
         sessions,
-        queue,
-        paths=paths,
-        model=config.model,
-        max_concurrent=config.max_concurrent_jobs,
-        job_timeout=config.job_timeout_seconds,
-        worker_command=config.worker_command,
-        on_finished=app[keys.METRICS].job_finished,
-        warm_workers=config.warm_workers,
+        state.queue,
+        state.redis,
+        node_id=config.node_id,
+        runs_jobs=config.runs_jobs,
+        max_attempts=config.max_job_attempts,
+        **options,
     )
+
+
+@contextlib.asynccontextmanager
+async def run_services(app: web.Application, state: State) -> AsyncIterator[None]:
+    """Sessions, runner, webhooks, uploads and the sweep over `state`, while the app runs."""
+    config = app[keys.CONFIG]
+    paths, hub, queue = state.paths, state.events, state.queue
+    sessions = Sessions(state.store, hub, paths, queue.position)
+    runner = make_runner(app, state, sessions)
     webhooks = app[keys.WEBHOOKS] = WebhookDeliverer(
         sessions,
         config.webhook_secret,
@@ -95,7 +178,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         config.max_concurrent_uploads, on_bytes=app[keys.METRICS].uploaded
     )
     janitor = Janitor(
-        sessions, paths, timedelta(hours=config.session_ttl_hours), uploading=uploads.__contains__
+        sessions,
+        paths,
+        timedelta(hours=config.session_ttl_hours),
+        uploading=uploads.__contains__,
+        **cluster_sweep(config, state),
     )
     await webhooks.start()  # first: a job may end as soon as the runner starts
     await runner.start()
@@ -109,8 +196,18 @@ async def services(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(sweeping, return_exceptions=True)
         await runner.close()
         await webhooks.close()
-        await hub.close()
-        await store.close()
+
+
+def cluster_sweep(config: Config, state: State) -> dict[str, Any]:
+    """On a cluster: one sweep per round for all nodes, and orphans only once left alone."""
+    if state.redis is None:
+        return {}
+    # Less than the interval, so that the next round always finds the turn free again.
+    turn_seconds = SWEEP_INTERVAL_SECONDS * 0.9
+    return {
+        "turn": cluster_turn(state.redis, "sweep", config.node_id, turn_seconds),
+        "orphan_grace": ORPHAN_GRACE,
+    }
 
 
 async def probing(app: web.Application) -> AsyncIterator[None]:
@@ -130,6 +227,12 @@ async def release_waiters(app: web.Application) -> None:
     """End event streams and running jobs before aiohttp waits for open requests."""
     await app[keys.RUNNER].close()
     await app[keys.HUB].close()
+
+
+def add_worker_routes(router: web.UrlDispatcher) -> None:
+    """A `worker` node runs jobs and answers only for its own health and metrics."""
+    router.add_get("/health", handlers_service.health, name="health")
+    router.add_get("/metrics", metrics, name="metrics")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

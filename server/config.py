@@ -10,6 +10,8 @@ import argparse
 import base64
 import binascii
 import os
+import shlex
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,12 +49,29 @@ class Config:
     webhook_allow_private: bool = False
     webhook_retry_seconds: float = 6 * 3600.0
     webhook_first_retry_seconds: float = 5.0
-    # Not settings an operator needs; tests point them at fixture scripts or shorten them.
+    # Many nodes, one service: with a Redis URL, sessions, queue and events live there.
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    role: str = "all"
+    node_id: str = field(default_factory=lambda: default_node_id())
+    node_lease_seconds: float = 15.0
+    max_job_attempts: int = 3
+    # What runs one job: a JobSpec on stdin, JSON-lines events on stdout.
     worker_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker")
+    # Not settings an operator needs; tests point them at fixture scripts or shorten them.
     probe_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker", "--probe-service")
     probe_timeout_seconds: float = PROBE_TIMEOUT
     sse_ping_seconds: float = 15.0
     disconnect_poll_seconds: float = 0.5
+
+    @property
+    def runs_jobs(self) -> bool:
+        """Whether this node takes jobs (roles `all` and `worker`)."""
+        return self.role in ("all", "worker")
+
+    @property
+    def serves_api(self) -> bool:
+        """Whether this node serves the session API (roles `all` and `api`)."""
+        return self.role in ("all", "api")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -94,6 +113,35 @@ class _Setting:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+
+ROLES = ("all", "api", "worker")
+
+
+def default_node_id() -> str:
+    """Host name and pid: unique among the nodes of a cluster, readable in logs."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _role(raw: str) -> str:
+    role = raw.strip().lower()
+    if role not in ROLES:
+        raise ValueError(f"must be one of {', '.join(ROLES)}, got {raw!r}")
+    return role
+
+
+def _redis_url(raw: str) -> str | None:
+    url = raw.strip()
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"a Redis URL looks like redis://host:6379/0, got {raw!r}")
+    return url or None
+
+
+def _command(raw: str) -> tuple[str, ...]:
+    command = tuple(shlex.split(raw))
+    if not command:
+        raise ValueError("must name a program")
+    return command
 
 
 def _text(raw: str) -> str:
@@ -221,6 +269,12 @@ _SETTINGS = (
         _positive_number,
         "first retry delay, doubling after",
     ),
+    _Setting("worker_command", "WORKER_COMMAND", _command, "command that runs one job"),
+    _Setting("redis_url", "REDIS_URL", _redis_url, "run as a node of a cluster on this Redis"),
+    _Setting("role", "NODE_ROLE", _role, "all, api (HTTP only) or worker (jobs only)"),
+    _Setting("node_id", "NODE_ID", _text, "this node's name in the cluster"),
+    _Setting("node_lease_seconds", "NODE_LEASE_SECONDS", _positive_number, "job lease"),
+    _Setting("max_job_attempts", "MAX_JOB_ATTEMPTS", _positive_int, "runs before a job fails"),
 )
 
 

@@ -10,7 +10,7 @@ from server.config import Config
 from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
-from server.state.events import EventHub
+from server.state.events import EventLog
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
 from server.web.uploads import UploadSlots
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 CONFIG = web.AppKey("config", Config)
 PATHS = web.AppKey("paths", DataPaths)
-HUB = web.AppKey("hub", EventHub)
+HUB = web.AppKey("hub", EventLog)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)

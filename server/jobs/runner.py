@@ -37,7 +37,7 @@ from protocol import (
     Progress,
     Result,
 )
-from server.jobs.job_queue import JobQueue
+from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.model_health import ModelHealth
 from server.jobs.warm_pool import WarmPool
 from server.jobs.worker_process import WorkerProcess
@@ -80,6 +80,8 @@ class _Job:
     task: asyncio.Task[None] = field(init=False)
     stopping: bool = False
     started_at: float | None = None  # loop time when it became `processing`
+    claim: Any = None  # what a shared queue handed out (its lease), if any
+    cancelled: bool = False  # stopped because its session was cancelled
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class JobRunner:
     def __init__(
         self,
         sessions: Sessions,
-        queue: JobQueue,
+        queue: MemoryJobQueue,
         *,
         paths: DataPaths,
         model: str,
@@ -170,7 +172,7 @@ class JobRunner:
                     error=None,
                     results=None,
                 )
-                self._queue.push(session.id, over_limit=True)
+                await self._queue.push(session.id, over_limit=True)
                 log.info("session %s queued again after a restart", session.id)
             if unfinished:
                 self._positions_changed = True
@@ -217,44 +219,58 @@ class JobRunner:
         RunnerClosed.
         """
         async with self._lock:
-            if not self._accepting:
-                raise RunnerClosed()
-            session = await self._sessions.get(session_id)
-            if session.status is not SessionStatus.UPLOADED:
-                raise SessionConflict(
-                    session, f"Session already started (status: {session.status.value})"
-                )
-            if not self.has_room():
-                raise QueueFull(self._queue.retry_after_seconds)
+            uploaded = await self._check_submittable(session_id)
             start_now = not self._queue and len(self._jobs) < self._max_concurrent
-            session = await self._sessions.update(
-                session_id,
-                status=SessionStatus.PENDING,
-                analysis_type=analysis_type,
-                params=dict(params),
-                progress=0.0,
-                current_step=None,
-                error=None,
-                results=None,
-                webhook=webhook or session.webhook,
-            )
+            session = await self._mark_pending(uploaded, analysis_type, params, webhook)
             if start_now:
                 self._start_job(session_id)
                 log.info("session %s queued (%s, starts now)", session_id, analysis_type.value)
             else:
-                self._queue.push(session_id)
+                await self._queue.push(session_id)
                 await self._sessions.publish_status(session_id)  # now with its position
                 log.info(
                     "session %s queued (%s, position %d)",
                     session_id,
                     analysis_type.value,
-                    self._queue.position(session_id),
+                    await self._queue.position(session_id),
                 )
         return session
 
-    def has_room(self) -> bool:
+    async def _check_submittable(self, session_id: str) -> Session:
+        """The session if it may be queued now (runner open, uploaded, room); else raise."""
+        if not self._accepting:
+            raise RunnerClosed()
+        session = await self._sessions.get(session_id)
+        if session.status is not SessionStatus.UPLOADED:
+            raise SessionConflict(
+                session, f"Session already started (status: {session.status.value})"
+            )
+        if not await self.has_room():
+            raise QueueFull(self._queue.retry_after_seconds)
+        return session
+
+    async def _mark_pending(
+        self,
+        session: Session,
+        analysis_type: AnalysisType,
+        params: dict[str, Any],
+        webhook: WebhookDelivery | None,
+    ) -> Session:
+        return await self._sessions.update(
+            session.id,
+            status=SessionStatus.PENDING,
+            analysis_type=analysis_type,
+            params=dict(params),
+            progress=0.0,
+            current_step=None,
+            error=None,
+            results=None,
+            webhook=webhook or session.webhook,
+        )
+
+    async def has_room(self) -> bool:
         """Whether a submit now would be accepted as far as capacity goes."""
-        if self._queue.has_room():
+        if await self._queue.has_room():
             return True
         return not self._queue and len(self._jobs) < self._max_concurrent
 
@@ -266,24 +282,29 @@ class JobRunner:
         session, SessionNotFound for an unknown one.
         """
         async with self._lock:
-            session = await self._sessions.get(session_id)
-            if session.status is not SessionStatus.CANCELLED:
-                if not session.status.is_terminal:
-                    queued = session.status is SessionStatus.PENDING
-                    session = await self._sessions.update(
-                        session_id,
-                        status=SessionStatus.CANCELLED,
-                        current_step=CANCELLED_QUEUED_STEP if queued else CANCELLED_STEP,
-                    )
-                if session.status is not SessionStatus.CANCELLED:
-                    raise SessionConflict(session, f"Session already {session.status.value}")
-                log.info("session %s cancelled", session_id)
-            if self._queue.remove(session_id):
+            session = await self._mark_cancelled(session_id)
+            if await self._queue.remove(session_id):
                 self._positions_changed = True
                 self._wakeup.set()
         job = self._jobs.get(session_id)
         if job is not None:
             await self._stop(job)
+        return session
+
+    async def _mark_cancelled(self, session_id: str) -> Session:
+        """Record the cancel (idempotent); SessionConflict if the session ended otherwise."""
+        session = await self._sessions.get(session_id)
+        if session.status is not SessionStatus.CANCELLED:
+            if not session.status.is_terminal:
+                queued = session.status is SessionStatus.PENDING
+                session = await self._sessions.update(
+                    session_id,
+                    status=SessionStatus.CANCELLED,
+                    current_step=CANCELLED_QUEUED_STEP if queued else CANCELLED_STEP,
+                )
+            if session.status is not SessionStatus.CANCELLED:
+                raise SessionConflict(session, f"Session already {session.status.value}")
+            log.info("session %s cancelled", session_id)
         return session
 
     async def wait(self, session_id: str) -> Session:
@@ -305,19 +326,18 @@ class JobRunner:
             raise RunnerClosed()
         return session
 
-    def queue_position(self, session_id: str) -> int | None:
+    async def queue_position(self, session_id: str) -> int | None:
         """1-based place of a pending session in the queue, else None."""
-        return self._queue.position(session_id)
+        return await self._queue.position(session_id)
 
     @property
     def running_count(self) -> int:
         """Jobs holding a slot (their worker is starting, running or being stopped)."""
         return len(self._jobs)
 
-    @property
-    def queued_count(self) -> int:
+    async def queue_depth(self) -> int:
         """Jobs waiting in the queue for a slot."""
-        return len(self._queue)
+        return await self._queue.depth()
 
     @property
     def model_health(self) -> ModelHealth:
@@ -343,9 +363,9 @@ class JobRunner:
                         # A position update is cosmetic; the dispatcher must live on.
                         log.exception("session %s: could not publish its position", session_id)
 
-    def _start_job(self, session_id: str) -> None:
+    def _start_job(self, session_id: str, claim: Any = None) -> None:
         # Taken here, synchronously, so that cancel and close always see the job's process.
-        job = _Job(session_id, self._warm.take() or WorkerProcess())
+        job = _Job(session_id, self._warm.take() or WorkerProcess(), claim=claim)
         job.task = asyncio.create_task(self._supervise(job), name=f"supervise {session_id}")
         job.task.add_done_callback(lambda task: self._job_done(job, task))
         self._jobs[session_id] = job

@@ -26,7 +26,7 @@ import functools
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 TERMINAL_EVENT_NAMES = frozenset({"completed", "failed", "cancelled"})
 STATUS_EVENT_NAME = "status"
@@ -53,6 +53,34 @@ class ServerEvent:
         """The event as a server-sent-events frame, built once for all its subscribers."""
         data = json.dumps(self.data, separators=(",", ":"), allow_nan=False)
         return f"id: {self.id}\r\nevent: {self.name}\r\ndata: {data}\r\n\r\n".encode()
+
+
+class EventLog(Protocol):
+    """Per-session ordered event logs: what `Sessions` publishes and SSE streams read.
+
+    Ids start at 1 per session and only increase, the same for every reader. One in
+    memory (`EventHub`) serves a single process; a shared one (Redis) serves many nodes.
+    """
+
+    async def publish(self, session_id: str, name: str, data: dict[str, Any]) -> ServerEvent | None:
+        """Append an event and wake the session's subscribers; nothing follows a terminal event."""
+
+    def subscribe(
+        self, session_id: str, last_event_id: int | None = None
+    ) -> AsyncGenerator[ServerEvent, None]:
+        """The session's events for one subscriber: after `last_event_id`, else from its state."""
+
+    async def last_event_id(self, session_id: str) -> int | None:
+        """The id of the session's newest event, or None if it has none."""
+
+    async def is_finished(self, session_id: str, last_event_id: int | None) -> bool:
+        """True when `last_event_id` is the session's terminal event."""
+
+    async def forget(self, session_id: str) -> None:
+        """Drop a session's log; its subscribers get what was published, then stop."""
+
+    async def close(self) -> None:
+        """End every subscription promptly (server shutdown). Safe to call twice."""
 
 
 @dataclass(eq=False)
@@ -88,13 +116,13 @@ class _Channel:
 
 
 class EventHub:
-    """Per-session ordered event logs with any number of live subscribers."""
+    """An `EventLog` in memory: per-session logs with any number of live subscribers."""
 
     def __init__(self) -> None:
         self._channels: dict[str, _Channel] = {}
         self._closed = False
 
-    def publish(self, session_id: str, name: str, data: dict[str, Any]) -> ServerEvent:
+    async def publish(self, session_id: str, name: str, data: dict[str, Any]) -> ServerEvent:
         """Append an event to the session's log and wake its subscribers.
 
         Nothing follows a terminal event: publishing after one is a ValueError (the
@@ -135,14 +163,14 @@ class EventHub:
             return self._follow(channel, (), newest)
         return self._follow(channel, (current,), current.id)
 
-    def last_event_id(self, session_id: str) -> int | None:
+    async def last_event_id(self, session_id: str) -> int | None:
         """The id of the session's newest event, or None if it has none."""
         channel = self._channels.get(session_id)
         if channel is None or channel.next_id == 1:
             return None
         return channel.next_id - 1
 
-    def is_finished(self, session_id: str, last_event_id: int | None) -> bool:
+    async def is_finished(self, session_id: str, last_event_id: int | None) -> bool:
         """True when `last_event_id` is the session's terminal event: nothing more will come."""
         channel = self._channels.get(session_id)
         return (
@@ -151,7 +179,7 @@ class EventHub:
             and channel.terminal.id == last_event_id
         )
 
-    def forget(self, session_id: str) -> None:
+    async def forget(self, session_id: str) -> None:
         """Drop a session's log; its subscribers get what was published, then stop."""
         channel = self._channels.pop(session_id, None)
         if channel is not None:

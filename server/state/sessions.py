@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from protocol import PartialKind
 from server.state.bodies import PartialData, StatusBody, status_body
-from server.state.events import EventHub
+from server.state.events import EventLog
 from server.state.models import Session, SessionStatus, utcnow
 from server.state.paths import DataPaths
-from server.state.store import SessionStore
+from server.state.store import SessionStore, SnapshotRefused
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
 
 # The step a session shows when it reaches a status with no step of its own (API.md allows
@@ -44,9 +44,9 @@ class Sessions:
     def __init__(
         self,
         store: SessionStore,
-        hub: EventHub,
+        hub: EventLog,
         paths: DataPaths,
-        queue_position: Callable[[str], int | None],
+        queue_position: Callable[[str], Awaitable[int | None]],
     ) -> None:
         self._store = store
         self._hub = hub
@@ -59,7 +59,7 @@ class Sessions:
         self._webhook_due: Callable[[str], None] = lambda session_id: None
 
     @property
-    def hub(self) -> EventHub:
+    def hub(self) -> EventLog:
         """The hub the changes are published on (for subscribers)."""
         return self._hub
 
@@ -67,7 +67,7 @@ class Sessions:
         """Store a new session and publish its first status event."""
         async with self._lock(session.id):
             await self._store.add(session)
-            self._publish(session)
+            await self._publish(session)
         return session
 
     async def get(self, session_id: str) -> Session:
@@ -119,8 +119,12 @@ class Sessions:
                     state=DeliveryState.PENDING, pending_since=utcnow()
                 )
             session = current.replace(**changes)
-            await self._store.put(session)
-            self._publish(session)
+            try:
+                await self._store.put(session)
+            except SnapshotRefused:
+                # Another node ended the session meanwhile: its ending stands, unpublished here.
+                return await self._store.get(session_id)
+            await self._publish(session)
         if due:
             self._webhook_due(session_id)
         return session
@@ -145,14 +149,14 @@ class Sessions:
             session = await self._store.get(session_id)
             if session.status is SessionStatus.PROCESSING:
                 data = PartialData(session_id=session_id, kind=kind, item=item)
-                self._hub.publish(session_id, "partial", msgspec.to_builtins(data))
+                await self._hub.publish(session_id, "partial", msgspec.to_builtins(data))
 
     async def publish_status(self, session_id: str) -> None:
         """Publish the current status again (its queue position changed); not once terminal."""
         async with self._lock(session_id):
             session = await self._store.get(session_id)
             if not session.status.is_terminal:
-                self._hub.publish(session_id, "status", self.body(session))
+                await self._hub.publish(session_id, "status", await self.body(session))
 
     async def announce_all(self) -> None:
         """Publish the state of every stored session the hub knows nothing of.
@@ -162,8 +166,8 @@ class Sessions:
         """
         for session in await self._store.list():
             async with self._lock(session.id):
-                if self._hub.last_event_id(session.id) is None:
-                    self._publish(session)
+                if await self._hub.last_event_id(session.id) is None:
+                    await self._publish(session)
 
     async def delete(self, session_id: str) -> None:
         """Remove the session, its upload and every artifact; end its event streams.
@@ -173,23 +177,25 @@ class Sessions:
         async with self._lock(session_id):
             await self._store.get(session_id)
             await self._store.delete(session_id)
-            self._hub.forget(session_id)
+            await self._hub.forget(session_id)
             self._bodies.pop(session_id, None)
         # rmtree of a big upload or many thumbnails must not stall the event loop.
         await asyncio.to_thread(self._paths.remove_session_files, session_id)
 
-    def status_of(self, session: Session) -> StatusBody:
+    async def status_of(self, session: Session) -> StatusBody:
         """The status body of API.md, with the session's current queue position."""
         position = (
-            self._queue_position(session.id) if session.status is SessionStatus.PENDING else None
+            await self._queue_position(session.id)
+            if session.status is SessionStatus.PENDING
+            else None
         )
         return status_body(session, position)
 
-    def body(self, session: Session) -> dict[str, Any]:
+    async def body(self, session: Session) -> dict[str, Any]:
         """`status_of(session)` as plain JSON data (what the event hub carries)."""
-        return msgspec.to_builtins(self.status_of(session))
+        return msgspec.to_builtins(await self.status_of(session))
 
-    def body_json(self, session: Session) -> bytes:
+    async def body_json(self, session: Session) -> bytes:
         """`body(session)` as JSON bytes, made once per snapshot.
 
         Status polls are most of the traffic and repeat the same answer until the session
@@ -198,19 +204,19 @@ class Sessions:
         without a new snapshot.
         """
         if session.status is SessionStatus.PENDING:
-            return msgspec.json.encode(self.status_of(session))
+            return msgspec.json.encode(await self.status_of(session))
         cached = self._bodies.get(session.id)
         if cached is not None and cached[0] is session:
             return cached[1]
-        data = msgspec.json.encode(self.status_of(session))
+        data = msgspec.json.encode(await self.status_of(session))
         self._bodies[session.id] = (session, data)
         return data
 
-    def _publish(self, session: Session) -> None:
-        body = self.body(session)
-        self._hub.publish(session.id, "status", body)
+    async def _publish(self, session: Session) -> None:
+        body = await self.body(session)
+        await self._hub.publish(session.id, "status", body)
         if session.status.is_terminal:
-            self._hub.publish(session.id, session.status.value, body)
+            await self._hub.publish(session.id, session.status.value, body)
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         lock = self._locks.get(session_id)

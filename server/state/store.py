@@ -12,6 +12,18 @@ from typing import Protocol
 from server.state.models import Session, SessionNotFound, SessionStatus
 
 
+class SnapshotRefused(Exception):
+    """`put` would change the status of a session that has ended (another writer ended it).
+
+    Only a store shared by several processes raises it: in one process `Sessions` never
+    writes over an ended session.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id} has already ended")
+        self.session_id = session_id
+
+
 class SessionStore(Protocol):
     """Keeps the latest snapshot of every session, by id."""
 
@@ -22,7 +34,10 @@ class SessionStore(Protocol):
         """The stored snapshot; raises SessionNotFound."""
 
     async def put(self, session: Session) -> None:
-        """Replace the snapshot of a stored session; raises SessionNotFound if it is gone."""
+        """Replace the snapshot of a stored session; raises SessionNotFound if it is gone.
+
+        A shared store raises SnapshotRefused rather than change an ended session's status.
+        """
 
     async def delete(self, session_id: str) -> None:
         """Forget a session; an unknown id is not an error."""

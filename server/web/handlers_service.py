@@ -100,7 +100,7 @@ async def health(request: web.Request) -> web.Response:
             model_state=model.state,
             model_error=model.reason,
             running=runner.running_count,
-            queued=runner.queued_count,
+            queued=await runner.queue_depth(),
             version=VERSION,
         ),
         status=503 if model.unavailable else 200,

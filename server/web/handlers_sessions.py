@@ -153,7 +153,7 @@ async def status(request: web.Request) -> web.Response:
     """The status body of a session (also served as `progress`)."""
     sessions = request.app[keys.SESSIONS]
     session = await sessions.get(session_id_of(request))
-    return web.Response(body=sessions.body_json(session), content_type="application/json")
+    return web.Response(body=await sessions.body_json(session), content_type="application/json")
 
 
 async def results(request: web.Request) -> web.Response:
@@ -283,7 +283,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit = _limit(request.query.get("limit"))
     sessions = request.app[keys.SESSIONS]
     found = await sessions.list(status=status_filter, limit=limit)
-    bodies = [sessions.status_of(session) for session in found]
+    bodies = [await sessions.status_of(session) for session in found]
     return json_response(SessionList(sessions=bodies, count=len(bodies)))
 
 

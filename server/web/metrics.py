@@ -82,7 +82,7 @@ class Metrics:
         for status, count in counts.items():
             self.sessions.labels(status=status.value).set(count)
         runner = app[keys.RUNNER]
-        self.queue_depth.set(runner.queued_count)
+        self.queue_depth.set(await runner.queue_depth())
         self.running_jobs.set(runner.running_count)
         return generate_latest(self.registry)
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from server.state.events import EventHub, ServerEvent
+from server.state.events import EventLog, ServerEvent
 from server.web.disconnect import unless_client_leaves
 from server.web.responses import ApiError
 
@@ -39,7 +39,7 @@ def last_event_id(request: web.Request) -> int | None:
 
 async def stream_events(
     request: web.Request,
-    hub: EventHub,
+    hub: EventLog,
     session_id: str,
     *,
     ping_seconds: float,
@@ -47,7 +47,7 @@ async def stream_events(
 ) -> web.StreamResponse:
     """Answer an events request: 204 if the client already has the terminal event, else stream."""
     after = last_event_id(request)
-    if after is not None and hub.is_finished(session_id, after):
+    if after is not None and await hub.is_finished(session_id, after):
         # 204 is what makes a browser's EventSource stop reconnecting.
         return web.Response(status=204)
     async with contextlib.aclosing(hub.subscribe(session_id, after)) as events:

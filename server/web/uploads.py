@@ -125,7 +125,7 @@ async def accept_upload(
     two-step flow (status `uploaded`); with `webhooks`, a `webhook_url` field is vetted
     and kept with the session. Raises ApiError or a domain error; never leaves files.
     """
-    if not runner.has_room():
+    if not await runner.has_room():
         raise QueueFull(RETRY_AFTER_SECONDS)
     _check_declared_length(request, limits.max_bytes)
     session_id = str(uuid.uuid4())

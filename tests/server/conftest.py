@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from protocol import AnalysisType, VideoInfo
-from server.jobs.job_queue import JobQueue
+from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.runner import JobRunner
 from server.state.events import EventHub
 from server.state.models import Session, SessionStatus
@@ -96,7 +96,11 @@ async def make_sessions(data_paths):
     def make(queue_position: Callable[[str], int | None] = lambda _id: None) -> Sessions:
         store, hub = MemoryStore(), EventHub()
         made.append((store, hub))
-        return Sessions(store, hub, data_paths, queue_position)
+
+        async def position(session_id: str) -> int | None:
+            return queue_position(session_id)
+
+        return Sessions(store, hub, data_paths, position)
 
     yield make
     for store, hub in made:
@@ -111,7 +115,7 @@ class Harness:
     runner: JobRunner
     sessions: Sessions
     hub: EventHub
-    queue: JobQueue
+    queue: MemoryJobQueue
     store: MemoryStore
     paths: DataPaths
 
@@ -163,7 +167,7 @@ async def make_runner(data_paths):
         job_timeout: float | None = None,
         worker_command: tuple[str, ...] = FAKE_WORKER,
     ) -> Harness:
-        queue = JobQueue(max_queued)
+        queue = MemoryJobQueue(max_queued)
         store, hub = MemoryStore(), EventHub()
         sessions = Sessions(store, hub, data_paths, queue.position)
         runner = JobRunner(
@@ -185,3 +189,36 @@ async def make_runner(data_paths):
         await harness.runner.close()
         await harness.hub.close()
         await harness.store.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the run (append-only, noeviction), on a free port."""
+    from tests.server.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The URL of the run's redis-server, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request, monkeypatch) -> str:
+    """Runs a test module's apps on each backend: SQLite and memory, then Redis.
+
+    A module opts in with `pytestmark = pytest.mark.usefixtures("backend")`; its tests
+    build apps through `http_helpers.make_config`, which adds these settings.
+    """
+    from tests.server import http_helpers
+
+    if request.param == "redis":
+        settings = {"redis_url": request.getfixturevalue("redis_url")}
+        monkeypatch.setattr(http_helpers, "BACKEND_SETTINGS", settings)
+    return request.param

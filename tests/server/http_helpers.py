@@ -58,12 +58,17 @@ POLL_SECONDS = 0.02
 POLL_LIMIT_SECONDS = 30.0
 
 
+# What the `backend` fixture adds to every config: nothing for SQLite, a URL for Redis.
+BACKEND_SETTINGS: dict[str, Any] = {}
+
+
 def make_config(tmp_path: Path, **overrides: Any) -> Config:
     settings: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "worker_command": HTTP_WORKER,
         "warm_workers": 0,
         "disconnect_poll_seconds": 0.05,
+        **BACKEND_SETTINGS,
     }
     settings.update(overrides)
     return Config(**settings)

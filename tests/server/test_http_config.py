@@ -73,6 +73,9 @@ def test_a_flag_wins_over_its_environment_variable():
         ([], {"WARM_WORKERS": "-1"}, "WARM_WORKERS: must be 0 or more"),
         ([], {"CORS_ORIGINS": "example.com"}, "CORS_ORIGINS: origins look like"),
         (["--no-such-flag"], {}, "unrecognized arguments"),
+        (["--role", "boss"], {}, "--role: must be one of all, api, worker"),
+        ([], {"REDIS_URL": "localhost:6379"}, "REDIS_URL: a Redis URL looks like"),
+        ([], {"NODE_LEASE_SECONDS": "0"}, "NODE_LEASE_SECONDS: must be a positive number"),
     ],
 )
 def test_a_bad_value_is_an_argparse_error_naming_the_setting(argv, environ, fragment, capsys):
@@ -88,6 +91,23 @@ def test_a_job_timeout_of_zero_means_no_limit():
 
 def test_the_api_key_stays_out_of_the_config_repr():
     assert "hunter2" not in repr(Config(api_key="hunter2"))
+
+
+def test_a_cluster_node_is_configured_by_its_variables_and_keeps_the_redis_password_out():
+    config = Config.from_env_and_args(
+        ["--role", "worker"],
+        {
+            "REDIS_URL": "redis://:s3cret@10.0.0.5:6379/0",
+            "NODE_ID": "gpu-1",
+            "NODE_LEASE_SECONDS": "5",
+            "MAX_JOB_ATTEMPTS": "2",
+            "WORKER_COMMAND": "nice -n 5 python -m inference_worker",
+        },
+    )
+    assert (config.role, config.node_id, config.node_lease_seconds) == ("worker", "gpu-1", 5.0)
+    assert config.runs_jobs and not config.serves_api and config.max_job_attempts == 2
+    assert config.worker_command == ("nice", "-n", "5", "python", "-m", "inference_worker")
+    assert "s3cret" not in repr(config)
 
 
 def test_the_version_is_the_one_of_setup_cfg():

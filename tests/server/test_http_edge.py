@@ -14,6 +14,9 @@ from server.app import create_app
 from server.config import VERSION
 from tests.server.http_helpers import V1, make_config, start, upload_id, video_form
 
+# The whole v1 HTTP behaviour, on SQLite and on Redis.
+pytestmark = pytest.mark.usefixtures("backend")
+
 KEY = "s3cret-key"
 ORIGIN = "https://app.example.com"
 PUBLIC = {"/", "/health", "/api/v1/openapi.json"}

@@ -17,6 +17,9 @@ from tests.server.http_helpers import (
     upload_id,
 )
 
+# The whole v1 HTTP behaviour, on SQLite and on Redis.
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 @dataclass
 class Frame:

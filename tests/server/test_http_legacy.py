@@ -19,6 +19,9 @@ from tests.server.http_helpers import (
     video_form,
 )
 
+# The whole v1 HTTP behaviour, on SQLite and on Redis.
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 @pytest.fixture
 async def client(aiohttp_client, tmp_path):

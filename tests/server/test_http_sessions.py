@@ -18,6 +18,9 @@ from tests.server.http_helpers import (
     upload_id,
 )
 
+# The whole v1 HTTP behaviour, on SQLite and on Redis.
+pytestmark = pytest.mark.usefixtures("backend")
+
 UNKNOWN = str(uuid.uuid4())
 NOT_UUID4 = [
     "nope",

@@ -11,7 +11,7 @@ import pytest
 
 from protocol import AnalysisType
 from server.jobs import runner as runner_module
-from server.jobs.job_queue import JobQueue
+from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.runner import JobRunner
 from server.jobs.worker_process import WorkerProcess
 from server.state.events import EventHub
@@ -158,9 +158,9 @@ async def test_queued_jobs_have_positions_that_move_up_as_the_queue_shifts(make_
     running = await harness.submit("sleep")
     await harness.sleeping(running.id)
     first, second, third = [await harness.submit("sleep") for _ in range(3)]
-    assert [harness.runner.queue_position(s.id) for s in (first, second, third)] == [1, 2, 3]
-    assert harness.runner.queued_count == 3 and harness.runner.running_count == 1
-    assert harness.sessions.body(await harness.sessions.get(third.id))["queuePosition"] == 3
+    assert [await harness.runner.queue_position(s.id) for s in (first, second, third)] == [1, 2, 3]
+    assert await harness.runner.queue_depth() == 3 and harness.runner.running_count == 1
+    assert (await harness.sessions.body(await harness.sessions.get(third.id)))["queuePosition"] == 3
 
     await harness.runner.cancel(first.id)
     await harness.until(second.id, lambda body: body["queuePosition"] == 1)
@@ -175,9 +175,9 @@ async def test_queued_jobs_have_positions_that_move_up_as_the_queue_shifts(make_
 async def test_a_full_queue_refuses_with_queue_full_and_leaves_the_session_uploaded(make_runner):
     harness = await make_runner(max_concurrent=1, max_queued=1)
     await harness.submit("sleep")
-    assert harness.runner.has_room()
+    assert await harness.runner.has_room()
     await harness.submit("sleep")
-    assert not harness.runner.has_room()
+    assert not await harness.runner.has_room()
     refused = await harness.upload()
     with pytest.raises(QueueFull) as error:
         await harness.runner.submit(refused.id, AnalysisType.WORKOUT, {})
@@ -207,8 +207,8 @@ async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(make_runner):
     queued = await harness.submit("succeed")
     cancelled = await harness.runner.cancel(queued.id)
     assert cancelled.status is SessionStatus.CANCELLED
-    assert harness.runner.queue_position(queued.id) is None
-    assert harness.runner.queued_count == 0
+    assert await harness.runner.queue_position(queued.id) is None
+    assert await harness.runner.queue_depth() == 0
     await harness.runner.cancel(running.id)
     events = await replay(harness, queued.id)
     assert [e.name for e in events][-2:] == ["status", "cancelled"]
@@ -420,7 +420,7 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
 
 
 def test_repr_shows_slots_and_queue(data_paths):
-    queue = JobQueue(3)
+    queue = MemoryJobQueue(3)
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
     runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)
     assert repr(runner) == "<JobRunner not started running=0/2 queued=0>"
@@ -429,7 +429,7 @@ def test_repr_shows_slots_and_queue(data_paths):
 async def test_on_finished_is_told_of_every_job_that_ran_with_its_outcome(data_paths):
     """The metrics hook: analysis type, final status and duration of each job that ran."""
     told: list[tuple[str, str, float]] = []
-    queue, hub = JobQueue(10), EventHub()
+    queue, hub = MemoryJobQueue(10), EventHub()
     sessions = Sessions(MemoryStore(), hub, data_paths, queue.position)
     runner = JobRunner(
         sessions,

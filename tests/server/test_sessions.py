@@ -16,7 +16,7 @@ WAIT = 30.0  # only a bound against hangs
 async def published(sessions, session_id):
     """Every event the session has published so far (replayed from the start)."""
     hub = sessions.hub
-    last = hub.last_event_id(session_id)
+    last = await hub.last_event_id(session_id)
     events = hub.subscribe(session_id, last_event_id=0)
     return [await asyncio.wait_for(anext(events), WAIT) for _ in range(last or 0)]
 
@@ -27,7 +27,7 @@ async def test_create_stores_the_session_and_publishes_its_status(make_sessions,
     assert await sessions.get(session.id) == session
     events = await published(sessions, session.id)
     assert [(e.id, e.name, e.data["status"]) for e in events] == [(1, "status", "uploaded")]
-    assert events[0].data == sessions.body(session)
+    assert events[0].data == (await sessions.body(session))
 
 
 async def test_update_stores_and_publishes_the_new_status_body(make_sessions, data_paths):
@@ -59,12 +59,12 @@ async def test_a_terminal_session_never_changes_again(make_sessions, data_paths)
     sessions = make_sessions()
     session = await sessions.create(new_session(data_paths, status=SessionStatus.PROCESSING))
     cancelled = await sessions.update(session.id, status=SessionStatus.CANCELLED)
-    count = sessions.hub.last_event_id(session.id)
+    count = await sessions.hub.last_event_id(session.id)
     again = await sessions.update(session.id, status=SessionStatus.COMPLETED, results={})
     await sessions.add_partial(session.id, PartialKind.HIGHLIGHTS, {"late": True})
     await sessions.publish_status(session.id)
     assert again == cancelled == await sessions.get(session.id)
-    assert sessions.hub.last_event_id(session.id) == count  # nothing published after the end
+    assert await sessions.hub.last_event_id(session.id) == count  # nothing published after the end
 
 
 async def test_progress_never_goes_down_while_processing(make_sessions, data_paths):
@@ -118,8 +118,8 @@ async def test_the_body_carries_the_queue_position_while_pending(make_sessions, 
     sessions = make_sessions(queue_position=lambda _id: 3)
     pending = await sessions.create(new_session(data_paths, status=SessionStatus.PENDING))
     uploaded = await sessions.create(new_session(data_paths))
-    assert sessions.body(pending)["queuePosition"] == 3
-    assert sessions.body(uploaded)["queuePosition"] is None
+    assert (await sessions.body(pending))["queuePosition"] == 3
+    assert (await sessions.body(uploaded))["queuePosition"] is None
 
 
 async def test_publish_status_republishes_the_current_body(make_sessions, data_paths):
@@ -169,12 +169,12 @@ async def test_body_json_is_made_once_per_snapshot_and_follows_every_change(
     """Polls reuse the bytes of an unchanged snapshot; any change gives a fresh body."""
     sessions = make_sessions()
     session = await sessions.create(new_session(data_paths, status=SessionStatus.PROCESSING))
-    first = sessions.body_json(session)
-    assert sessions.body_json(await sessions.get(session.id)) is first
-    assert json.loads(first) == sessions.body(session)
+    first = await sessions.body_json(session)
+    assert (await sessions.body_json(await sessions.get(session.id))) is first
+    assert json.loads(first) == (await sessions.body(session))
 
     changed = await sessions.update(session.id, progress=0.5, current_step="Halfway")
-    body = json.loads(sessions.body_json(changed))
+    body = json.loads(await sessions.body_json(changed))
     assert body["progress"] == 0.5 and body["currentStep"] == "Halfway"
 
 
@@ -183,9 +183,9 @@ async def test_a_pending_body_always_carries_the_current_queue_position(make_ses
     sessions = make_sessions(queue_position=lambda _id: positions["place"])
     session = await sessions.create(new_session(data_paths, status=SessionStatus.PENDING))
 
-    assert json.loads(sessions.body_json(session))["queuePosition"] == 3
+    assert json.loads(await sessions.body_json(session))["queuePosition"] == 3
     positions["place"] = 1  # the queue moved; the snapshot did not
-    assert json.loads(sessions.body_json(session))["queuePosition"] == 1
+    assert json.loads(await sessions.body_json(session))["queuePosition"] == 1
 
 
 @pytest.mark.parametrize(

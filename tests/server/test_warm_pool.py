@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from protocol import AnalysisType, JobSpec, decode_event, encode_job
-from server.jobs.job_queue import JobQueue
+from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.runner import JobRunner
 from server.state.events import EventHub
 from server.state.models import SessionStatus
@@ -26,7 +26,7 @@ async def make_warm_runner(data_paths):
     made = []
 
     async def make(command, model: str, warm_workers: int = 1):
-        queue, hub = JobQueue(10), EventHub()
+        queue, hub = MemoryJobQueue(10), EventHub()
         sessions = Sessions(MemoryStore(), hub, data_paths, queue.position)
         runner = JobRunner(
             sessions,
