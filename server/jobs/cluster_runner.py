@@ -164,8 +164,13 @@ class ClusterRunner(JobRunner):
     # ---- taking jobs --------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Take a job whenever a slot is free; the read itself waits for one to come."""
-        while True:
+        """Take a job whenever a slot is free; the read itself waits for one to come.
+
+        The loops of this class also stop on `_closed`: on Python 3.11 a cancel that lands
+        inside a Redis call's own timeout can be uncancelled away, and then only the flag
+        ends the loop (a runner's close would otherwise wait on it forever).
+        """
+        while not self._closed:
             raise_if_cancelling()
             if len(self._jobs) >= self._max_concurrent:
                 self._wakeup.clear()
@@ -304,11 +309,11 @@ class ClusterRunner(JobRunner):
 
     async def _listen(self) -> None:
         """Stop local jobs that were cancelled elsewhere; wake cancels waiting for an owner."""
-        while True:
+        while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CANCEL_CHANNEL, GONE_CHANNEL)
-                while True:
+                while not self._closed:
                     raise_if_cancelling()
                     message = await pubsub.get_message(timeout=TAKE_BLOCK_SECONDS)
                     if message is None:
