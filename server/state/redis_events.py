@@ -170,8 +170,12 @@ class RedisEventLog:
                     cursor = event.id
                 continue
             meta = await self._meta(session_id)
-            if not meta or "terminal_id" in meta:
-                return  # forgotten, or ended (a resume at the terminal event ends here)
+            if not meta:
+                return  # forgotten
+            if "terminal_id" in meta:
+                if int(meta["terminal_id"]) > cursor:
+                    continue  # it ended after our read: read on up to its terminal event
+                return  # a resume at the terminal event ends here
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), POLL_SECONDS)
 
