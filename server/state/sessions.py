@@ -63,11 +63,17 @@ class Sessions:
         """The hub the changes are published on (for subscribers)."""
         return self._hub
 
-    async def create(self, session: Session) -> Session:
-        """Store a new session and publish its first status event."""
+    async def create(self, session: Session, *, announce: bool = True) -> Session:
+        """Store a new session and publish its first status event.
+
+        `announce=False` when the caller moves it on at once (an upload that names its
+        analysis is queued straight away): its first event is then that next status, so
+        no client sees the two-step flow's `uploaded`.
+        """
         async with self._lock(session.id):
             await self._store.add(session)
-            await self._publish(session)
+            if announce:
+                await self._publish(session)
         return session
 
     async def get(self, session_id: str) -> Session:

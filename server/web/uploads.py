@@ -184,7 +184,7 @@ async def _accept(
             output_dir=str(paths.output_dir(session_id)),
             webhook=webhook,
         )
-        await sessions.create(session)
+        await sessions.create(session, announce=analysis_type is None)
         created = True
         if analysis_type is not None:
             session = await runner.submit(session_id, analysis_type, params)

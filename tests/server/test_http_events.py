@@ -116,6 +116,15 @@ async def test_the_terminal_event_of_a_job_cancelled_while_queued_names_its_step
     assert frames[-1].data["currentStep"] == "Cancelled while queued"
 
 
+async def test_a_one_step_upload_never_streams_the_two_step_flows_uploaded(client, sample_video):
+    """API.md: `uploaded` is the state of an upload waiting for `analyze`, nothing else."""
+    session_id = await upload_id(client, sample_video, analysis_type="highlights")
+    frames = [f for f in await read_all(await client.get(f"{V1}/events/{session_id}")) if f.event]
+    statuses = [frame.data["status"] for frame in frames if frame.event != "partial"]
+    assert statuses[0] in ("pending", "processing", "completed")
+    assert "uploaded" not in statuses and statuses[-1] == "completed"
+
+
 async def test_reconnecting_with_the_terminal_event_id_is_a_204(client, sample_video):
     """204 No Content is what stops a browser's EventSource from reconnecting."""
     session_id = await upload_id(client, sample_video, analysis_type="highlights")
