@@ -41,10 +41,10 @@ from inference_worker.compute import FAST_PATH_ENV, use_fast_blas
 use_fast_blas()
 
 from bench.__main__ import machine_note, render, write_between  # noqa: E402
-from bench.bench_worker import record_calls  # noqa: E402
+from bench.bench_worker import record_calls, timed_worker  # noqa: E402
 from bench.common import row  # noqa: E402
 from inference_worker.tiny_model import build_tiny_model  # noqa: E402
-from protocol import AnalysisType, JobSpec, decode_event, encode_job  # noqa: E402
+from protocol import AnalysisType, JobSpec  # noqa: E402
 from tests.media import write_video  # noqa: E402
 
 CLIP_SECONDS = 20.0
@@ -110,28 +110,6 @@ def measure_segment(model_dir: Path, video: Path, fast: bool) -> dict:
     mode = "split" if fast else "whole"
     done = _python("-c", SEGMENT_SCRIPT, str(model_dir), str(video), mode, fast=fast)
     return json.loads(done.stdout.splitlines()[-1])
-
-
-def timed_worker(spec: JobSpec) -> tuple[float, list]:
-    """Spawn to exit of a worker fed as the server feeds it; its events."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inference_worker"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    proc.stdin.write(encode_job(spec))
-    proc.stdin.flush()
-    output = proc.stdout.read()
-    proc.wait()
-    elapsed = time.perf_counter() - started
-    proc.stdin.close()
-    proc.stdout.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker failed: {output[-500:]}")
-    return elapsed, [decode_event(line) for line in output.splitlines()]
 
 
 def _vision_passes(events: list) -> int:

@@ -24,7 +24,7 @@ from bench.common import row
 from inference_worker.job import ModelSlot, run_job
 from inference_worker.model import load_model
 from inference_worker.tiny_model import build_tiny_model
-from protocol import AnalysisType, JobSpec, encode_job
+from protocol import AnalysisType, JobSpec, decode_event, encode_job
 from tests.media import write_video
 
 REPEATS = 3
@@ -70,8 +70,9 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def timed_worker(spec: JobSpec) -> float:
-    """Spawn to exit of a worker fed as the server feeds it (stdin stays open: EOF means stop)."""
+def timed_worker(spec: JobSpec) -> tuple[float, list]:
+    """Spawn to exit of a worker fed as the server feeds it (stdin stays open: EOF means
+    stop); the seconds and the events it printed."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "inference_worker"],
@@ -89,7 +90,7 @@ def timed_worker(spec: JobSpec) -> float:
     proc.stdout.close()
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed: {output[-500:]}")
-    return elapsed
+    return elapsed, [decode_event(line) for line in output.splitlines()]
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -113,7 +114,7 @@ def run(quick: bool = False) -> list[dict]:
         bare = [sys.executable, "-c", BARE_SCRIPT, str(calls_file), str(model_dir)]
         worker_times, bare_times = [], []
         for _ in range(REPEATS):  # interleaved, so drift on the machine hits both alike
-            worker_times.append(timed_worker(spec))
+            worker_times.append(timed_worker(spec)[0])
             bare_times.append(timed(bare))
     frames = sum(len(frames) for _, frames, _ in calls)
     return [
