@@ -41,7 +41,6 @@ JOB_VIDEO_FPS = 2
 # Two workers importing mlx on two cores take a few seconds to be under way.
 RUNNING_TIMEOUT_SECONDS = 120.0
 ANSWER_TIMEOUT_SECONDS = 30.0
-BOUNDARY = "bench-latency-boundary"
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -50,7 +49,7 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-upload-latency-") as tmp:
         tmp_path = Path(tmp)
         small = write_video(tmp_path / "small.mp4", seconds=6.0, width=320, height=240, grain=4)
-        body = multipart(small)
+        body = servers.multipart_body(small)
         kb = small.stat().st_size / 1000
         received = tmp_path / "bare"
         received.mkdir()
@@ -98,15 +97,6 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-def multipart(video: Path) -> bytes:
-    return (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
-        f'filename="{video.name}"\r\nContent-Type: video/mp4\r\n\r\n'.encode()
-        + video.read_bytes()
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-
-
 def rounds(
     service: servers.ServerProcess, bare: servers.ServerProcess, body: bytes, uploads: int
 ) -> dict[str, list[float]]:
@@ -128,7 +118,7 @@ def rounds(
 
 def post(connection: http.client.HTTPConnection, body: bytes) -> float:
     """Seconds from sending the upload to having its whole answer (a 200 or 202)."""
-    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    headers = {"Content-Type": servers.UPLOAD_CONTENT_TYPE}
     started = time.perf_counter()
     connection.request("POST", UPLOAD_PATH, body=body, headers=headers)
     response = connection.getresponse()

@@ -300,27 +300,37 @@ def raise_open_files_limit(connections: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def upload(url: str, video: Path, fields: dict[str, str] | None = None, timeout: float = 60) -> str:
-    """POST `video` (and text `fields`) to a service's upload route; the new session's id.
+UPLOAD_BOUNDARY = "bench-upload-boundary"
+UPLOAD_CONTENT_TYPE = f"multipart/form-data; boundary={UPLOAD_BOUNDARY}"
 
-    Built by hand with the standard library: the benchmarks that need a session made
-    this way run their clients in plain threads or other processes.
+
+def multipart_body(video: Path, fields: dict[str, str] | None = None) -> bytes:
+    """An upload's multipart body (text `fields`, then `video` as `file`), sent with
+    UPLOAD_CONTENT_TYPE.
+
+    Built by hand with the standard library: the benchmarks that upload run their clients
+    in plain threads or other processes.
     """
-    boundary = "bench-upload-boundary"
     parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        f'--{UPLOAD_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+        f"{value}\r\n".encode()
         for name, value in (fields or {}).items()
     ]
     parts += [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'--{UPLOAD_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
         f'filename="{video.name}"\r\nContent-Type: video/mp4\r\n\r\n'.encode(),
         video.read_bytes(),
-        f"\r\n--{boundary}--\r\n".encode(),
+        f"\r\n--{UPLOAD_BOUNDARY}--\r\n".encode(),
     ]
+    return b"".join(parts)
+
+
+def upload(url: str, video: Path, fields: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """POST `video` (and text `fields`) to a service's upload route; the new session's id."""
     request = urllib.request.Request(
         f"{url}/api/v1/video/upload",
-        data=b"".join(parts),
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        data=multipart_body(video, fields),
+        headers={"Content-Type": UPLOAD_CONTENT_TYPE},
     )
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         return json.load(answer)["sessionId"]
