@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import keys
+from server.web import app_keys as keys
 from server.config import Config
 from server.jobs.cluster_runner import ClusterRunner
 from server.jobs.job_queue import JobQueue, MemoryJobQueue

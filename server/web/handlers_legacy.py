@@ -13,7 +13,7 @@ import contextlib
 from aiohttp import web
 
 from protocol import AnalysisType
-from server import keys
+from server.web import app_keys as keys
 from server.state.models import SessionConflict, SessionNotFound
 from server.web.bodies import json_response, results_of
 from server.web.disconnect import ClientGone, client_gone, unless_client_leaves

@@ -7,7 +7,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from protocol import model_display_name
-from server import keys
+from server.web import app_keys as keys
 from server.config import SERVICE_NAME, VERSION
 from server.web.bodies import Endpoint, Health, ServiceIndex, json_response
 from server.web.openapi import openapi_document

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
-from server import keys
+from server.web import app_keys as keys
 from server.state.models import Session, SessionConflict, SessionStatus
 from server.web.bodies import (
     Cleanup,

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from server import keys
+from server.web import app_keys as keys
 from server.state.models import SessionStatus
 
 NAMESPACE = "smolvlm"

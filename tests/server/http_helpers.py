@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server import keys
+from server.web import app_keys as keys
 from server.app import create_app
 from server.config import Config
 from server.state.models import Session

@@ -29,7 +29,7 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from yarl import URL
 
-from server import keys
+from server.web import app_keys as keys
 from server.app import create_app
 from server.state.models import SessionStatus
 from server.web.handlers_sessions import MAX_LIST_LIMIT

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from server import keys
+from server.web import app_keys as keys
 from server.state.models import SessionStatus
 from tests.media import write_text_file
 from tests.server.http_helpers import (

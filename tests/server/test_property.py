@@ -47,7 +47,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server import keys
+from server.web import app_keys as keys
 from server.app import create_app
 from server.config import Config
 from server.web.openapi import openapi_document

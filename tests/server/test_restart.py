@@ -8,7 +8,7 @@ import signal
 import aiohttp
 import pytest
 
-from server import keys
+from server.web import app_keys as keys
 from server.app import create_app
 from server.jobs.runner import RESTARTED_STEP
 from tests.server.conftest import dies

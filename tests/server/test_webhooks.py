@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from server import keys
+from server.web import app_keys as keys
 from server.config import Config
 from server.jobs.webhooks import address_allowed
 from server.state.webhook_delivery import WebhookDelivery

@@ -1,4 +1,8 @@
-"""Every `web.AppKey` of the application, in one place (no module globals hold state)."""
+"""Every `web.AppKey` of the application, in one place (no module globals hold state).
+
+An HTTP-edge concern: the app factory fills them and the handlers read them; `jobs` and
+`state` never see the application.
+"""
 
 from __future__ import annotations
 
