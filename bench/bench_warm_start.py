@@ -23,7 +23,7 @@ from aiohttp import web
 
 from bench.common import row
 from inference_worker.tiny_model import build_tiny_model
-from server import keys
+from server.web import app_keys as keys
 from server.app import create_app
 from server.config import Config
 from tests.media import write_video

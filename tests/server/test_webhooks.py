@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from server import keys
 from server.config import Config
 from server.jobs.webhooks import address_allowed
 from server.state.webhook_delivery import WebhookDelivery
+from server.web import app_keys as keys
 from tests.server.http_helpers import (
     V1,
     finished,
