@@ -13,7 +13,7 @@ write that records it leaves the next owner to send it again).
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 
@@ -119,7 +119,7 @@ class RedisDeliveryClaims:
     @unavailable_as_busy
     async def take(self, session_id: str) -> bool:
         keys = [CLAIM_KEY + session_id, UNFINISHED_KEY]
-        args = [self._node_id, self._lease_ms, int(time.time() * 1000), session_id]
+        args: list[str | int] = [self._node_id, self._lease_ms, int(time.time() * 1000), session_id]
         return bool(await self._take(keys=keys, args=args))
 
     @unavailable_as_busy
@@ -134,7 +134,8 @@ class RedisDeliveryClaims:
 
     @unavailable_as_busy
     async def unclaimed(self) -> list[str]:
-        session_ids = await self._client.zrange(UNFINISHED_KEY, 0, -1)
+        # The client decodes responses: the members are str.
+        session_ids = cast(list[str], await self._client.zrange(UNFINISHED_KEY, 0, -1))
         if not session_ids:
             return []
         async with self._client.pipeline(transaction=False) as pipe:
