@@ -182,6 +182,9 @@ class WebhookDeliverer:
         self._first_retry = first_retry_seconds
         self._window = timedelta(seconds=retry_window_seconds)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Sessions whose POST is out: close lets it come back and be recorded, since a
+        # receiver may have taken it already and another node would send it again.
+        self._posting: set[str] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_ATTEMPTS)
         self._http: aiohttp.ClientSession | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -239,13 +242,19 @@ class WebhookDeliverer:
             log.error("session %s: webhook delivery crashed", session_id, exc_info=task.exception())
 
     async def close(self) -> None:
-        """Stop delivering and let the claims go; what is pending stays so in the store."""
+        """Stop delivering and let the claims go; what is pending stays so in the store.
+
+        An attempt under way is awaited (at most ATTEMPT_TIMEOUT_SECONDS) and recorded
+        first, so that a restart does not make the next owner send it again.
+        """
         self._closed = True
         tasks = list(self._tasks.values())
+        for session_id, task in self._tasks.items():
+            if session_id not in self._posting:
+                task.cancel()
         if self._sweeper is not None:
+            self._sweeper.cancel()
             tasks.append(self._sweeper)
-        for task in tasks:
-            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
@@ -324,8 +333,30 @@ class WebhookDeliverer:
                 if delivery is None or delivery.state is not DeliveryState.PENDING:
                     return True
                 payload = webhook_payload(status_body(session))
-                async with self._slots:
-                    status, error = await self._attempt(session_id, delivery.url, payload)
+                attempted = await self._post_and_record(session_id, delivery, payload)
+                if attempted is None:
+                    return False  # closing
+                delivery, wait = attempted
+                if delivery.state is not DeliveryState.PENDING or wait is None:
+                    return True
+                if self._closed:
+                    return False
+                await asyncio.sleep(wait)
+        except SessionNotFound:
+            return True  # deleted or expired: nobody to tell about it any more
+
+    async def _post_and_record(
+        self, session_id: str, delivery: WebhookDelivery, payload: bytes
+    ) -> tuple[WebhookDelivery, float | None] | None:
+        """One attempt, stored: the delivery as it stands now and the seconds until the
+        next attempt (None: no more). None if closing before it could begin; once begun,
+        `close` waits for it."""
+        async with self._slots:
+            if self._closed:
+                return None
+            self._posting.add(session_id)
+            try:
+                status, error = await self._attempt(session_id, delivery.url, payload)
                 delivery = delivery.replace(
                     attempts=delivery.attempts + 1, last_status=status, last_error=error
                 )
@@ -353,11 +384,9 @@ class WebhookDeliverer:
                     )
                 recorded = functools.partial(self._sessions.record_webhook, delivery=delivery)
                 await self._patiently(recorded, session_id)
-                if delivery.state is not DeliveryState.PENDING or wait is None:
-                    return True
-                await asyncio.sleep(wait)
-        except SessionNotFound:
-            return True  # deleted or expired: nobody to tell about it any more
+            finally:
+                self._posting.discard(session_id)
+        return delivery, wait
 
     def _next_wait(self, delivery: WebhookDelivery) -> float | None:
         """Seconds until the next attempt, or None when the retry window is over."""

@@ -147,8 +147,8 @@ async def test_three_nodes_restarting_one_killed_deliver_each_pending_webhook_on
 ):
     """Sessions end while the receiver is down; every node restarts (the holder of one
     delivery killed -9, the others stopped), the receiver comes back: each session gets
-    exactly one successful delivery, and the receiver saw no attempt the store did not
-    count."""
+    exactly one successful delivery, last, and the receiver saw no attempt the store did
+    not count (no node attempted behind another's back)."""
     receiver.answers = [503]
     nodes = [await cluster.node("all", **NODE_SETTINGS) for _ in range(3)]
     sessions = [
@@ -163,8 +163,9 @@ async def test_three_nodes_restarting_one_killed_deliver_each_pending_webhook_on
     killed = holder(cluster, sessions[0])
     assert killed is not None, "a pending delivery is held by the node delivering it"
     cluster.kill(killed)
-    for node in nodes:
-        node.stop()
+    # In threads, so that the receiver goes on answering: a node stopping later may take
+    # up what one stopping earlier let go, and its attempt is one more 503.
+    await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
     receiver.answers = [204]  # back
 
     await asyncio.gather(*(cluster.node("all", **NODE_SETTINGS) for _ in range(3)))
@@ -174,10 +175,10 @@ async def test_three_nodes_restarting_one_killed_deliver_each_pending_webhook_on
     # Room for a duplicate to show: two sweeps of every live node.
     await asyncio.sleep(2 * LEASE_SECONDS)
     for session_id in sessions:
-        got = receiver.of(session_id)
-        assert [one["answered"] for one in got] == [503, 204], got
+        answered = [one["answered"] for one in receiver.of(session_id)]
+        assert answered.count(204) == 1 and answered[-1] == 204, answered
         webhook = await webhook_of(cluster, session_id, lambda hook: True)
-        assert webhook["attempts"] == len(got) == 2
+        assert webhook["attempts"] == len(answered), (webhook, answered)
     assert unfinished(cluster) == 0
     assert all(holder(cluster, session_id) is None for session_id in sessions)
 

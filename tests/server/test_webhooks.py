@@ -14,10 +14,11 @@ import redis
 
 from server import keys
 from server.config import Config
-from server.jobs.webhook_claims import CLAIM_KEY, UNFINISHED_KEY
-from server.jobs.webhooks import address_allowed
-from server.state.webhook_delivery import WebhookDelivery
-from tests.server.conftest import eventually
+from server.jobs.webhook_claims import CLAIM_KEY, UNFINISHED_KEY, MemoryDeliveryClaims
+from server.jobs.webhooks import WebhookDeliverer, address_allowed
+from server.state.models import SessionStatus, utcnow
+from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+from tests.server.conftest import eventually, new_session
 from tests.server.http_helpers import (
     V1,
     finished,
@@ -328,3 +329,51 @@ async def _served_webhook(
             return webhook
         assert loop.time() < deadline, webhook
         await asyncio.sleep(0.1)
+
+
+async def test_closing_waits_for_an_attempt_under_way_and_records_it(
+    make_sessions, data_paths, receiver
+):
+    """A stop (a restart, a rolling deploy) while a POST is out must not leave the receiver's
+    2xx unrecorded: the next owner would send it again."""
+    sessions = make_sessions()
+    pending = WebhookDelivery(receiver.url, DeliveryState.PENDING, pending_since=utcnow())
+    ended = await sessions.create(
+        new_session(data_paths, status=SessionStatus.COMPLETED, webhook=pending)
+    )
+    receiver.gate = asyncio.Event()
+    deliverer = WebhookDeliverer(
+        sessions, SECRET, claims=MemoryDeliveryClaims(), allow_private=True
+    )
+    await deliverer.start()
+    await asyncio.wait_for(receiver.arrived.wait(), WAIT_SECONDS)
+    closing = asyncio.create_task(deliverer.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done(), "close did not wait for the POST under way"
+    receiver.gate.set()
+    await asyncio.wait_for(closing, WAIT_SECONDS)
+    delivery = (await sessions.get(ended.id)).webhook
+    assert delivery is not None and delivery.state is DeliveryState.DELIVERED
+    assert delivery.attempts == 1 and len(receiver.received) == 1
+
+
+async def test_closing_stops_a_delivery_waiting_for_its_retry_and_keeps_it_pending(
+    make_sessions, data_paths, receiver
+):
+    receiver.answers = [503]
+    sessions = make_sessions()
+    pending = WebhookDelivery(receiver.url, DeliveryState.PENDING, pending_since=utcnow())
+    ended = await sessions.create(
+        new_session(data_paths, status=SessionStatus.FAILED, webhook=pending)
+    )
+    claims = MemoryDeliveryClaims()
+    deliverer = WebhookDeliverer(
+        sessions, SECRET, claims=claims, allow_private=True, first_retry_seconds=3600
+    )
+    await deliverer.start()
+    assert await eventually(lambda: len(receiver.received) == 1)
+    await asyncio.wait_for(deliverer.close(), WAIT_SECONDS)
+    delivery = (await sessions.get(ended.id)).webhook
+    assert delivery is not None and delivery.state is DeliveryState.PENDING
+    assert delivery.attempts == 1
+    assert await claims.take(ended.id), "the claim was let go for the next owner"

@@ -3,6 +3,7 @@ it checks every signature with the Standard Webhooks library and keeps what it g
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +24,17 @@ class Receiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     redirected_to: int = 0
+    # When set, each POST waits for `gate` before it is answered; `arrived` is set meanwhile.
+    gate: asyncio.Event | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.text()
         # Raises WebhookVerificationError (a 500, and no record) on a bad signature.
         payload = Webhook(SECRET).verify(body, dict(request.headers))
+        if self.gate is not None:
+            self.arrived.set()
+            await self.gate.wait()
         status = self.answers[min(len(self.received) + 1, len(self.answers)) - 1]
         self.received.append(
             {"headers": dict(request.headers), "payload": payload, "answered": status}
