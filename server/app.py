@@ -26,6 +26,7 @@ from server.jobs.job_queue import JobQueue, MemoryJobQueue
 from server.jobs.probe import ProbeService
 from server.jobs.redis_job_queue import RedisJobQueue
 from server.jobs.runner import JobRunner
+from server.jobs.webhook_claims import DeliveryClaims, MemoryDeliveryClaims, RedisDeliveryClaims
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub, EventLog
 from server.state.janitor import Janitor
@@ -165,6 +166,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
     webhooks = app[keys.WEBHOOKS] = WebhookDeliverer(
         sessions,
         config.webhook_secret,
+        claims=webhook_claims(config, state),
         allow_private=config.webhook_allow_private,
         first_retry_seconds=config.webhook_first_retry_seconds,
         retry_window_seconds=config.webhook_retry_seconds,
@@ -207,6 +209,13 @@ def cluster_sweep(config: Config, state: State) -> dict[str, Any]:
         "turn": cluster_turn(state.redis, "sweep", config.node_id, turn_seconds),
         "orphan_grace": ORPHAN_GRACE,
     }
+
+
+def webhook_claims(config: Config, state: State) -> DeliveryClaims:
+    """On a cluster one node delivers each webhook, claimed in Redis; alone, in memory."""
+    if state.redis is None:
+        return MemoryDeliveryClaims()
+    return RedisDeliveryClaims(state.redis, config.node_id, lease_seconds=config.node_lease_seconds)
 
 
 async def probing(app: web.Application) -> AsyncIterator[None]:
