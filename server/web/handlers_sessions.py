@@ -25,12 +25,12 @@ from server.web.bodies import (
     SessionAnswer,
     SessionList,
     json_response,
-    results_of,
 )
 from server.web.chapters import VTT_CONTENT_TYPE, chapters_vtt, session_chapters
 from server.web.responses import (
     API_PREFIX,
     ApiError,
+    completed_results,
     finished_session_error,
     public_results,
     reel_name,
@@ -163,7 +163,7 @@ async def results(request: web.Request) -> web.Response:
         ResultsBody(
             session_id=session.id,
             status="completed",
-            results=results_of(public_results(session.id, session.results or {})),
+            results=public_results(session.id, completed_results(session)),
         )
     )
 
@@ -204,7 +204,7 @@ async def video(request: web.Request) -> web.FileResponse:
 async def chapters(request: web.Request) -> web.Response:
     """WebVTT chapters of a completed session, from its judged segments."""
     session = await _finished(request)
-    found = session_chapters(session.results or {})
+    found = session_chapters(completed_results(session))
     if not found:
         raise ApiError(
             404, "No chapters", "These results have no judged segments", session_id=session.id
