@@ -521,8 +521,6 @@ class TerminalWatch:
 
 
 def test_a_partial_item_is_read_as_its_lists_type_and_described_by_its_fields():
-    from client.cli import describe_item, partial_item
-
     item = {
         "start": 0.0,
         "end": 30.0,
@@ -532,6 +530,6 @@ def test_a_partial_item_is_read_as_its_lists_type_and_described_by_its_fields():
         "reps": 12,
         "form_notes": "steady",
     }
-    segment = partial_item({"sessionId": "s", "kind": "segments", "item": item})
-    assert describe_item(segment) == "  + 00:00-00:30  squat, 12 reps - steady"
-    assert partial_item({"sessionId": "s", "kind": "highlights", "item": item}) is None
+    segment = cli_module.partial_item({"sessionId": "s", "kind": "segments", "item": item})
+    assert cli_module.describe_item(segment) == "  + 00:00-00:30  squat, 12 reps - steady"
+    assert cli_module.partial_item({"sessionId": "s", "kind": "highlights", "item": item}) is None
