@@ -21,7 +21,7 @@ from inference_worker.timeline import SegmentFrames, frame_times, plan_segments
 from inference_worker.tiny_model import build_tiny_model
 from inference_worker.video import VideoReader
 from inference_worker.workout import analyze_workout
-from protocol import PartialKind
+from protocol import PartialItem, PartialKind
 from tests.media import write_video
 
 FRAMES_PER_SEGMENT = 8
@@ -33,7 +33,7 @@ class Silent(Reporter):
     def progress(self, fraction: float, step: str) -> None:
         pass
 
-    def partial(self, kind: PartialKind, item: dict) -> None:
+    def partial(self, kind: PartialKind, item: PartialItem) -> None:
         pass
 
 

@@ -35,10 +35,20 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 import aiohttp
+import msgspec
 
 from client.downloads import STDOUT, DownloadRefused, human_size, save, server_file_name
 from client.listing import sessions_table, webhook_line
-from protocol import AnalysisType, ParamsError, parse_params_json
+from protocol import (
+    PARTIAL_ITEMS,
+    AnalysisType,
+    ParamsError,
+    PartialItem,
+    PartialKind,
+    TimelineEntry,
+    WorkoutSegment,
+    parse_params_json,
+)
 
 PROG = "smolvlm-client"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -269,14 +279,21 @@ async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[ServerEvent]:
         # An empty field is a comment (the server's keep-alive ping); others are ignored.
 
 
-def describe_item(item: dict[str, Any]) -> str:
-    """One line for a partial highlight or workout segment."""
-    when = f"{item.get('start_time', '?')}-{item.get('end_time', '?')}"
-    if "exercise" in item:
-        reps = f", {item['reps']} reps" if item.get("reps") is not None else ""
-        notes = f" - {item['form_notes']}" if item.get("form_notes") else ""
-        return f"  + {when}  {item.get('exercise') or 'rest'}{reps}{notes}"
-    return f"  + {when}  significance {item.get('significance')}  {item.get('description', '')}"
+def partial_item(data: dict[str, Any]) -> PartialItem | None:
+    """The item of a `partial` event's data as its declared type; None if it is not one."""
+    try:
+        return msgspec.convert(data["item"], PARTIAL_ITEMS[PartialKind(data["kind"])])
+    except (KeyError, TypeError, ValueError):  # msgspec's ValidationError is a ValueError
+        return None
+
+
+def describe_item(item: PartialItem) -> str:
+    """One line for a partial highlight, workout segment or judged segment."""
+    when = f"{item.start_time}-{item.end_time}"
+    if isinstance(item, WorkoutSegment):
+        notes = f" - {item.form_notes}" if item.form_notes else ""
+        return f"  + {when}  {item.exercise or 'rest'}, {item.reps} reps{notes}"
+    return f"  + {when}  significance {item.significance}  {item.description or ''}"
 
 
 class ProgressDisplay:
@@ -338,9 +355,11 @@ async def watch(client: ApiClient, session_id: str, out: TextIO) -> str:
             async for event in events:
                 if event.name == "status":
                     display.status(event.data)
-                elif event.name == "partial" and event.data.get("kind") != "timeline":
+                elif event.name == "partial":
+                    item = partial_item(event.data)
                     # Every judged segment is a timeline partial; the bar already counts them.
-                    display.message(describe_item(event.data.get("item", {})))
+                    if item is not None and not isinstance(item, TimelineEntry):
+                        display.message(describe_item(item))
                 elif event.name in TERMINAL_EVENTS:
                     terminal = event
     finally:

@@ -28,7 +28,7 @@ from inference_worker.replies import (
 )
 from inference_worker.reporting import Generate, Reporter, StepProgress
 from inference_worker.timeline import Segment, SegmentFrames, format_timestamp, span_fields
-from protocol import PartialKind
+from protocol import Highlight, HighlightFound, PartialKind, TimelineEntry
 
 # Two or three sentences; a longer answer from a small model adds latency and drift.
 DESCRIBE_TOKENS = 160
@@ -90,21 +90,30 @@ def segment_prompt(video_description: str | None, criteria: Sequence[str]) -> st
 
 
 @dataclass(frozen=True)
-class Highlight:
-    """One highlight: a stretch of one or more adjacent significant segments."""
+class HighlightSpan:
+    """One highlight: a stretch of one or more adjacent significant segments (exact times)."""
 
     start: float
     end: float
     significance: int
     description: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def item(self) -> HighlightFound:
         """The highlight item of API.md results, without the thumbnail the caller adds."""
-        return {
+        return HighlightFound(
             **span_fields(self.start, self.end),
-            "significance": self.significance,
-            "description": self.description,
-        }
+            significance=self.significance,
+            description=self.description,
+        )
+
+    def with_thumbnail(self, thumbnail: str | None) -> Highlight:
+        """The highlight of the results: the item and its thumbnail's file name."""
+        return Highlight(
+            **span_fields(self.start, self.end),
+            significance=self.significance,
+            description=self.description,
+            thumbnail=thumbnail,
+        )
 
 
 @dataclass(frozen=True)
@@ -116,13 +125,13 @@ class JudgedSegment:
     significance: int | None
     description: str | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def item(self) -> TimelineEntry:
         """The timeline item of API.md highlights results."""
-        return {
+        return TimelineEntry(
             **span_fields(self.start, self.end),
-            "significance": self.significance,
-            "description": self.description,
-        }
+            significance=self.significance,
+            description=self.description,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ class HighlightsAnalysis:
 
     video_description: str
     criteria: list[str]
-    highlights: list[Highlight]
+    highlights: list[HighlightSpan]
     timeline: list[JudgedSegment]
 
 
@@ -186,7 +195,7 @@ def analyze_highlights(
             parse_description(reply),
         )
         timeline.append(verdict)
-        reporter.partial(PartialKind.TIMELINE, verdict.to_dict())
+        reporter.partial(PartialKind.TIMELINE, verdict.item())
         collector.add(item.segment, verdict.significance, verdict.description)
     collector.finish()
     progress.report(1.0, "Selecting highlights")
@@ -214,11 +223,11 @@ class _Run:
         if description and (self.best is None or significance > self.best[0]):
             self.best = (significance, description)
 
-    def highlight(self) -> Highlight:
+    def highlight(self) -> HighlightSpan:
         description = (
             self.best[1] if self.best else f"Notable moment at {format_timestamp(self.start)}"
         )
-        return Highlight(self.start, self.end, self.significance, description)
+        return HighlightSpan(self.start, self.end, self.significance, description)
 
 
 class _HighlightCollector:
@@ -234,7 +243,7 @@ class _HighlightCollector:
         self._max = max_highlights
         self._reporter = reporter
         self._run: _Run | None = None
-        self._found: list[Highlight] = []
+        self._found: list[HighlightSpan] = []
 
     def add(self, segment: Segment, significance: int | None, description: str | None) -> None:
         """Take one judged segment, in time order."""
@@ -252,7 +261,7 @@ class _HighlightCollector:
         """No more segments: the open highlight, if any, is complete."""
         self._close()
 
-    def highlights(self) -> list[Highlight]:
+    def highlights(self) -> list[HighlightSpan]:
         """The `max_highlights` most significant (earlier first on ties), in time order."""
         ranked = sorted(self._found, key=lambda h: (-h.significance, h.start))
         return sorted(ranked[: self._max], key=lambda h: h.start)
@@ -265,4 +274,4 @@ class _HighlightCollector:
         ahead = sum(1 for found in self._found if found.significance >= highlight.significance)
         self._found.append(highlight)
         if ahead < self._max:
-            self._reporter.partial(PartialKind.HIGHLIGHTS, highlight.to_dict())
+            self._reporter.partial(PartialKind.HIGHLIGHTS, highlight.item())

@@ -29,15 +29,21 @@ from protocol import (
     Error,
     ErrorCode,
     Event,
+    JobResults,
     JobSpec,
     Log,
     LogLevel,
     ParamsError,
     Partial,
+    PartialItem,
     PartialKind,
     Progress,
+    ReelFile,
     Result,
     VideoInfo,
+    WorkerHighlightsResults,
+    WorkoutResults,
+    results_json,
     validate_params,
 )
 
@@ -89,7 +95,7 @@ class ProgressReporter:
         self._last = max(self._last, round(value, 4))
         self._emit(Progress(self._last, step))
 
-    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+    def partial(self, kind: PartialKind, item: PartialItem) -> None:
         self._emit(Partial(kind, item))
 
 
@@ -122,10 +128,13 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
         size, why = segments_per_call(model.on_gpu)
         emit(Log(LogLevel.INFO, describe_batching(size, why)))
         batching = Batching(model.generate_batch, size) if size > 1 else None
+        # What the results start with; the analysis adds its own fields.
+        common = _Common(model.name, info, started)
+        results: JobResults
         if spec.analysis_type is AnalysisType.HIGHLIGHTS:
-            analysis = _highlights(spec, info, params, model, batching, output_dir, reporter)
+            results = _highlights(spec, info, params, model, batching, output_dir, reporter, common)
         else:
-            analysis = _workout(spec, info, params, model, batching, reporter)
+            results = _workout(spec, info, params, model, batching, reporter, common)
         emit(
             Log(
                 LogLevel.INFO,
@@ -143,14 +152,24 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
         log.exception("job %s failed", spec.session_id)
         return Error(ErrorCode.INTERNAL_ERROR.value, f"analysis failed ({type(exc).__name__})")
     reporter.progress(1.0, "Finished")
-    results = {
-        "analysisType": spec.analysis_type.value,
-        "processing_time_seconds": round(time.monotonic() - started, 2),
-        "model": model.name,
-        "video": info.public_dict(),
-        **analysis,
-    }
-    return Result(results)
+    return Result(results_json(results))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Common:
+    """The fields both analyses' results start with, known before the analysis runs."""
+
+    model: str
+    info: VideoInfo
+    started: float  # time.monotonic() when the job began
+
+    def fields(self) -> dict[str, Any]:
+        # Measured here, as the results are made: the artifacts' time counts too.
+        return {
+            "processing_time_seconds": round(time.monotonic() - self.started, 2),
+            "model": self.model,
+            "video": self.info.public(),
+        }
 
 
 def _segment_frames(
@@ -200,7 +219,8 @@ def _highlights(
     batching: Batching | None,
     output_dir: Path,
     reporter: ProgressReporter,
-) -> dict[str, Any]:
+    common: _Common,
+) -> WorkerHighlightsResults:
     overview = _overview_frames(spec, info, params, model.image_size)
     with VideoReader(spec.video_path, model.image_size) as reader:
         count, segments = _segment_frames(reader, info, params, batching, decoded=overview)
@@ -231,18 +251,16 @@ def _highlights(
             REEL_FILE,
             info=info,
         )
-        reel = {"file": REEL_FILE, "duration_seconds": round(duration, 2)}
-    return {
-        "video_description": analysis.video_description,
-        "criteria": analysis.criteria,
-        "timeline": [entry.to_dict() for entry in analysis.timeline],
-        "highlights_found": len(highlights),
-        "highlights": [
-            {**h.to_dict(), "thumbnail": name}
-            for h, name in zip(highlights, thumbnails, strict=True)
-        ],
-        "reel": reel,
-    }
+        reel = ReelFile(file=REEL_FILE, duration_seconds=round(duration, 2))
+    return WorkerHighlightsResults(
+        **common.fields(),
+        video_description=analysis.video_description,
+        criteria=analysis.criteria,
+        timeline=[entry.item() for entry in analysis.timeline],
+        highlights_found=len(highlights),
+        highlights=[h.with_thumbnail(name) for h, name in zip(highlights, thumbnails, strict=True)],
+        reel=reel,
+    )
 
 
 def _workout(
@@ -252,7 +270,8 @@ def _workout(
     model: SmolVLM,
     batching: Batching | None,
     reporter: ProgressReporter,
-) -> dict[str, Any]:
+    common: _Common,
+) -> WorkoutResults:
     with VideoReader(spec.video_path, model.image_size) as reader:
         count, segments = _segment_frames(reader, info, params, batching)
         with closing(segments):  # stops the decode-ahead thread with the job
@@ -264,7 +283,8 @@ def _workout(
                 reporter.phase(_LOADED, 1.0),
                 batching=batching,
             )
-    return {
-        "segments": [segment.to_dict() for segment in analysis.segments],
-        "summary": analysis.summary(),
-    }
+    return WorkoutResults(
+        **common.fields(),
+        segments=[segment.item() for segment in analysis.segments],
+        summary=analysis.summary(),
+    )

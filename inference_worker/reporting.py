@@ -7,11 +7,11 @@ recording reporter, and the analyses never see mlx, video files or the event cha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from PIL import Image
 
-from protocol import PartialKind
+from protocol import PartialItem, PartialKind
 
 
 class Generate(Protocol):
@@ -40,7 +40,7 @@ class Reporter(Protocol):
     def progress(self, fraction: float, step: str) -> None:
         """`fraction` of this analysis's work done, in [0, 1] and never lower than before."""
 
-    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+    def partial(self, kind: PartialKind, item: PartialItem) -> None:
         """One finished item of the results list `kind` (a judged segment, a highlight...)."""
 
 

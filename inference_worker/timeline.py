@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from PIL import Image
 
@@ -62,7 +63,16 @@ def frame_times(start: float, end: float, count: int) -> list[float]:
     return [start + (i + 0.5) * step for i in range(count)]
 
 
-def span_fields(start: float, end: float) -> dict[str, float | str]:
+class SpanFields(TypedDict):
+    """The fields of `protocol.results.Span`, to build any result item with `**`."""
+
+    start: float
+    end: float
+    start_time: str
+    end_time: str
+
+
+def span_fields(start: float, end: float) -> SpanFields:
     """The time fields of a result item: seconds rounded to 0.01 and their display strings."""
     start, end = round(start, 2), round(end, 2)
     return {

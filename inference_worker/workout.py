@@ -24,7 +24,7 @@ from inference_worker.replies import (
 )
 from inference_worker.reporting import Generate, Reporter, StepProgress
 from inference_worker.timeline import Segment, SegmentFrames, span_fields
-from protocol import PartialKind
+from protocol import ExerciseTotal, PartialKind, WorkoutSegment, WorkoutSummary
 
 # Three short labelled lines.
 VERDICT_TOKENS = 64
@@ -53,8 +53,8 @@ def segment_prompt(segment: Segment, exercise_hint: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class WorkoutSegment:
-    """A stretch of one exercise (or rest): reps summed, form notes combined."""
+class WorkoutSpan:
+    """A stretch of one exercise (or rest): reps summed, form notes combined (exact times)."""
 
     start: float
     end: float
@@ -62,46 +62,47 @@ class WorkoutSegment:
     reps: int
     form_notes: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def item(self) -> WorkoutSegment:
         """The segment item of API.md workout results."""
-        return {
+        return WorkoutSegment(
             **span_fields(self.start, self.end),
-            "exercise": self.exercise,
-            "reps": self.reps,
-            "form_notes": self.form_notes,
-        }
+            exercise=self.exercise,
+            reps=self.reps,
+            form_notes=self.form_notes,
+        )
 
 
 @dataclass(frozen=True)
 class WorkoutAnalysis:
     """The workout as consecutive segments of one exercise (or rest) each, in time order."""
 
-    segments: list[WorkoutSegment]
+    segments: list[WorkoutSpan]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> WorkoutSummary:
         """Distinct exercises in order of first appearance, total reps, non-rest seconds,
         and each exercise's own reps and seconds (`exercise_totals`, in the same order).
 
         "unknown" is not an exercise, so it is not listed, but its time is not rest either.
         """
-        totals: dict[str, dict[str, Any]] = {}
+        reps: dict[str, int] = {}
+        seconds: dict[str, float] = {}
         for segment in self.segments:
             if segment.exercise in (REST, UNKNOWN):
                 continue
-            total = totals.setdefault(
-                segment.exercise, {"exercise": segment.exercise, "reps": 0, "seconds": 0.0}
+            reps[segment.exercise] = reps.get(segment.exercise, 0) + segment.reps
+            seconds[segment.exercise] = (
+                seconds.get(segment.exercise, 0.0) + segment.end - segment.start
             )
-            total["reps"] += segment.reps
-            total["seconds"] += segment.end - segment.start
         active = sum(s.end - s.start for s in self.segments if s.exercise != REST)
-        return {
-            "exercises": list(totals),
-            "total_reps": sum(segment.reps for segment in self.segments),
-            "active_seconds": round(active, 2),
-            "exercise_totals": [
-                {**total, "seconds": round(total["seconds"], 2)} for total in totals.values()
+        return WorkoutSummary(
+            exercises=list(reps),
+            total_reps=sum(segment.reps for segment in self.segments),
+            active_seconds=round(active, 2),
+            exercise_totals=[
+                ExerciseTotal(exercise, reps[exercise], round(seconds[exercise], 2))
+                for exercise in reps
             ],
-        }
+        )
 
 
 def analyze_workout(
@@ -154,13 +155,13 @@ class _Run:
         if note and _note_key(note) not in {_note_key(n) for n in self.notes}:
             self.notes.append(note)
 
-    def segment(self) -> WorkoutSegment:
+    def segment(self) -> WorkoutSpan:
         kept: list[str] = []
         for note in self.notes[:MAX_NOTES]:
             if len(" ".join([*kept, note])) > MAX_NOTES_CHARS:
                 break
             kept.append(note)
-        return WorkoutSegment(self.start, self.end, self.exercise, self.reps, " ".join(kept))
+        return WorkoutSpan(self.start, self.end, self.exercise, self.reps, " ".join(kept))
 
 
 def _note_key(note: str) -> str:
@@ -173,7 +174,7 @@ class _RunCollector:
     def __init__(self, reporter: Reporter) -> None:
         self._reporter = reporter
         self._run: _Run | None = None
-        self.segments: list[WorkoutSegment] = []
+        self.segments: list[WorkoutSpan] = []
 
     def add(self, segment: Segment, exercise: str, reps: int, note: str | None) -> None:
         """Take one judged segment, in time order."""
@@ -198,4 +199,4 @@ class _RunCollector:
             finished = self._run.segment()
             self._run = None
             self.segments.append(finished)
-            self._reporter.partial(PartialKind.SEGMENTS, finished.to_dict())
+            self._reporter.partial(PartialKind.SEGMENTS, finished.item())

@@ -5,6 +5,7 @@ neither imports the other.
 """
 
 from protocol.messages import (
+    PARTIAL_ITEMS,
     TERMINAL_EVENTS,
     AnalysisType,
     Error,
@@ -38,12 +39,31 @@ from protocol.params import (
     validate_params,
 )
 from protocol.probe import ProbeRequest, decode_probe_request, encode_probe_request
+from protocol.results import (
+    ExerciseTotal,
+    Highlight,
+    HighlightFound,
+    HighlightsResultsOf,
+    JobResults,
+    PartialItem,
+    ReelFile,
+    ResultsBroken,
+    TimelineEntry,
+    Video,
+    WorkerHighlightsResults,
+    WorkoutResults,
+    WorkoutSegment,
+    WorkoutSummary,
+    decode_results,
+    results_json,
+)
 from protocol.video import VideoInfo
 
 DEFAULT_MODEL = "mlx-community/SmolVLM2-500M-Video-Instruct-mlx"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "PARTIAL_ITEMS",
     "SCHEMAS",
     "TERMINAL_EVENTS",
     "AnalysisType",
@@ -65,6 +85,22 @@ __all__ = [
     "ProtocolError",
     "Result",
     "VideoInfo",
+    "ExerciseTotal",
+    "Highlight",
+    "HighlightFound",
+    "HighlightsResultsOf",
+    "JobResults",
+    "PartialItem",
+    "ReelFile",
+    "ResultsBroken",
+    "TimelineEntry",
+    "Video",
+    "WorkerHighlightsResults",
+    "WorkoutResults",
+    "WorkoutSegment",
+    "WorkoutSummary",
+    "decode_results",
+    "results_json",
     "decode_event",
     "decode_job",
     "decode_probe_request",

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+import msgspec
+
+from protocol.results import HighlightFound, PartialItem, TimelineEntry, WorkoutSegment
 from protocol.video import VideoInfo
 
 
@@ -141,11 +144,24 @@ class Progress:
 
 @dataclass(frozen=True)
 class Partial:
-    """One item of a results list (`kind` names the list), sent as soon as it is found."""
+    """One item of a results list (`kind` names the list), sent as soon as it is found.
+
+    A line whose item is not of its list's type (`PARTIAL_ITEMS`) is an `InvalidLine`:
+    a reader logs and drops it. A partial is a preview; the job's result, which repeats
+    every item, is what counts, so one bad item is no reason to fail the job.
+    """
 
     kind: PartialKind
-    item: dict[str, Any]
+    item: PartialItem
     type: str = field(default="partial", init=False)
+
+
+# The item type of each results list a `partial` event can name.
+PARTIAL_ITEMS: dict[PartialKind, type[PartialItem]] = {
+    PartialKind.TIMELINE: TimelineEntry,
+    PartialKind.HIGHLIGHTS: HighlightFound,
+    PartialKind.SEGMENTS: WorkoutSegment,
+}
 
 
 @dataclass(frozen=True)
@@ -169,7 +185,14 @@ class ModelReport:
 
 @dataclass(frozen=True)
 class Result:
-    """Terminal: the results object of API.md (artifact names relative to the output dir)."""
+    """Terminal: the run's results, as a JSON object.
+
+    A job's results are `protocol.results.JobResults` (API.md's results object, artifact
+    names relative to the output dir): the worker builds them typed and sends
+    `results_json` of them; the runner checks them with `decode_results`, so a result that
+    breaks the contract fails its job with that reason. They stay JSON here because the
+    line is read before it is known to be one (and a probe's answer is {"video": VideoInfo}).
+    """
 
     results: dict[str, Any]
     type: str = field(default="result", init=False)
@@ -210,6 +233,7 @@ def encode_event(event: Event) -> str:
         data["level"] = event.level.value
     elif isinstance(event, Partial):
         data["kind"] = event.kind.value
+        data["item"] = msgspec.to_builtins(event.item)
     elif isinstance(event, ModelReport):
         data["state"] = event.state.value
     return json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
@@ -230,10 +254,8 @@ def decode_event(line: str | bytes) -> Event | InvalidLine:
                 return InvalidLine(echo, "progress must be a number in [0, 1]")
             return Progress(float(progress), _text(data, "step"))
         if kind == "partial":
-            item = data["item"]
-            if not isinstance(item, dict):
-                return InvalidLine(echo, "partial item must be an object")
-            return Partial(PartialKind(data["kind"]), item)
+            listed = PartialKind(data["kind"])
+            return Partial(listed, msgspec.convert(data["item"], PARTIAL_ITEMS[listed]))
         if kind == "log":
             return Log(LogLevel(data.get("level", "info")), _text(data, "message"))
         if kind == "model":
@@ -247,7 +269,7 @@ def decode_event(line: str | bytes) -> Event | InvalidLine:
             return Error(_text(data, "error"), _text(data, "message"))
     except KeyError as missing:
         return InvalidLine(echo, f"{kind} event without {missing}")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # msgspec's ValidationError is a ValueError
         return InvalidLine(echo, f"bad {kind} event: {exc}")
     return InvalidLine(echo, f"unknown event type {kind!r}")
 
@@ -255,7 +277,7 @@ def decode_event(line: str | bytes) -> Event | InvalidLine:
 def _load_object(line: str | bytes) -> dict[str, Any] | str:
     """The JSON object on a line, or a string saying why there is none."""
     try:
-        data = json.loads(line)
+        data = json.loads(line, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         return f"not JSON: {exc}"
     except RecursionError:
@@ -263,6 +285,11 @@ def _load_object(line: str | bytes) -> dict[str, Any] | str:
     if not isinstance(data, dict):
         return "not a JSON object"
     return data
+
+
+def _not_json(constant: str) -> float:
+    """Python's json reads NaN and Infinity; JSON has neither, and no time or score is one."""
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _text(data: dict[str, Any], key: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from protocol.results import Video
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -19,15 +21,15 @@ class VideoInfo:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def public_dict(self) -> dict[str, Any]:
+    def public(self) -> Video:
         """The `video` object of API.md results."""
-        return {
-            "filename": self.filename,
-            "duration_seconds": self.duration_seconds,
-            "width": self.width,
-            "height": self.height,
-            "fps": self.fps,
-        }
+        return Video(
+            filename=self.filename,
+            duration_seconds=self.duration_seconds,
+            width=self.width,
+            height=self.height,
+            fps=self.fps,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoInfo:

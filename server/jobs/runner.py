@@ -29,6 +29,7 @@ from protocol import (
     Error,
     ErrorCode,
     InvalidLine,
+    JobResults,
     JobSpec,
     Log,
     ModelReport,
@@ -36,6 +37,8 @@ from protocol import (
     Partial,
     Progress,
     Result,
+    ResultsBroken,
+    decode_results,
 )
 from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.model_health import ModelHealth
@@ -88,7 +91,7 @@ class _Job:
 class _Outcome:
     """How a run ended: results, or an error for the client plus detail for the log."""
 
-    results: dict[str, Any] | None = None
+    results: JobResults | None = None
     error: str = ""
     detail: str = ""
 
@@ -479,7 +482,14 @@ class JobRunner:
             terminal, heard = await self._deliver(job.worker, spec)
         if isinstance(terminal, Result):
             self._health.report(ModelState.READY)
-            return _Outcome(results=terminal.results)
+            try:
+                results = decode_results(terminal.results, session.analysis_type)
+            except ResultsBroken as exc:
+                return _Outcome(
+                    error=f"The worker's results broke the contract: {exc}",
+                    detail=f"results that break the contract ({exc}): {terminal.results!r:.2000}",
+                )
+            return _Outcome(results=results)
         if isinstance(terminal, Error):
             if terminal.error == ErrorCode.MODEL_UNAVAILABLE.value:
                 self._health.report(ModelState.UNAVAILABLE, terminal.message)

@@ -12,9 +12,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-from protocol import AnalysisType, PartialKind
+from protocol import PARTIAL_ITEMS, AnalysisType, PartialKind
 from server.state.models import Session, SessionStatus, iso_utc
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+
+# Where the OpenAPI document keeps the schema of each declared class (`component_schemas`).
+SCHEMA_REF = "#/components/schemas/{name}"
 
 # Timestamps are made by `iso_utc` (second precision, `Z`), so they stay strings here.
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
@@ -53,6 +56,11 @@ class StatusBody(msgspec.Struct, rename="camel", frozen=True):
     webhook: WebhookStatus | None = None
 
 
+_PARTIAL_ITEM_SCHEMA = {
+    "anyOf": [{"$ref": SCHEMA_REF.format(name=cls.__name__)} for cls in PARTIAL_ITEMS.values()]
+}
+
+
 class PartialData(msgspec.Struct, rename="camel", frozen=True):
     """The `data` of a `partial` event: one result found so far, in the results' own shape.
 
@@ -63,10 +71,22 @@ class PartialData(msgspec.Struct, rename="camel", frozen=True):
 
     session_id: str
     kind: PartialKind
+    # A PartialItem (`PARTIAL_ITEMS[kind]`). msgspec takes no union of untagged Structs
+    # as a field type, so the schema names the three here; those classes are declared
+    # bodies (server/web/bodies.py), so their schemas are in the document.
     item: Annotated[
-        dict[str, Any],
-        msgspec.Meta(description="a timeline entry, a highlight or a workout segment"),
+        Any,
+        msgspec.Meta(
+            description="a timeline entry, a highlight (without thumbnail) or a workout segment",
+            extra_json_schema=_PARTIAL_ITEM_SCHEMA,
+        ),
     ]
+
+    def __post_init__(self) -> None:
+        # Read back from JSON the item is plain data: make it its list's type, which checks it.
+        wanted = PARTIAL_ITEMS[self.kind]
+        if not isinstance(self.item, wanted):
+            msgspec.structs.force_setattr(self, "item", msgspec.convert(self.item, wanted))
 
 
 def status_body(session: Session, queue_position: int | None = None) -> StatusBody:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from protocol import AnalysisType, VideoInfo
+from protocol import AnalysisType, JobResults, VideoInfo
 from server.state.webhook_delivery import WebhookDelivery
 
 
@@ -54,7 +54,7 @@ class Session:
     progress: float = 0.0
     current_step: str | None = None
     error: str | None = None  # the message a client sees when the session failed
-    results: dict[str, Any] | None = None  # the worker's results, artifact names relative
+    results: JobResults | None = None  # the worker's results, artifact names relative
     attempts: int = 0  # how many times a worker was started for it (restarts re-run jobs)
     webhook: WebhookDelivery | None = None  # where its end is announced, if anywhere
     created_at: datetime = field(default_factory=utcnow)

@@ -1,6 +1,6 @@
 """A `SessionStore` in Redis, shared by every node of a cluster.
 
-Each session is one JSON string (the same `session_to_json` the SQLite store writes, so
+Each session is one JSON string (`session_codec`, as the SQLite store writes it, so
 fields added to a session travel with it) under `smolvlm:session:<id>`, and a sorted set
 indexes the ids by creation time for the newest-first list. Writes are small Lua scripts,
 atomic in Redis: `add` never overwrites, `put` never resurrects a deleted session, and a
@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from server.state.models import Session, SessionNotFound, SessionStatus
 from server.state.redis_connection import KEY_PREFIX, unavailable_as_busy
-from server.state.sqlite_store import session_from_json, session_to_json
+from server.state.session_codec import session_from_json, session_to_json
 from server.state.store import SnapshotRefused
 
 SESSION_KEY = KEY_PREFIX + "session:"

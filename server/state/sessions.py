@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from protocol import PartialKind
+from protocol import PartialItem, PartialKind
 from server.state.bodies import PartialData, StatusBody, status_body
 from server.state.events import EventLog
 from server.state.models import Session, SessionStatus, utcnow
@@ -148,7 +148,7 @@ class Sessions:
             await self._store.put(session)
             return session
 
-    async def add_partial(self, session_id: str, kind: PartialKind, item: dict[str, Any]) -> None:
+    async def add_partial(self, session_id: str, kind: PartialKind, item: PartialItem) -> None:
         """Publish one partial result (an item of the results list `kind`) of a processing
         session; ignored for any other status."""
         async with self._lock(session_id):

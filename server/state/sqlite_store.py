@@ -10,18 +10,14 @@ any moment (only a power cut can lose the last commits), and does not fsync ever
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from protocol import AnalysisType, VideoInfo
-from server.state.models import Session, SessionNotFound, SessionStatus
+from server.state.models import Session, SessionNotFound
+from server.state.session_codec import session_from_json, session_to_json
 from server.state.store import MemoryStore
-from server.state.webhook_delivery import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -34,52 +30,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     data TEXT NOT NULL
 )
 """
-
-
-def session_to_json(session: Session) -> str:
-    """The whole snapshot as JSON (timestamps ISO-8601 with their offset)."""
-    return json.dumps(
-        {
-            "id": session.id,
-            "status": session.status.value,
-            "video": session.video.to_dict(),
-            "upload_path": session.upload_path,
-            "output_dir": session.output_dir,
-            "analysis_type": session.analysis_type.value if session.analysis_type else None,
-            "params": session.params,
-            "progress": session.progress,
-            "current_step": session.current_step,
-            "error": session.error,
-            "results": session.results,
-            "attempts": session.attempts,
-            "webhook": session.webhook.to_dict() if session.webhook else None,
-            "created_at": session.created_at.isoformat(),
-            "updated_at": session.updated_at.isoformat(),
-        },
-        separators=(",", ":"),
-    )
-
-
-def session_from_json(text: str) -> Session:
-    data: dict[str, Any] = json.loads(text)
-    return Session(
-        id=data["id"],
-        status=SessionStatus(data["status"]),
-        video=VideoInfo.from_dict(data["video"]),
-        upload_path=data["upload_path"],
-        output_dir=data["output_dir"],
-        analysis_type=AnalysisType(data["analysis_type"]) if data["analysis_type"] else None,
-        params=data["params"],
-        progress=data["progress"],
-        current_step=data["current_step"],
-        error=data["error"],
-        results=data["results"],
-        attempts=data["attempts"],
-        # Absent in rows written before webhooks existed.
-        webhook=WebhookDelivery.from_dict(data["webhook"]) if data.get("webhook") else None,
-        created_at=datetime.fromisoformat(data["created_at"]),
-        updated_at=datetime.fromisoformat(data["updated_at"]),
-    )
 
 
 class SqliteStore(MemoryStore):

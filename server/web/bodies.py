@@ -17,8 +17,8 @@ How to add a body (or a field):
      appear under `components/schemas` of `/api/v1/openapi.json`, named after the class.
   3. Build it in the handler and answer with `json_response(body)`; in `openapi.py`
      point the route's response at `#/components/schemas/<ClassName>`.
-Results are converted from the worker's dict with `msgspec.convert`: a field the worker
-adds reaches clients only once it is declared in its results class.
+Results are declared in `protocol.results` (the worker builds them, the runner checks them);
+the API's highlights results differ only in naming the reel by URL (below).
 """
 
 from __future__ import annotations
@@ -29,8 +29,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from protocol import SCHEMAS, AnalysisType, ParamSpec
-from server.state.bodies import PartialData, StatusBody
+from protocol import (
+    SCHEMAS,
+    AnalysisType,
+    HighlightFound,
+    HighlightsResultsOf,
+    ParamSpec,
+    TimelineEntry,
+    WorkoutResults,
+    WorkoutSegment,
+)
+from server.state.bodies import SCHEMA_REF, PartialData, StatusBody
 from server.state.models import SessionStatus
 
 _JSON = "application/json"
@@ -76,107 +85,20 @@ class SessionList(msgspec.Struct):
 
 
 # ---- results ----------------------------------------------------------------------------
-
-Seconds = Annotated[float, msgspec.Meta(ge=0, description="seconds from the video's start")]
-Clock = Annotated[str, msgspec.Meta(description='"mm:ss" or "hh:mm:ss", for display')]
-
-
-class Video(msgspec.Struct):
-    """What the probe found about the uploaded video; `filename` is the client's name."""
-
-    filename: str
-    duration_seconds: float
-    width: int
-    height: int
-    fps: float
+# Declared once in `protocol.results`, where the worker builds them. Only the reel differs
+# here: the API names it by URL, so the API's highlights results are the same declaration
+# with a `Reel` (`responses.public_results` makes them from the worker's).
 
 
-class Highlight(msgspec.Struct):
-    """One highlight: a stretch of the video, how significant it is, and its thumbnail URL."""
-
-    start: Seconds
-    end: Seconds
-    start_time: Clock
-    end_time: Clock
-    significance: Annotated[int, msgspec.Meta(ge=1, le=10)]
-    description: str
-    thumbnail: Annotated[str, msgspec.Meta(description="an API URL")] | None
-
-
-class TimelineEntry(msgspec.Struct):
-    """One judged segment: its significance and sentence, null where the reply was unreadable."""
-
-    start: Seconds
-    end: Seconds
-    start_time: Clock
-    end_time: Clock
-    significance: Annotated[int, msgspec.Meta(ge=1, le=10)] | None
-    description: str | None
-
-
-class Reel(msgspec.Struct):
+class Reel(msgspec.Struct, frozen=True):
     """The highlight reel: its API URL and length."""
 
     url: str
     duration_seconds: float
 
 
-class _ResultsOf(msgspec.Struct, tag_field="analysisType"):
-    """What the results of both analyses start with (the tag `analysisType` comes first)."""
-
-    processing_time_seconds: float
-    model: Annotated[str, msgspec.Meta(description="Hugging Face id or local folder name")]
-    video: Video
-
-
-class HighlightsResults(_ResultsOf, tag="highlights"):
-    """Results of a highlights analysis (API.md, Results)."""
-
-    video_description: str
-    criteria: list[str]
-    highlights_found: int
-    highlights: list[Highlight]
-    reel: Reel | None
-    # Every judged segment in time order; empty in results stored before it existed.
-    timeline: list[TimelineEntry] = msgspec.field(default_factory=list)
-
-
-class WorkoutSegment(msgspec.Struct):
-    """A stretch of one exercise (or rest) and its repetitions."""
-
-    start: Seconds
-    end: Seconds
-    start_time: Clock
-    end_time: Clock
-    exercise: str
-    reps: Annotated[int, msgspec.Meta(ge=0)]
-    form_notes: str
-
-
-class ExerciseTotal(msgspec.Struct):
-    """One exercise's repetitions and seconds over the whole workout."""
-
-    exercise: str
-    reps: Annotated[int, msgspec.Meta(ge=0)]
-    seconds: float
-
-
-class WorkoutSummary(msgspec.Struct):
-    """Distinct exercises in order, total repetitions and the seconds not at rest, and each
-    exercise's own totals in the same order."""
-
-    exercises: list[str]
-    total_reps: int
-    active_seconds: float
-    # Empty in results stored before it existed.
-    exercise_totals: list[ExerciseTotal] = msgspec.field(default_factory=list)
-
-
-class WorkoutResults(_ResultsOf, tag="workout"):
-    """Results of a workout analysis (API.md, Results)."""
-
-    segments: list[WorkoutSegment]
-    summary: WorkoutSummary
+class HighlightsResults(HighlightsResultsOf[Reel], frozen=True, tag="highlights"):
+    """Results of a highlights analysis (API.md, Results); thumbnails and reel as API URLs."""
 
 
 Results = HighlightsResults | WorkoutResults
@@ -188,14 +110,6 @@ class ResultsBody(msgspec.Struct, rename="camel"):
     session_id: str
     status: Literal["completed"]
     results: Results
-
-
-def results_of(public: Mapping[str, Any]) -> Results:
-    """The worker's results (artifact names already made URLs) as their declared class.
-
-    Raises msgspec.ValidationError if the worker broke its contract: a server fault.
-    """
-    return msgspec.convert(public, Results)
 
 
 # ---- exports ----------------------------------------------------------------------------
@@ -333,6 +247,10 @@ DECLARED: tuple[Any, ...] = (
     WorkoutResults,
     OtioTimeline,
     PartialData,
+    # The items a `partial` event carries (PartialData's schema refers to them by name).
+    TimelineEntry,
+    HighlightFound,
+    WorkoutSegment,
     Health,
     ServiceIndex,
     HighlightsAnalyzeRequest,
@@ -343,9 +261,7 @@ DECLARED: tuple[Any, ...] = (
 
 def component_schemas() -> dict[str, Any]:
     """JSON Schemas of every declared body, keyed by class name, refs into components."""
-    _, components = msgspec.json.schema_components(
-        DECLARED, ref_template="#/components/schemas/{name}"
-    )
+    _, components = msgspec.json.schema_components(DECLARED, ref_template=SCHEMA_REF)
     return components
 
 

@@ -7,11 +7,11 @@ follow the video from start to end in order, without gaps or overlaps between th
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+
+from protocol import JobResults, TimelineEntry, WorkoutResults, WorkoutSegment
 
 VTT_CONTENT_TYPE = "text/vtt"
 # Two neighbours closer than this (results round times to 0.01 s) touch.
@@ -27,7 +27,7 @@ class Chapter:
     title: str
 
 
-def session_chapters(results: Mapping[str, Any]) -> list[Chapter]:
+def session_chapters(results: JobResults) -> list[Chapter]:
     """The chapters of a session's results, in time order; none when it has no timeline."""
     chapters: list[Chapter] = []
     for start, end, title in _spans(results):
@@ -52,38 +52,33 @@ def chapters_vtt(chapters: list[Chapter]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def _spans(results: Mapping[str, Any]) -> Iterator[tuple[float, float, str]]:
-    workout = results.get("analysisType") == "workout"
-    items = results.get("segments" if workout else "timeline")
-    for item in items if isinstance(items, list) else []:
-        start, end = item.get("start"), item.get("end")
-        if not (_is_time(start) and _is_time(end) and end > start):
-            continue  # nothing a player could show; the neighbours still say where they are
-        yield float(start), float(end), _workout_title(item) if workout else _timeline_title(item)
+def _spans(results: JobResults) -> Iterator[tuple[float, float, str]]:
+    if isinstance(results, WorkoutResults):
+        for segment in results.segments:
+            if segment.end > segment.start:
+                yield segment.start, segment.end, _workout_title(segment)
+        return
+    for entry in results.timeline:
+        # One without length is nothing a player could show; its neighbours still say
+        # where they are.
+        if entry.end > entry.start:
+            yield entry.start, entry.end, _timeline_title(entry)
 
 
-def _timeline_title(item: Mapping[str, Any]) -> str:
-    description = item.get("description") or "Not described"
-    significance = item.get("significance")
-    score = f"significance {significance}/10" if significance is not None else "not scored"
+def _timeline_title(entry: TimelineEntry) -> str:
+    description = entry.description or "Not described"
+    score = (
+        f"significance {entry.significance}/10" if entry.significance is not None else "not scored"
+    )
     return f"{description} ({score})"
 
 
-def _workout_title(item: Mapping[str, Any]) -> str:
-    exercise = item.get("exercise") or "unknown"
+def _workout_title(segment: WorkoutSegment) -> str:
+    exercise = segment.exercise or "unknown"
     if exercise == "rest":
         return "Rest"
-    reps = item.get("reps") or 0
+    reps = segment.reps
     return f"{exercise.capitalize()}, {reps} rep{'' if reps == 1 else 's'}"
-
-
-def _is_time(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
 
 
 def _timestamp(seconds: float) -> str:

@@ -14,16 +14,15 @@ No aiohttp here: `ExportRefused` says why a session cannot be exported; the hand
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import PurePosixPath
-from typing import Any
 from xml.etree import ElementTree
 
 import opentimelineio as otio
 
-from protocol import VideoInfo
+from protocol import HighlightFound, JobResults, VideoInfo, WorkerHighlightsResults
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,13 @@ class NoCuts(ExportRefused):
         super().__init__("This session has no highlights, so its timeline would have no cuts")
 
 
+def cut_highlights(results: JobResults | None) -> list[HighlightFound]:
+    """The highlights a session's timeline cuts; NoCuts for results without any (workout)."""
+    if not isinstance(results, WorkerHighlightsResults):
+        raise NoCuts()
+    return list(results.highlights)
+
+
 def frame_rate(fps: float) -> Fraction:
     """The exact rate behind the probe's rounded `fps`: 29.97 is 30000/1001, 25.0 is 25.
 
@@ -84,7 +90,7 @@ def frame_at(seconds: float, rate: Fraction) -> int:
 
 
 def highlights_timeline(
-    video: VideoInfo, highlights: Sequence[Mapping[str, Any]], *, session_id: str
+    video: VideoInfo, highlights: Sequence[HighlightFound], *, session_id: str
 ) -> otio.schema.Timeline:
     """One video track: each highlight a clip cut from the uploaded file, back to back.
 
@@ -105,8 +111,8 @@ def highlights_timeline(
     track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video)
     timeline.tracks.append(track)
     for item in highlights:
-        start = min(frame_at(item["start"], rate), total)
-        end = min(frame_at(item["end"], rate), total)
+        start = min(frame_at(item.start, rate), total)
+        end = min(frame_at(item.end, rate), total)
         if end <= start:
             continue
         track.append(
@@ -121,10 +127,10 @@ def highlights_timeline(
                 ),
                 metadata={
                     METADATA_KEY: {
-                        "start": item["start"],
-                        "end": item["end"],
-                        "significance": item.get("significance"),
-                        "description": item.get("description"),
+                        "start": item.start,
+                        "end": item.end,
+                        "significance": item.significance,
+                        "description": item.description,
                     }
                 },
             )
@@ -135,7 +141,7 @@ def highlights_timeline(
 def export_text(
     export: ExportFormat,
     video: VideoInfo,
-    highlights: Sequence[Mapping[str, Any]],
+    highlights: Sequence[HighlightFound],
     *,
     session_id: str,
 ) -> str:

@@ -14,7 +14,14 @@ from urllib.parse import quote
 from aiohttp import web
 
 from server.web import app_keys as keys
-from server.web.exports import FORMATS, ExportRefused, NoCuts, download_name, export_text
+from server.web.exports import (
+    FORMATS,
+    ExportRefused,
+    NoCuts,
+    cut_highlights,
+    download_name,
+    export_text,
+)
 from server.web.inputs import session_id_of
 from server.web.responses import ApiError, finished_session_error
 
@@ -34,10 +41,8 @@ async def export(request: web.Request) -> web.Response:
             f"Export formats are {', '.join(FORMATS)}; got {raw!r}",
             session_id=session.id,
         )
-    highlights = (session.results or {}).get("highlights")
     try:
-        if not isinstance(highlights, list):
-            raise NoCuts()
+        highlights = cut_highlights(session.results)
         # In a thread: the adapters are plain Python over the whole timeline.
         text = await asyncio.to_thread(
             export_text, export_format, session.video, highlights, session_id=session.id

@@ -15,10 +15,10 @@ from aiohttp import web
 from protocol import AnalysisType
 from server.state.models import SessionConflict, SessionNotFound
 from server.web import app_keys as keys
-from server.web.bodies import json_response, results_of
+from server.web.bodies import json_response
 from server.web.disconnect import ClientGone, client_gone, unless_client_leaves
 from server.web.handlers_sessions import upload_limits
-from server.web.responses import finished_session_error, public_results
+from server.web.responses import completed_results, finished_session_error, public_results
 from server.web.uploads import accept_upload
 
 
@@ -59,4 +59,4 @@ async def _analyze_now(request: web.Request, analysis_type: AnalysisType) -> web
     error = finished_session_error(session)
     if error is not None:
         raise error
-    return json_response(results_of(public_results(session.id, session.results or {})))
+    return json_response(public_results(session.id, completed_results(session)))

@@ -14,11 +14,12 @@ from aiohttp import web
 
 from server.state.models import Session
 from server.web import app_keys as keys
-from server.web.bodies import ResultsBody, json_response, results_of
+from server.web.bodies import ResultsBody, json_response
 from server.web.chapters import VTT_CONTENT_TYPE, chapters_vtt, session_chapters
 from server.web.inputs import natural, session_id_of
 from server.web.responses import (
     ApiError,
+    completed_results,
     finished_session_error,
     public_results,
     reel_name,
@@ -33,7 +34,7 @@ async def results(request: web.Request) -> web.Response:
         ResultsBody(
             session_id=session.id,
             status="completed",
-            results=results_of(public_results(session.id, session.results or {})),
+            results=public_results(session.id, completed_results(session)),
         )
     )
 
@@ -74,7 +75,7 @@ async def video(request: web.Request) -> web.FileResponse:
 async def chapters(request: web.Request) -> web.Response:
     """WebVTT chapters of a completed session, from its judged segments."""
     session = await _finished(request)
-    found = session_chapters(session.results or {})
+    found = session_chapters(completed_results(session))
     if not found:
         raise ApiError(
             404, "No chapters", "These results have no judged segments", session_id=session.id

@@ -2,8 +2,8 @@
 
 Every error the application produces goes through `error_response`, so all of them share
 API.md's shape `{"error", "message", "sessionId"?, "code"}`. The results transform is a
-pure function: the worker names its artifacts relative to its output dir and the client
-sees API URLs instead, never a server path.
+pure function from the worker's results type to the API's: the worker names its artifacts
+relative to its output dir and the client sees API URLs instead, never a server path.
 """
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
-from protocol import ParamsError, model_display_name
+from protocol import (
+    JobResults,
+    ParamsError,
+    WorkerHighlightsResults,
+    WorkoutResults,
+    model_display_name,
+)
 from server.state.bodies import status_body
 from server.state.models import (
     InvalidVideo,
@@ -26,7 +33,7 @@ from server.state.models import (
     SessionNotFound,
     SessionStatus,
 )
-from server.web.bodies import ErrorBody, json_response
+from server.web.bodies import ErrorBody, HighlightsResults, Reel, Results, json_response
 
 API_PREFIX = "/api/v1/video"
 
@@ -180,52 +187,56 @@ def reel_url(session_id: str) -> str:
     return f"{results_url(session_id)}/reel"
 
 
-def public_results(session_id: str, results: Mapping[str, Any]) -> dict[str, Any]:
+def public_results(session_id: str, results: JobResults) -> Results:
     """The worker's results as API.md shows them: artifact names become API URLs.
 
     A highlight's `thumbnail` ("thumbnails/000.jpg") becomes the URL of the n-th thumbnail;
-    `reel` ({"file": "reel.mp4", "duration_seconds": 20.0}) becomes {"url", "duration_seconds"}.
-    `model` is reduced to its display name in case a worker reported a local path.
+    the reel's file becomes a `Reel` with its URL. `model` is reduced to its display name
+    in case a worker reported a local path.
     """
-    public = dict(results)
-    if isinstance(public.get("model"), str):
-        public["model"] = model_display_name(public["model"])
-    highlights = public.get("highlights")
-    if isinstance(highlights, list):
-        public["highlights"] = [
-            _public_highlight(session_id, index, item) for index, item in enumerate(highlights)
-        ]
-    if "reel" in public:
-        reel = public["reel"]
-        public["reel"] = (
-            {"url": reel_url(session_id), "duration_seconds": reel.get("duration_seconds")}
-            if isinstance(reel, Mapping) and reel.get("file")
-            else None
+    model = model_display_name(results.model)
+    if isinstance(results, WorkoutResults):
+        return msgspec.structs.replace(results, model=model)
+    highlights = [
+        msgspec.structs.replace(
+            item, thumbnail=thumbnail_url(session_id, index) if item.thumbnail else None
         )
-    return public
+        for index, item in enumerate(results.highlights)
+    ]
+    reel = results.reel
+    fields = msgspec.structs.asdict(results)  # shallow: the items stay as they are
+    return HighlightsResults(
+        **{
+            **fields,
+            "model": model,
+            "highlights": highlights,
+            "reel": Reel(url=reel_url(session_id), duration_seconds=reel.duration_seconds)
+            if reel is not None
+            else None,
+        }
+    )
 
 
-def _public_highlight(session_id: str, index: int, item: Any) -> Any:
-    if not isinstance(item, Mapping):
-        return item
-    public = dict(item)
-    if "thumbnail" in public:
-        public["thumbnail"] = thumbnail_url(session_id, index) if public["thumbnail"] else None
-    return public
+def completed_results(session: Session) -> JobResults:
+    """The results of a completed session; else raises the error `results` answers with."""
+    error = finished_session_error(session)
+    if error is not None:
+        raise error
+    assert session.results is not None  # a session completes only with its results
+    return session.results
 
 
-def thumbnail_name(results: Mapping[str, Any] | None, index: int) -> str | None:
+def thumbnail_name(results: JobResults | None, index: int) -> str | None:
     """The worker's file name of the n-th highlight's thumbnail, or None if there is none."""
-    highlights = (results or {}).get("highlights")
-    if not isinstance(highlights, list) or not 0 <= index < len(highlights):
+    if not isinstance(results, WorkerHighlightsResults):
         return None
-    item = highlights[index]
-    name = item.get("thumbnail") if isinstance(item, Mapping) else None
-    return name if isinstance(name, str) and name else None
+    if not 0 <= index < len(results.highlights):
+        return None
+    return results.highlights[index].thumbnail or None
 
 
-def reel_name(results: Mapping[str, Any] | None) -> str | None:
+def reel_name(results: JobResults | None) -> str | None:
     """The worker's file name of the highlight reel, or None when there is no reel."""
-    reel = (results or {}).get("reel")
-    name = reel.get("file") if isinstance(reel, Mapping) else None
-    return name if isinstance(name, str) and name else None
+    if not isinstance(results, WorkerHighlightsResults) or results.reel is None:
+        return None
+    return results.reel.file

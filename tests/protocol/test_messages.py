@@ -19,7 +19,9 @@ from protocol import (
     Progress,
     ProtocolError,
     Result,
+    TimelineEntry,
     VideoInfo,
+    WorkoutSegment,
     decode_event,
     decode_job,
     decode_probe_request,
@@ -29,9 +31,17 @@ from protocol import (
     is_terminal,
 )
 
+JUDGED = TimelineEntry(
+    start=10.0,
+    end=20.0,
+    start_time="00:10",
+    end_time="00:20",
+    significance=7,
+    description="A shot on goal.",
+)
 EVENTS = [
     Progress(0.42, "Analyzing segment 5/12"),
-    Partial(PartialKind.TIMELINE, {"start": 10.0, "end": 20.0, "significance": 7}),
+    Partial(PartialKind.TIMELINE, JUDGED),
     Log(LogLevel.WARNING, "slow disk"),
     Result({"analysisType": "highlights", "highlights": []}),
     Error("invalid_video", "no video stream"),
@@ -61,12 +71,46 @@ def test_wire_format_matches_the_documented_lines():
 
 
 def test_a_partial_names_the_results_list_its_item_belongs_to():
-    line = encode_event(Partial(PartialKind.SEGMENTS, {"start": 0.0, "exercise": "squat"}))
+    segment = WorkoutSegment(
+        start=0.0,
+        end=30.0,
+        start_time="00:00",
+        end_time="00:30",
+        exercise="squat",
+        reps=12,
+        form_notes="steady",
+    )
+    line = encode_event(Partial(PartialKind.SEGMENTS, segment))
     assert json.loads(line) == {
         "type": "partial",
         "kind": "segments",
-        "item": {"start": 0.0, "exercise": "squat"},
+        "item": {
+            "start": 0.0,
+            "end": 30.0,
+            "start_time": "00:00",
+            "end_time": "00:30",
+            "exercise": "squat",
+            "reps": 12,
+            "form_notes": "steady",
+        },
     }
+
+
+def test_a_partial_item_is_decoded_as_the_type_of_the_list_it_names():
+    line = encode_event(Partial(PartialKind.TIMELINE, JUDGED))
+    assert json.loads(line)["item"]["significance"] == 7
+    highlight = decode_event(line.replace('"timeline"', '"highlights"'))
+    assert isinstance(highlight, Partial) and highlight.kind is PartialKind.HIGHLIGHTS
+    assert type(highlight.item).__name__ == "HighlightFound"
+    assert highlight.item.description == "A shot on goal."
+
+
+def test_a_partial_item_that_breaks_its_type_is_an_invalid_line_saying_what():
+    item = {**json.loads(encode_event(Partial(PartialKind.TIMELINE, JUDGED)))["item"]}
+    item["significance"] = 11
+    decoded = decode_event(json.dumps({"type": "partial", "kind": "timeline", "item": item}))
+    assert isinstance(decoded, InvalidLine)
+    assert "<= 10" in decoded.reason and "significance" in decoded.reason
 
 
 def test_only_result_and_error_are_terminal():
@@ -87,9 +131,11 @@ GARBAGE = [
     '{"type": "progress", "progress": "half", "step": "x"}',
     '{"type": "progress", "progress": true, "step": "x"}',
     '{"type": "progress", "progress": NaN, "step": "x"}',
+    '{"type": "progress", "progress": Infinity, "step": "x"}',
     '{"type": "partial", "kind": "highlights", "item": [1]}',
     '{"type": "partial", "item": {"start": 0.0}}',
     '{"type": "partial", "kind": "chapters", "item": {"start": 0.0}}',
+    '{"type": "partial", "kind": "timeline", "item": {"start": 0.0, "end": 10.0}}',
     '{"type": "result", "results": null}',
     '{"type": "error", "error": 3, "message": "x"}',
     '{"type": "log", "level": "shout", "message": "x"}',

@@ -9,7 +9,19 @@ import jsonschema_rs
 import msgspec
 import pytest
 
-from protocol import AnalysisType, PartialKind, VideoInfo
+from protocol import (
+    AnalysisType,
+    ExerciseTotal,
+    Highlight,
+    HighlightFound,
+    PartialKind,
+    TimelineEntry,
+    Video,
+    VideoInfo,
+    WorkoutResults,
+    WorkoutSegment,
+    WorkoutSummary,
+)
 from server.state.bodies import PartialData, StatusBody
 from server.state.models import SessionStatus
 from server.web import bodies
@@ -17,9 +29,7 @@ from server.web.exports import FORMATS, export_text
 from tests.server.http_helpers import STATUS_KEYS, start
 
 SID = "550e8400-e29b-41d4-a716-446655440000"
-VIDEO = bodies.Video(
-    filename="match.mp4", duration_seconds=612.0, width=1920, height=1080, fps=30.0
-)
+VIDEO = Video(filename="match.mp4", duration_seconds=612.0, width=1920, height=1080, fps=30.0)
 STATUS = StatusBody(
     session_id=SID,
     status=SessionStatus.PENDING,
@@ -39,7 +49,7 @@ HIGHLIGHTS = bodies.HighlightsResults(
     criteria=["a goal"],
     highlights_found=1,
     highlights=[
-        bodies.Highlight(
+        Highlight(
             start=120.0,
             end=130.0,
             start_time="02:00",
@@ -52,16 +62,30 @@ HIGHLIGHTS = bodies.HighlightsResults(
     reel=bodies.Reel(url=f"/api/v1/video/results/{SID}/reel", duration_seconds=10.0),
     # The highlight's segment, then one whose reply could not be read.
     timeline=[
-        bodies.TimelineEntry(120.0, 130.0, "02:00", "02:10", 8, "a goal"),
-        bodies.TimelineEntry(130.0, 140.0, "02:10", "02:20", None, None),
+        TimelineEntry(
+            start=120.0,
+            end=130.0,
+            start_time="02:00",
+            end_time="02:10",
+            significance=8,
+            description="a goal",
+        ),
+        TimelineEntry(
+            start=130.0,
+            end=140.0,
+            start_time="02:10",
+            end_time="02:20",
+            significance=None,
+            description=None,
+        ),
     ],
 )
-WORKOUT = bodies.WorkoutResults(
+WORKOUT = WorkoutResults(
     processing_time_seconds=80.1,
     model="smolvlm-local",
     video=VIDEO,
     segments=[
-        bodies.WorkoutSegment(
+        WorkoutSegment(
             start=0.0,
             end=30.0,
             start_time="00:00",
@@ -71,11 +95,11 @@ WORKOUT = bodies.WorkoutResults(
             form_notes="steady",
         )
     ],
-    summary=bodies.WorkoutSummary(
+    summary=WorkoutSummary(
         exercises=["squat"],
         total_reps=12,
         active_seconds=30.0,
-        exercise_totals=[bodies.ExerciseTotal(exercise="squat", reps=12, seconds=30.0)],
+        exercise_totals=[ExerciseTotal(exercise="squat", reps=12, seconds=30.0)],
     ),
 )
 # One example of every declared body, as a handler would build it.
@@ -96,16 +120,26 @@ EXAMPLES: dict[type, Any] = {
     bodies.SessionList: bodies.SessionList(sessions=[STATUS], count=1),
     bodies.ResultsBody: bodies.ResultsBody(session_id=SID, status="completed", results=HIGHLIGHTS),
     bodies.HighlightsResults: HIGHLIGHTS,
-    bodies.WorkoutResults: WORKOUT,
+    WorkoutResults: WORKOUT,
     PartialData: PartialData(
-        session_id=SID, kind=PartialKind.TIMELINE, item={"start": 0.0, "end": 2.0}
+        session_id=SID, kind=PartialKind.TIMELINE, item=HIGHLIGHTS.timeline[1]
     ),
+    TimelineEntry: HIGHLIGHTS.timeline[1],
+    HighlightFound: HighlightFound(
+        start=120.0,
+        end=130.0,
+        start_time="02:00",
+        end_time="02:10",
+        significance=8,
+        description="a goal",
+    ),
+    WorkoutSegment: WORKOUT.segments[0],
     # What the export route sends for `otio`: OpenTimelineIO's own writing, read as declared.
     bodies.OtioTimeline: msgspec.json.decode(
         export_text(
             FORMATS["otio"],
             VideoInfo("match.mp4", 612.0, 1920, 1080, 29.97),
-            [{"start": 120.0, "end": 130.0}],
+            HIGHLIGHTS.highlights,
             session_id=SID,
         ),
         type=bodies.OtioTimeline,
@@ -167,20 +201,17 @@ def test_an_error_body_leaves_out_what_does_not_apply():
     }
 
 
-def test_results_are_converted_by_their_tag_and_an_undeclared_shape_is_refused():
-    data = msgspec.to_builtins(WORKOUT)
-    assert bodies.results_of(data) == WORKOUT
-    with pytest.raises(msgspec.ValidationError):
-        bodies.results_of({"analysisType": "workout", "segments": []})
-
-
-def test_results_stored_before_the_timeline_existed_still_convert_with_it_empty():
-    highlights = msgspec.to_builtins(HIGHLIGHTS)
-    del highlights["timeline"]
-    assert bodies.results_of(highlights).timeline == []
-    workout = msgspec.to_builtins(WORKOUT)
-    del workout["summary"]["exercise_totals"]
-    assert bodies.results_of(workout).summary.exercise_totals == []
+def test_a_partial_events_item_is_one_of_the_declared_items_of_its_list():
+    document = {"components": {"schemas": bodies.component_schemas()}}
+    validator = jsonschema_rs.validator_for(
+        {**document, "$ref": "#/components/schemas/PartialData"}
+    )
+    data = msgspec.to_builtins(EXAMPLES[PartialData])
+    assert validator.is_valid(data)
+    data["item"] = {"start": 0.0, "end": 2.0}  # no display times, nothing judged
+    assert not validator.is_valid(data)
+    with pytest.raises(msgspec.ValidationError, match="TimelineEntry"):
+        PartialData(session_id=SID, kind=PartialKind.SEGMENTS, item=HIGHLIGHTS.timeline[0])
 
 
 def _refs(node: Any) -> set[str]:

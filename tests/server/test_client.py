@@ -518,3 +518,18 @@ class TerminalWatch:
         finally:
             asyncio.get_running_loop().remove_reader(self._master)
             os.close(self._master)
+
+
+def test_a_partial_item_is_read_as_its_lists_type_and_described_by_its_fields():
+    item = {
+        "start": 0.0,
+        "end": 30.0,
+        "start_time": "00:00",
+        "end_time": "00:30",
+        "exercise": "squat",
+        "reps": 12,
+        "form_notes": "steady",
+    }
+    segment = cli_module.partial_item({"sessionId": "s", "kind": "segments", "item": item})
+    assert cli_module.describe_item(segment) == "  + 00:00-00:30  squat, 12 reps - steady"
+    assert cli_module.partial_item({"sessionId": "s", "kind": "highlights", "item": item}) is None

@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 import opentimelineio as otio
 import pytest
 
-from protocol import VideoInfo
+from protocol import HighlightFound, VideoInfo
 from server.web.exports import (
     FORMATS,
     METADATA_KEY,
@@ -24,7 +24,7 @@ from tests.server.http_helpers import V1, finished, start, upload_id
 
 NTSC_29_97 = Fraction(30000, 1001)
 RATES = [Fraction(24000, 1001), Fraction(25), NTSC_29_97, Fraction(30), Fraction(60000, 1001)]
-HIGHLIGHTS = [{**cut, "significance": 7, "description": "a cut"} for cut in CUTS]
+HIGHLIGHTS = [HighlightFound(**cut, significance=7, description="a cut") for cut in CUTS]
 
 
 def nearest_frame(seconds: float, rate: Fraction) -> int:
@@ -142,7 +142,16 @@ def test_an_edl_of_a_rate_without_smpte_timecode_is_refused_and_says_what_to_use
 
 
 def test_highlights_shorter_than_a_frame_leave_no_cut_and_none_at_all_is_refused():
-    tiny = [{"start": 1.0, "end": 1.01}]
+    tiny = [
+        HighlightFound(
+            start=1.0,
+            end=1.01,
+            start_time="00:01",
+            end_time="00:01",
+            significance=7,
+            description="a blink",
+        )
+    ]
     with pytest.raises(NoCuts):
         export_text(FORMATS["otio"], video_at(Fraction(25)), tiny, session_id="s")
 

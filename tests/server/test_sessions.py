@@ -4,9 +4,10 @@ import asyncio
 import json
 from datetime import timedelta
 
+import msgspec
 import pytest
 
-from protocol import PartialKind
+from protocol import PartialKind, TimelineEntry
 from server.state.models import SessionNotFound, SessionStatus, utcnow
 from tests.server.conftest import new_session
 
@@ -106,12 +107,19 @@ async def test_partials_are_published_while_processing_only(make_sessions, data_
     sessions = make_sessions()
     waiting = await sessions.create(new_session(data_paths, status=SessionStatus.PENDING))
     running = await sessions.create(new_session(data_paths, status=SessionStatus.PROCESSING))
-    await sessions.add_partial(waiting.id, PartialKind.TIMELINE, {"n": 0})
-    await sessions.add_partial(running.id, PartialKind.TIMELINE, {"n": 1})
+    judged = TimelineEntry(
+        start=0.0, end=5.0, start_time="00:00", end_time="00:05", significance=3, description="A"
+    )
+    await sessions.add_partial(waiting.id, PartialKind.TIMELINE, judged)
+    await sessions.add_partial(running.id, PartialKind.TIMELINE, judged)
     assert [e.name for e in await published(sessions, waiting.id)] == ["status"]
     events = await published(sessions, running.id)
     assert events[-1].name == "partial"
-    assert events[-1].data == {"sessionId": running.id, "kind": "timeline", "item": {"n": 1}}
+    assert events[-1].data == {
+        "sessionId": running.id,
+        "kind": "timeline",
+        "item": msgspec.to_builtins(judged),
+    }
 
 
 async def test_the_body_carries_the_queue_position_while_pending(make_sessions, data_paths):

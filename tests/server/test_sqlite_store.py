@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -12,12 +13,17 @@ import textwrap
 import uuid
 from datetime import timedelta
 
+import msgspec
 import pytest
 
-from protocol import AnalysisType, VideoInfo
+from protocol import AnalysisType, VideoInfo, WorkerHighlightsResults
+from server.app import STORE_FILE
 from server.state.models import Session, SessionNotFound, SessionStatus, utcnow
-from server.state.sqlite_store import SqliteStore, session_from_json, session_to_json
+from server.state.session_codec import session_from_json, session_to_json
+from server.state.sqlite_store import SCHEMA, SqliteStore
 from server.state.store import MemoryStore
+from tests.protocol.test_results import HIGHLIGHTS
+from tests.server.http_helpers import V1, start
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,11 +46,85 @@ def test_every_field_round_trips_through_json():
         status=SessionStatus.COMPLETED,
         progress=1.0,
         current_step="Finished",
-        results={"highlights": [{"start": 1.5, "description": "ünïcödé"}]},
+        results=msgspec.structs.replace(HIGHLIGHTS, video_description="ünïcödé"),
         attempts=2,
         error=None,
     )
     assert session_from_json(session_to_json(session)) == session
+
+
+# A completed session's row as the code before typed results wrote it (session_to_json of
+# then), and the GET /results body that code answered for it, byte for byte.
+OLD_ROW = (
+    '{"id":"0d6f1a52-3f0e-4c35-9a53-2b8f2f0d9c11","status":"completed","video":{"filename":"m'
+    'atch.mp4","duration_seconds":12.0,"width":160,"height":120,"fps":10.0,"rotation":0,"has_'
+    'audio":false},"upload_path":"/data/uploads/0d6f/source.mp4","output_dir":"/data/artifact'
+    's/0d6f","analysis_type":"highlights","params":{"min_significance":4},"progress":1.0,"cur'
+    'rent_step":"Completed","error":null,"results":{"analysisType":"highlights","processing_t'
+    'ime_seconds":3.21,"model":"/models/SmolVLM2-local","video":{"filename":"match.mp4","dura'
+    'tion_seconds":12.0,"width":160,"height":120,"fps":10.0},"video_description":"A football '
+    'match.","criteria":["a goal is scored"],"timeline":[{"start":0.0,"end":6.0,"start_time":'
+    '"00:00","end_time":"00:06","significance":8,"description":"A goal."},{"start":6.0,"end":'
+    '12.0,"start_time":"00:06","end_time":"00:12","significance":null,"description":null}],"h'
+    'ighlights_found":1,"highlights":[{"start":0.0,"end":6.0,"start_time":"00:00","end_time":'
+    '"00:06","significance":8,"description":"A goal.","thumbnail":"thumbnails/000.jpg"}],"ree'
+    'l":{"file":"reel.mp4","duration_seconds":6.0}},"attempts":1,"webhook":null,"created_at":'
+    '"2025-09-30T10:30:00+00:00","updated_at":"2025-09-30T10:30:00+00:00"}'
+)
+OLD_RESULTS_BODY = (
+    '{"sessionId":"0d6f1a52-3f0e-4c35-9a53-2b8f2f0d9c11","status":"completed","results":{"ana'
+    'lysisType":"highlights","processing_time_seconds":3.21,"model":"SmolVLM2-local","video":'
+    '{"filename":"match.mp4","duration_seconds":12.0,"width":160,"height":120,"fps":10.0},"vi'
+    'deo_description":"A football match.","criteria":["a goal is scored"],"highlights_found":'
+    '1,"highlights":[{"start":0.0,"end":6.0,"start_time":"00:00","end_time":"00:06","signific'
+    'ance":8,"description":"A goal.","thumbnail":"/api/v1/video/results/0d6f1a52-3f0e-4c35-9a'
+    '53-2b8f2f0d9c11/thumbnails/0"}],"reel":{"url":"/api/v1/video/results/0d6f1a52-3f0e-4c35-'
+    '9a53-2b8f2f0d9c11/reel","duration_seconds":6.0},"timeline":[{"start":0.0,"end":6.0,"star'
+    't_time":"00:00","end_time":"00:06","significance":8,"description":"A goal."},{"start":6.'
+    '0,"end":12.0,"start_time":"00:06","end_time":"00:12","significance":null,"description":n'
+    "ull}]}}"
+)
+
+
+def _old_row_now() -> str:
+    """OLD_ROW with fresh timestamps, so that no expiry sweep takes it."""
+    now = utcnow().isoformat()
+    return OLD_ROW.replace("2025-09-30T10:30:00+00:00", now)
+
+
+async def test_a_row_written_before_typed_results_loads_with_its_results_typed(tmp_path):
+    path = tmp_path / "sessions.db"
+    with sqlite3.connect(path) as db:
+        db.execute(SCHEMA)
+        db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+            ("0d6f1a52-3f0e-4c35-9a53-2b8f2f0d9c11", "completed", "t", "t", OLD_ROW),
+        )
+    store = await SqliteStore(path).open()
+    try:
+        assert store.unreadable_rows == 0
+        session = await store.get("0d6f1a52-3f0e-4c35-9a53-2b8f2f0d9c11")
+    finally:
+        await store.close()
+    assert isinstance(session.results, WorkerHighlightsResults)
+    assert session.results.reel is not None and session.results.reel.file == "reel.mp4"
+    # Written again, the row holds the same JSON as before.
+    assert json.loads(session_to_json(session)) == json.loads(OLD_ROW)
+
+
+async def test_the_results_body_of_an_old_row_is_the_one_answered_before(aiohttp_client, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / STORE_FILE) as db:
+        db.execute(SCHEMA)
+        db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+            ("0d6f1a52-3f0e-4c35-9a53-2b8f2f0d9c11", "completed", "t", "t", _old_row_now()),
+        )
+    client = await start(aiohttp_client, tmp_path)
+    response = await client.get(f"{V1}/results/0d6f1a52-3f0e-4c35-9a53-2b8f2f0d9c11")
+    assert response.status == 200
+    assert await response.read() == OLD_RESULTS_BODY.encode()
 
 
 async def test_sessions_survive_closing_and_reopening(tmp_path):

@@ -97,7 +97,7 @@ async def test_a_warm_worker_dying_as_the_job_reaches_it_gives_the_job_a_fresh_p
     finished = await asyncio.wait_for(runner.wait(session_id), WAIT)
 
     assert finished.status is SessionStatus.COMPLETED
-    assert finished.results["cold"] is True
+    assert finished.results.model == "cold"
 
 
 async def test_closing_the_runner_ends_idle_warm_workers(make_warm_runner, data_paths):

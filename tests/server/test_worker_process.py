@@ -1,6 +1,7 @@
 """WorkerProcess against tiny real child processes: events, stdin, stderr tail, termination."""
 
 import asyncio
+import json
 import signal
 import sys
 
@@ -62,7 +63,7 @@ async def test_events_are_decoded_in_order_until_stdout_ends(make_worker):
     worker = await make_worker("succeed")
     events = await all_events(worker)
     assert [type(e) for e in events] == [Progress, Partial, Log, Progress, Partial, Result]
-    assert events[-1].results["spec"]["params"] == {"mode": "succeed"}
+    assert json.loads(events[-1].results["video_description"])["params"] == {"mode": "succeed"}
     assert await worker.wait(WAIT) == 0
     assert worker.describe_exit() == "worker exited with code 0"
 
@@ -100,7 +101,7 @@ async def test_a_result_line_of_several_megabytes_is_read_whole(make_worker):
     worker = await make_worker("huge_result")
     (event,) = await all_events(worker)
     assert isinstance(event, Result)
-    assert len(event.results["blob"]) == 8_000_000
+    assert len(event.results["video_description"]) == 8_000_000
 
 
 async def test_stdin_stays_open_after_the_job_is_sent(make_worker):

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from inference_worker.timeline import SegmentFrames, plan_segments
-from protocol import PartialKind
+from protocol import PartialItem, PartialKind
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,18 @@ class RecordingReporter:
     """
 
     steps: list[tuple[float, str]] = field(default_factory=list)
-    partials: list[tuple[PartialKind, dict[str, Any]]] = field(default_factory=list)
+    partials: list[tuple[PartialKind, PartialItem]] = field(default_factory=list)
     events: list[str] | None = None
 
     def progress(self, fraction: float, step: str) -> None:
         self.steps.append((fraction, step))
 
-    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+    def partial(self, kind: PartialKind, item: PartialItem) -> None:
         self.partials.append((kind, item))
         if self.events is not None:
             self.events.append(f"partial {kind.value}")
 
-    def items(self, kind: PartialKind) -> list[dict[str, Any]]:
+    def items(self, kind: PartialKind) -> list[PartialItem]:
         """The partial items sent for the results list `kind`, in order."""
         return [item for sent, item in self.partials if sent is kind]
 
@@ -133,5 +133,5 @@ class OrderReporter:
     def progress(self, fraction: float, step: str) -> None:
         self.events.append(("progress", (fraction, step)))
 
-    def partial(self, kind: PartialKind, item: dict[str, Any]) -> None:
+    def partial(self, kind: PartialKind, item: PartialItem) -> None:
         self.events.append(("partial", (kind, item)))

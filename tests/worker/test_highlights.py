@@ -9,12 +9,12 @@ from inference_worker.highlights import (
     FALLBACK_CRITERIA,
     FALLBACK_VIDEO_DESCRIPTION,
     VERDICT_TOKENS,
-    Highlight,
     HighlightsAnalysis,
+    HighlightSpan,
     analyze_highlights,
 )
 from inference_worker.judging import Batching
-from protocol import AnalysisType, PartialKind, validate_params
+from protocol import AnalysisType, PartialKind, results_json, validate_params
 from tests.worker.scripted import (
     OrderReporter,
     RecordingReporter,
@@ -123,12 +123,12 @@ def test_a_segment_whose_score_cannot_be_read_is_not_significant():
 
 def test_a_kept_segment_without_a_usable_description_gets_a_placeholder_naming_its_time():
     analysis, _, _ = run([verdict(1), "Score: 9"])
-    assert analysis.highlights == [Highlight(10.0, 20.0, 9, "Notable moment at 00:10")]
+    assert analysis.highlights == [HighlightSpan(10.0, 20.0, 9, "Notable moment at 00:10")]
 
 
 def test_a_merged_highlight_uses_the_best_description_available():
     analysis, _, _ = run([verdict(6, "A corner kick."), "Score: 9", verdict(2)])
-    assert analysis.highlights == [Highlight(0.0, 20.0, 9, "A corner kick.")]
+    assert analysis.highlights == [HighlightSpan(0.0, 20.0, 9, "A corner kick.")]
 
 
 def test_a_trailing_sliver_merged_into_the_last_segment_is_part_of_its_highlight():
@@ -143,7 +143,7 @@ def test_the_results_carry_the_description_and_criteria_used():
 
 
 def test_highlight_items_have_the_api_fields_with_times_rounded_and_formatted():
-    item = Highlight(3599.996, 3610.0, 8, "A goal.").to_dict()
+    item = results_json(HighlightSpan(3599.996, 3610.0, 8, "A goal.").item())
     assert item == {
         "start": 3600.0,
         "end": 3610.0,
@@ -193,7 +193,7 @@ def test_a_reply_that_echoes_the_prompt_before_answering_is_still_read():
     analysis = analyze_highlights(
         model, blank_frames(8), segment_frames(10.0), 1, params(), RecordingReporter()
     )
-    assert analysis.highlights == [Highlight(0.0, 10.0, 7, "A penalty is taken.")]
+    assert analysis.highlights == [HighlightSpan(0.0, 10.0, 7, "A penalty is taken.")]
 
 
 # ---- progress and partials ---------------------------------------------------------------
@@ -233,7 +233,7 @@ def test_a_video_without_segments_completes_with_no_highlights():
 
 def test_each_highlight_is_sent_as_a_partial_equal_to_its_final_item():
     analysis, _, reporter = run([verdict(7, "A"), verdict(8, "B"), verdict(1), verdict(9, "C")])
-    assert reporter.items(PartialKind.HIGHLIGHTS) == [h.to_dict() for h in analysis.highlights]
+    assert reporter.items(PartialKind.HIGHLIGHTS) == [h.item() for h in analysis.highlights]
     assert len(reporter.items(PartialKind.HIGHLIGHTS)) == 2
 
 
@@ -260,9 +260,9 @@ def test_with_the_cap_partials_are_those_ranking_within_it_so_far_and_include_th
     scores = [5, 2, 9, 2, 7, 2, 8]
     analysis, _, reporter = run([verdict(s) for s in scores], max_highlights=2)
     highlights = reporter.items(PartialKind.HIGHLIGHTS)
-    sent = [(item["start"], item["significance"]) for item in highlights]
+    sent = [(item.start, item.significance) for item in highlights]
     assert sent == [(0.0, 5), (20.0, 9), (40.0, 7), (60.0, 8)]
-    assert all(h.to_dict() in highlights for h in analysis.highlights)
+    assert all(h.item() in highlights for h in analysis.highlights)
 
 
 def test_segments_are_pulled_one_at_a_time_between_model_calls():
@@ -294,7 +294,7 @@ def test_segments_are_pulled_one_at_a_time_between_model_calls():
 def test_the_timeline_carries_every_judged_segment_with_its_score_and_sentence_in_order():
     replies = [verdict(2, "Players walk."), verdict(9, "A goal!"), "", verdict(5, "A pass.")]
     analysis, _, _ = run(replies, duration=35.0)
-    assert [entry.to_dict() for entry in analysis.timeline] == [
+    assert [results_json(entry.item()) for entry in analysis.timeline] == [
         {"start": 0.0, "end": 10.0, "start_time": "00:00", "end_time": "00:10",
          "significance": 2, "description": "Players walk."},
         {"start": 10.0, "end": 20.0, "start_time": "00:10", "end_time": "00:20",
@@ -312,17 +312,17 @@ def test_the_timeline_leaves_the_highlights_as_they_were():
     analysis, _, _ = run(
         [verdict(s, f"Moment {i}.") for i, s in enumerate(scores)], max_highlights=3
     )
-    assert [h.to_dict() for h in analysis.highlights] == [
-        Highlight(20.0, 40.0, 9, "Moment 2.").to_dict(),
-        Highlight(50.0, 60.0, 7, "Moment 5.").to_dict(),
-        Highlight(70.0, 80.0, 8, "Moment 7.").to_dict(),
+    assert [h.item() for h in analysis.highlights] == [
+        HighlightSpan(20.0, 40.0, 9, "Moment 2.").item(),
+        HighlightSpan(50.0, 60.0, 7, "Moment 5.").item(),
+        HighlightSpan(70.0, 80.0, 8, "Moment 7.").item(),
     ]
     assert [entry.significance for entry in analysis.timeline] == scores
 
 
 def test_each_judged_segment_is_sent_as_a_timeline_partial_equal_to_its_entry():
     analysis, _, reporter = run([verdict(7, "A"), verdict(1, "B"), verdict(9, "C")])
-    assert reporter.items(PartialKind.TIMELINE) == [e.to_dict() for e in analysis.timeline]
+    assert reporter.items(PartialKind.TIMELINE) == [e.item() for e in analysis.timeline]
     assert [kind for kind, _ in reporter.partials] == [
         PartialKind.TIMELINE,
         PartialKind.TIMELINE,

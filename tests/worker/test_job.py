@@ -11,7 +11,7 @@ from inference_worker.job import ModelSlot, run_job
 from inference_worker.judging import BATCH_ENV
 from inference_worker.model import load_model
 from inference_worker.video import probe
-from protocol import AnalysisType, JobSpec, Log, Partial, Progress, Result
+from protocol import AnalysisType, JobSpec, Log, Partial, Progress, Result, decode_results
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,7 @@ def _run(spec, slot):
     events = []
     terminal = run_job(spec, events.append, slot)
     assert isinstance(terminal, Result), terminal
+    decode_results(terminal.results, spec.analysis_type)  # the worker keeps the contract
     return terminal, [event.message for event in events if isinstance(event, Log)]
 
 
@@ -56,7 +57,7 @@ def test_a_job_trusts_the_probe_in_its_spec_and_never_probes_again(
 
     result, _ = _run(spec, steered_slot)
 
-    assert result.results["video"] == info.public_dict()
+    assert decode_results(result.results).video == info.public()
     assert result.results["reel"] is not None and (tmp_path / "reel.mp4").exists()
 
 

@@ -18,7 +18,7 @@ import uuid
 import av
 import pytest
 
-from protocol import AnalysisType, JobSpec, PartialKind, decode_event, encode_job
+from protocol import AnalysisType, JobSpec, PartialKind, decode_event, encode_job, results_json
 from tests import media
 from tests.worker.worker_runner import (
     REPO,
@@ -94,7 +94,11 @@ def test_highlights_job_speaks_only_events_and_returns_the_api_shape(
     for entry in timeline:
         assert set(entry) == TIMELINE_KEYS
         assert entry["significance"] is None or 1 <= entry["significance"] <= 10
-    live = [event.item for event in run.of_type("partial") if event.kind is PartialKind.TIMELINE]
+    live = [
+        results_json(event.item)
+        for event in run.of_type("partial")
+        if event.kind is PartialKind.TIMELINE
+    ]
     assert live == timeline
 
 
@@ -114,10 +118,12 @@ def test_steered_model_finds_highlights_with_decodable_thumbnails_and_reel(
     ]
     partials = run.of_type("partial")
     assert [{k: v for k, v in h.items() if k != "thumbnail"} for h in results["highlights"]] == [
-        event.item for event in partials if event.kind is PartialKind.HIGHLIGHTS
+        results_json(event.item) for event in partials if event.kind is PartialKind.HIGHLIGHTS
     ]
     # Every judged segment, in order, live and in the results: 12 s in 4-s segments.
-    timeline = [event.item for event in partials if event.kind is PartialKind.TIMELINE]
+    timeline = [
+        results_json(event.item) for event in partials if event.kind is PartialKind.TIMELINE
+    ]
     assert timeline == results["timeline"]
     assert [(t["start"], t["significance"]) for t in timeline] == [(0.0, 8), (4.0, 8), (8.0, 8)]
     for highlight in results["highlights"]:
@@ -173,7 +179,7 @@ def test_workout_job_returns_segments_and_summary(make_video, tiny_model_dir, tm
     }
     partials = run.of_type("partial")
     assert {event.kind for event in partials} == {PartialKind.SEGMENTS}
-    assert [event.item for event in partials] == results["segments"]
+    assert [results_json(event.item) for event in partials] == results["segments"]
 
 
 def test_by_hand_mode_prints_the_same_events(sample_video, tiny_model_dir, tmp_path):

@@ -8,10 +8,10 @@ from inference_worker.workout import (
     UNKNOWN,
     VERDICT_TOKENS,
     WorkoutAnalysis,
-    WorkoutSegment,
+    WorkoutSpan,
     analyze_workout,
 )
-from protocol import AnalysisType, PartialKind, validate_params
+from protocol import AnalysisType, PartialKind, results_json, validate_params
 from tests.worker.scripted import OrderReporter, RecordingReporter, ScriptedModel, segment_frames
 
 
@@ -84,7 +84,7 @@ def test_consecutive_segments_of_one_exercise_merge_with_reps_summed():
 
 def test_rest_has_no_reps_and_no_form_notes_whatever_the_model_says():
     analysis, _, _ = run([verdict("resting", 7, "Knees cave in.")])
-    assert analysis.segments == [WorkoutSegment(0.0, 10.0, "rest", 0, "")]
+    assert analysis.segments == [WorkoutSpan(0.0, 10.0, "rest", 0, "")]
 
 
 def test_the_same_exercise_after_a_break_is_a_new_segment():
@@ -131,7 +131,7 @@ def test_the_summary_lists_exercises_in_order_and_totals_reps_and_active_time():
         verdict("rest"),
     ]
     analysis, _, _ = run(replies)
-    assert analysis.summary() == {
+    assert results_json(analysis.summary()) == {
         "exercises": ["squat", "lunge"],
         "total_reps": 17,
         "active_seconds": 30.0,
@@ -143,7 +143,7 @@ def test_the_summary_lists_exercises_in_order_and_totals_reps_and_active_time():
 
 
 def test_segment_items_have_the_api_fields():
-    item = WorkoutSegment(0.0, 30.004, "squat", 12, "Good depth.").to_dict()
+    item = results_json(WorkoutSpan(0.0, 30.004, "squat", 12, "Good depth.").item())
     assert item == {
         "start": 0.0,
         "end": 30.0,
@@ -166,9 +166,9 @@ def test_garbage_replies_give_unknown_segments_with_zero_reps(garbage):
     model = ScriptedModel(respond=lambda prompt: garbage)
     analysis = analyze_workout(model, segment_frames(30.0), 3, params(), reporter)
     assert isinstance(analysis, WorkoutAnalysis)
-    assert analysis.segments == [WorkoutSegment(0.0, 30.0, UNKNOWN, 0, "")]
+    assert analysis.segments == [WorkoutSpan(0.0, 30.0, UNKNOWN, 0, "")]
     # "unknown" is not an exercise to list, but it is not known to be rest either.
-    assert analysis.summary() == {
+    assert results_json(analysis.summary()) == {
         "exercises": [],
         "total_reps": 0,
         "active_seconds": 30.0,
@@ -181,8 +181,8 @@ def test_free_text_replies_are_understood():
     replies = ["The person is doing squats, 12 reps. Back stays straight.", "Resting."]
     analysis, _, _ = run(replies)
     assert analysis.segments == [
-        WorkoutSegment(0.0, 10.0, "squat", 12, "Back stays straight."),
-        WorkoutSegment(10.0, 20.0, "rest", 0, ""),
+        WorkoutSpan(0.0, 10.0, "squat", 12, "Back stays straight."),
+        WorkoutSpan(10.0, 20.0, "rest", 0, ""),
     ]
 
 
@@ -215,7 +215,7 @@ def test_a_video_without_segments_completes_with_an_empty_workout():
     reporter = RecordingReporter()
     analysis = analyze_workout(ScriptedModel(), iter([]), 0, params(), reporter)
     assert analysis.segments == []
-    assert analysis.summary() == {
+    assert results_json(analysis.summary()) == {
         "exercises": [],
         "total_reps": 0,
         "active_seconds": 0.0,
@@ -228,7 +228,7 @@ def test_each_merged_segment_is_sent_as_a_partial_equal_to_its_final_item():
     replies = [verdict("squat", 5), verdict("squat", 5), verdict("rest"), verdict("plank")]
     analysis, _, reporter = run(replies)
     assert reporter.partials == [
-        (PartialKind.SEGMENTS, segment.to_dict()) for segment in analysis.segments
+        (PartialKind.SEGMENTS, segment.item()) for segment in analysis.segments
     ]
 
 
