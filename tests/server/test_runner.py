@@ -204,6 +204,7 @@ async def test_submitting_an_unknown_session_is_session_not_found(make_runner):
 async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(make_runner):
     harness = await make_runner(max_concurrent=1)
     running = await harness.submit("sleep")
+    await harness.sleeping(running.id)
     queued = await harness.submit("succeed")
     cancelled = await harness.runner.cancel(queued.id)
     assert cancelled.status is SessionStatus.CANCELLED
@@ -419,11 +420,11 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
         await asyncio.wait_for(waiting, WAIT)
 
 
-def test_repr_shows_slots_and_queue(data_paths):
+def test_repr_shows_node_state_and_slots(data_paths):
     queue = MemoryJobQueue(3)
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
     runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)
-    assert repr(runner) == "<JobRunner not started running=0/2 queued=0>"
+    assert repr(runner) == "<JobRunner local not started running=0/2>"
 
 
 async def test_on_finished_is_told_of_every_job_that_ran_with_its_outcome(data_paths):
