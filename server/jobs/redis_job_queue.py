@@ -66,10 +66,14 @@ if #pending == 0 or pending[1][2] ~= ARGV[3] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 """
+# A claim given up before it started still has its place in the waiting set: it goes too.
 _FINISH = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[3]) end
+if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
 return 1
 """
 
@@ -194,7 +198,8 @@ class RedisJobQueue:
     @unavailable_as_busy
     async def finish(self, claim: Claim) -> None:
         await self._finish(
-            keys=[STREAM_KEY, ENTRY_KEY], args=[GROUP, claim.entry_id, claim.session_id]
+            keys=[STREAM_KEY, ENTRY_KEY, QUEUED_KEY],
+            args=[GROUP, claim.entry_id, claim.session_id],
         )
 
     @unavailable_as_busy

@@ -172,6 +172,69 @@ async def test_queued_jobs_have_positions_that_move_up_as_the_queue_shifts(make_
     assert harness.runner.running_count == 1
 
 
+async def test_no_status_is_pending_without_a_queue_position(make_runner):
+    """API.md: queuePosition is 1-based while pending; a job about to start is no exception."""
+    harness = await make_runner(max_concurrent=1)
+    polled: list[dict] = []
+    sessions = []
+
+    async def poll() -> None:
+        while True:
+            for session in sessions:
+                polled.append(await harness.sessions.body(await harness.sessions.get(session.id)))
+            await asyncio.sleep(0)
+
+    polling = asyncio.ensure_future(poll())
+    try:
+        for _ in range(4):
+            sessions.append(await harness.submit("succeed"))
+        for session in sessions:
+            await harness.finished(session.id)
+    finally:
+        polling.cancel()
+    published = [
+        event.data
+        for session in sessions
+        for event in await replay(harness, session.id)
+        if event.name == "status"
+    ]
+    pending = [body for body in polled + published if body["status"] == "pending"]
+    assert pending, "no pending status was seen at all"
+    assert [body for body in pending if body["queuePosition"] is None] == []
+    assert {body["queuePosition"] for body in pending} >= {1, 2}
+
+
+async def test_a_pending_session_that_no_queue_holds_is_queued_again_and_runs(make_runner):
+    """What a process killed between storing and queueing would leave: recover() runs it."""
+    harness = await make_runner()
+    orphan = await harness.sessions.create(
+        new_session(
+            harness.paths,
+            status=SessionStatus.PENDING,
+            analysis_type=AnalysisType.HIGHLIGHTS,
+            params={"mode": "succeed"},
+        )
+    )
+    assert await harness.runner.queue_position(orphan.id) is None
+    assert await harness.runner.recover() == 1
+    assert await harness.runner.recover() == 0  # now held: never queued twice
+    done = await harness.finished(orphan.id)
+    assert done.status is SessionStatus.COMPLETED and done.attempts == 1
+
+
+async def test_the_periodic_sweep_finds_an_orphan_without_a_restart(make_runner):
+    harness = await make_runner(orphan_sweep_seconds=0.1)
+    orphan = await harness.sessions.create(
+        new_session(
+            harness.paths,
+            status=SessionStatus.PENDING,
+            analysis_type=AnalysisType.HIGHLIGHTS,
+            params={"mode": "succeed"},
+        )
+    )
+    assert (await harness.finished(orphan.id)).status is SessionStatus.COMPLETED
+
+
 async def test_a_full_queue_refuses_with_queue_full_and_leaves_the_session_uploaded(make_runner):
     harness = await make_runner(max_concurrent=1, max_queued=1)
     await harness.submit("sleep")
