@@ -49,7 +49,7 @@ from aiohttp import BodyPartReader, web
 from bench import servers
 from bench.common import row
 from bench.servers import HOST
-from server.web.uploads import CHUNK_BYTES
+from server.web.multipart import CHUNK_BYTES
 from tests.media import write_video
 
 MIB = 1024 * 1024

@@ -21,9 +21,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from server.config import Config
-from server.jobs.cluster_runner import ClusterRunner
+from server.jobs.cancel_channel import CancelChannel, LocalCancelChannel
 from server.jobs.job_queue import JobQueue, MemoryJobQueue
 from server.jobs.probe import ProbeService
+from server.jobs.redis_cancel_channel import RedisCancelChannel
 from server.jobs.redis_job_queue import RedisJobQueue
 from server.jobs.runner import JobRunner
 from server.jobs.webhook_claims import DeliveryClaims, MemoryDeliveryClaims, RedisDeliveryClaims
@@ -41,7 +42,7 @@ from server.web import app_keys as keys
 from server.web import routes
 from server.web.metrics import Metrics
 from server.web.middlewares import Cors, api_key_middleware, errors
-from server.web.uploads import UploadSlots
+from server.web.upload_flow import UploadFlow, UploadLimits, UploadSlots
 
 STORE_FILE = "sessions.db"
 # Expiry is measured in hours; a sweep every few minutes keeps disk use close to the TTL.
@@ -85,12 +86,14 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 
 @dataclass(frozen=True)
 class State:
-    """The implementations this service runs on: where sessions, queue, events and files live."""
+    """The implementations this service runs on: where sessions, queue, events and files live,
+    and how cancels reach the runner holding a job."""
 
     paths: FileLocations
     store: SessionStore
     events: EventLog
     queue: JobQueue
+    cancels: CancelChannel
     redis: Redis | None = None  # the cluster's Redis, when there is one
 
 
@@ -100,7 +103,7 @@ async def open_state(config: Config) -> AsyncIterator[State]:
 
     With a Redis URL: sessions and events in Redis (checked to persist every write and
     never evict), shared by every node on the same Redis and DATA_DIR. Without: SQLite in
-    DATA_DIR, and memory for queue and events.
+    DATA_DIR, memory for queue and events, and cancels that stay in this process.
     """
     paths = DataPaths(config.data_dir)
     paths.create()
@@ -108,7 +111,8 @@ async def open_state(config: Config) -> AsyncIterator[State]:
         store = await SqliteStore(paths.root / STORE_FILE).open()
         hub = EventHub()
         try:
-            yield State(paths, store, hub, MemoryJobQueue(config.max_queued_jobs))
+            queue = MemoryJobQueue(config.max_queued_jobs)
+            yield State(paths, store, hub, queue, LocalCancelChannel())
         finally:
             await hub.close()
             await store.close()
@@ -122,7 +126,8 @@ async def open_state(config: Config) -> AsyncIterator[State]:
         await queue.open()
         events = await RedisEventLog(client).start()
         try:
-            yield State(paths, RedisStore(client), events, queue, client)
+            cancels = RedisCancelChannel(client, queue)
+            yield State(paths, RedisStore(client), events, queue, cancels, client)
         finally:
             await events.close()
     finally:
@@ -130,29 +135,22 @@ async def open_state(config: Config) -> AsyncIterator[State]:
 
 
 def make_runner(app: web.Application, state: State, sessions: Sessions) -> JobRunner:
-    """This node's job runner: alone with its own queue, or one of a cluster's nodes."""
+    """This node's job runner on the state's queue and cancel channel."""
     config = app[keys.CONFIG]
-    options: dict[str, Any] = {
-        "paths": state.paths,
-        "model": config.model,
-        "max_concurrent": config.max_concurrent_jobs,
-        "job_timeout": config.job_timeout_seconds,
-        "worker_command": config.worker_command,
-        "on_finished": app[keys.METRICS].job_finished,
-        "warm_workers": config.warm_workers if config.runs_jobs else 0,
-    }
-    if state.redis is None:
-        assert isinstance(state.queue, MemoryJobQueue)
-        return JobRunner(sessions, state.queue, **options)
-    assert isinstance(state.queue, RedisJobQueue)
-    return ClusterRunner(
+    return JobRunner(
         sessions,
         state.queue,
-        state.redis,
+        cancels=state.cancels,
         node_id=config.node_id,
         runs_jobs=config.runs_jobs,
         max_attempts=config.max_job_attempts,
-        **options,
+        paths=state.paths,
+        model=config.model,
+        max_concurrent=config.max_concurrent_jobs,
+        job_timeout=config.job_timeout_seconds,
+        worker_command=config.worker_command,
+        on_finished=app[keys.METRICS].job_finished,
+        warm_workers=config.warm_workers if config.runs_jobs else 0,
     )
 
 
@@ -178,6 +176,16 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
     uploads = app[keys.UPLOADS] = UploadSlots(
         config.max_concurrent_uploads, on_bytes=app[keys.METRICS].uploaded
     )
+    if config.serves_api:  # only then are there probes (and uploads)
+        app[keys.UPLOAD_FLOW] = UploadFlow(
+            sessions=sessions,
+            runner=runner,
+            paths=paths,
+            limits=UploadLimits(config.max_upload_bytes, config.max_video_seconds),
+            slots=uploads,
+            probes=app[keys.PROBES],
+            webhooks=webhooks,
+        )
     janitor = Janitor(
         sessions,
         paths,

@@ -13,8 +13,10 @@ patches of our own.
 
 Beside the Stream, a sorted set keeps the ids still waiting, in order: positions
 (ZRANK), depth (ZCARD) and removal of a queued job (ZREM, with the entry deleted so
-nobody reads it) are one command each. A node that reads an entry whose id is no longer
-in the set (it was cancelled while queued) acknowledges it and moves on.
+nobody reads it) are one command each. A node that reads an entry keeps it in the set
+until the session is marked processing (`started`), so a pending session always has a
+position; an entry removed meanwhile (cancelled) makes `started` say False. A hash maps
+each session to its entry from push to finish: a session is "held" while it has one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from server.jobs.job_queue import RETRY_AFTER_SECONDS
+from server.jobs.job_queue import RETRY_AFTER_SECONDS, Claim
 from server.state.models import QueueFull
 from server.state.redis_connection import KEY_PREFIX, unavailable_as_busy
 
@@ -34,13 +36,19 @@ QUEUED_KEY = KEY_PREFIX + "jobs-queued"
 ENTRY_KEY = KEY_PREFIX + "jobs-entry"
 SEQUENCE_KEY = KEY_PREFIX + "jobs-sequence"
 
-# 1: queued; 0: full; -1: already queued.
+# 1: queued; 0: full (ARGV[2] is the limit, or '' for none); -1: already queued or claimed.
 _PUSH = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
-if ARGV[3] ~= '1' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return -1 end
+if ARGV[2] ~= '' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], redis.call('XADD', KEYS[2], '*', 'sid', ARGV[1]))
 return 1
+"""
+# 1 if the claim's entry still stands for its session (it was not removed meanwhile).
+_STARTED = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then return 1 end
+return 0
 """
 _REMOVE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -58,21 +66,16 @@ if #pending == 0 or pending[1][2] ~= ARGV[3] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 """
+# A claim given up before it started still has its place in the waiting set: it goes too.
 _FINISH = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[3]) end
+if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
 return 1
 """
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A job this node took: its session, its Stream entry, and how often it was handed out."""
-
-    session_id: str
-    entry_id: str
-    deliveries: int
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class Owner:
 
 
 class RedisJobQueue:
-    """A `JobQueue` shared by every node, with leased claims for the nodes that run jobs."""
+    """A `JobQueue` shared by every node; a claim's `entry_id` is its Stream entry."""
 
     def __init__(
         self,
@@ -99,6 +102,7 @@ class RedisJobQueue:
         self.lease_seconds = lease_seconds
         self._client = client
         self._push = client.register_script(_PUSH)
+        self._started = client.register_script(_STARTED)
         self._remove = client.register_script(_REMOVE)
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
@@ -115,15 +119,21 @@ class RedisJobQueue:
     # ---- the JobQueue interface --------------------------------------------------------
 
     @unavailable_as_busy
-    async def push(self, session_id: str, *, over_limit: bool = False) -> None:
+    async def push(self, session_id: str, *, extra: int = 0) -> None:
         done = await self._push(
             keys=[QUEUED_KEY, STREAM_KEY, ENTRY_KEY, SEQUENCE_KEY],
-            args=[session_id, self.max_queued, int(over_limit)],
+            args=[session_id, self.max_queued + extra],
         )
         if done == 0:
             raise QueueFull(self.retry_after_seconds)
         if done < 0:
             raise ValueError(f"session {session_id} is already queued")
+
+    @unavailable_as_busy
+    async def requeue(self, session_id: str) -> bool:
+        """Atomic, so two nodes that find the same orphan queue it once."""
+        keys = [QUEUED_KEY, STREAM_KEY, ENTRY_KEY, SEQUENCE_KEY]
+        return await self._push(keys=keys, args=[session_id, ""]) == 1
 
     @unavailable_as_busy
     async def remove(self, session_id: str) -> bool:
@@ -136,8 +146,8 @@ class RedisJobQueue:
         return None if rank is None else rank + 1
 
     @unavailable_as_busy
-    async def has_room(self) -> bool:
-        return await self._client.zcard(QUEUED_KEY) < self.max_queued
+    async def has_room(self, extra: int = 0) -> bool:
+        return await self._client.zcard(QUEUED_KEY) < self.max_queued + extra
 
     @unavailable_as_busy
     async def depth(self) -> int:
@@ -149,11 +159,11 @@ class RedisJobQueue:
 
     # ---- claims, for the nodes that run jobs -------------------------------------------
 
+    @unavailable_as_busy
     async def take(self, node_id: str, block_seconds: float) -> Claim | None:
         """A job for `node_id`: first one whose lease lapsed, else the oldest waiting one.
 
-        Waits up to `block_seconds` for one to arrive. None if nothing came, or if what
-        came was cancelled while it waited (acknowledged here).
+        Waits up to `block_seconds` for one to arrive; None if nothing came.
         """
         lapsed = await self._client.xautoclaim(
             STREAM_KEY,
@@ -172,21 +182,24 @@ class RedisJobQueue:
         if not read:
             return None
         entry_id, fields = read[0][1][0]
-        session_id = fields["sid"]
-        if not await self._client.zrem(QUEUED_KEY, session_id):
-            await self.finish(Claim(session_id, entry_id, 1))  # cancelled while it waited
-            return None
-        return Claim(session_id, entry_id, 1)
+        return Claim(fields["sid"], entry_id, 1)
 
+    @unavailable_as_busy
+    async def started(self, claim: Claim) -> bool:
+        keys = [QUEUED_KEY, ENTRY_KEY]
+        return bool(await self._started(keys=keys, args=[claim.session_id, claim.entry_id]))
+
+    @unavailable_as_busy
     async def renew(self, claim: Claim, node_id: str) -> bool:
         """Reset the lease's idle time; False if another node holds the job now."""
         args = [GROUP, claim.entry_id, node_id]
         return bool(await self._renew(keys=[STREAM_KEY], args=args))
 
+    @unavailable_as_busy
     async def finish(self, claim: Claim) -> None:
-        """The job is over (ended, cancelled, or given up): nobody runs it again."""
         await self._finish(
-            keys=[STREAM_KEY, ENTRY_KEY], args=[GROUP, claim.entry_id, claim.session_id]
+            keys=[STREAM_KEY, ENTRY_KEY, QUEUED_KEY],
+            args=[GROUP, claim.entry_id, claim.session_id],
         )
 
     @unavailable_as_busy

@@ -1,14 +1,30 @@
-"""The job runner: a queue, at most `max_concurrent` worker processes, one supervisor per job.
+"""The job runner: jobs taken from a queue, at most `max_concurrent` worker processes, one
+supervisor per job.
 
-The runner owns every task it needs: one dispatcher that starts queued jobs as slots free
-up, and one supervisor task per running job, keyed by session id. Handlers only call its
-methods. A supervisor spawns the worker, sends the JobSpec, folds the worker's events
-into the session through `Sessions`, and always ends the process before it returns, so a
-slot is free only once its process is gone.
+The runner owns every task it needs: one dispatcher that takes jobs from the queue while
+a slot is free, one supervisor task per running job (keyed by session id) with a keeper
+that renews the job's claim, and a sweep that queues again what nobody holds. Handlers
+only call its methods. A supervisor spawns the worker, sends the JobSpec, folds the
+worker's events into the session through `Sessions`, and always ends the process before
+it returns, so a slot is free only once its process is gone.
 
-Cancelling is recorded first (the session becomes `cancelled`, which no later event can
-change), then carried out (the job leaves the queue, or its supervisor is cancelled and
-its worker terminated).
+What varies between one machine and a cluster is composed in, never subclassed: the
+`JobQueue` hands out claims (trivial leases in memory, leases that lapse in Redis) and the
+`CancelChannel` carries cancels to the runner holding the job. On a cluster:
+  * a runner takes a job only when it has a free slot, and a keeper renews its lease
+    while the worker runs (a heartbeat, never a bound on the job's length);
+  * a runner that died leaves its jobs idle; once the lease lapses another takes them
+    over and runs them from the start (the status says so), at most `max_attempts` times;
+  * an attempt that lost its lease (another runner holds it, or renewals failed for a
+    whole lease) stops its worker without touching the session: the new owner runs it;
+  * the keeper also reads the session at each renewal, so a lost cancel signal costs a
+    third of a lease, never the cancel.
+
+A session is queued before it is stored `pending`, and stays in the queue's order until
+the runner that took it has marked it `processing`, so a pending session always has a
+queue position. Cancelling is recorded first (the session becomes `cancelled`, which no
+later event can change), then carried out (the job leaves the queue, or its worker is
+terminated, here or by its owner), and answered once the worker is gone.
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +56,15 @@ from protocol import (
     ResultsBroken,
     decode_results,
 )
-from server.jobs.job_queue import MemoryJobQueue
+from server.jobs.cancel_channel import CancelChannel, LocalCancelChannel
+from server.jobs.job_queue import Claim, JobQueue
 from server.jobs.model_health import ModelHealth
 from server.jobs.warm_pool import WarmPool
 from server.jobs.worker_process import WorkerProcess
 from server.state.models import (
     QueueFull,
     RunnerClosed,
+    ServerBusy,
     Session,
     SessionConflict,
     SessionError,
@@ -54,6 +72,7 @@ from server.state.models import (
     SessionStatus,
 )
 from server.state.paths import DataPaths
+from server.state.redis_connection import raise_if_cancelling
 from server.state.sessions import Sessions
 from server.state.webhook_delivery import WebhookDelivery
 
@@ -67,8 +86,20 @@ EXIT_AFTER_RESULT_SECONDS = 5.0
 EXIT_AFTER_EOF_SECONDS = 5.0
 # Lines of stderr put in a failed session's error; the log line gets the whole tail.
 ERROR_TAIL_LINES = 1
+# A runner with a free slot waits this long for a job per take, then looks for lapsed leases.
+TAKE_BLOCK_SECONDS = 1.0
+# Renewals per lease: two can be lost (a slow Redis, a pause) before the lease lapses.
+RENEWALS_PER_LEASE = 3
+# After the shared state went away, try again this often.
+RETRY_SECONDS = 0.5
+# A job taken from a shared queue may come a moment before its submitter stored it pending;
+# the taker looks this often, for at most a third of a lease (before anyone could take it over).
+HANDOFF_POLL_SECONDS = 0.01
+# Unfinished sessions that nothing holds are looked for this often (and once at start).
+ORPHAN_SWEEP_SECONDS = 60.0
 STARTING_STEP = "Starting worker"
 RESTARTED_STEP = "Queued again after a server restart"
+LOST_NODE_STEP = "Running again from the start (attempt {n}): the node running it stopped"
 COMPLETED_STEP = "Completed"
 CANCELLED_STEP = "Cancelled"
 CANCELLED_QUEUED_STEP = "Cancelled while queued"
@@ -76,15 +107,18 @@ CANCELLED_QUEUED_STEP = "Cancelled while queued"
 
 @dataclass(eq=False)
 class _Job:
-    """A running job: the supervisor task and the process it supervises."""
+    """A running job: its claim, the supervisor task and the process it supervises."""
 
-    session_id: str
+    claim: Claim
     worker: WorkerProcess
     task: asyncio.Task[None] = field(init=False)
     stopping: bool = False
-    started_at: float | None = None  # loop time when it became `processing`
-    claim: Any = None  # what a shared queue handed out (its lease), if any
-    cancelled: bool = False  # stopped because its session was cancelled
+    started_at: float | None = None  # loop time when its worker was given the job
+    cancelled: bool = False  # stopped because its session was cancelled (or deleted)
+
+    @property
+    def session_id(self) -> str:
+        return self.claim.session_id
 
 
 @dataclass(frozen=True)
@@ -97,103 +131,144 @@ class _Outcome:
 
 
 class JobRunner:
-    """Runs submitted sessions through worker processes, at most `max_concurrent` at once."""
+    """Runs sessions from `queue` through worker processes, at most `max_concurrent` at once."""
 
     def __init__(
         self,
         sessions: Sessions,
-        queue: MemoryJobQueue,
+        queue: JobQueue,
         *,
         paths: DataPaths,
         model: str,
+        cancels: CancelChannel | None = None,
+        node_id: str = "local",
+        runs_jobs: bool = True,
+        max_attempts: int = 3,
         max_concurrent: int = 2,
         job_timeout: float | None = None,
         worker_command: Sequence[str] = (sys.executable, "-m", "inference_worker"),
         worker_env: Mapping[str, str] | None = None,
         on_finished: Callable[[str, str, float], None] | None = None,
         warm_workers: int = 0,
+        orphan_sweep_seconds: float = ORPHAN_SWEEP_SECONDS,
     ) -> None:
-        """`worker_env` adds to (or overrides) the server's environment for every worker.
+        """`cancels` carries cancels to other runners on the same queue (none by default).
 
-        `on_finished(analysis_type, status, seconds)` is told of every job that ran and
-        ended completed, failed or cancelled (not of jobs interrupted by a shutdown).
-        `warm_workers` idle workers are kept started with the model loaded.
+        `node_id` names this runner to the queue; with `runs_jobs` off it only submits.
+        A job handed out more than `max_attempts` times fails. `worker_env` adds to (or
+        overrides) the server's environment for every worker. `on_finished(analysis_type,
+        status, seconds)` is told of every job that ran and ended completed, failed or
+        cancelled (not of jobs interrupted by a shutdown). `warm_workers` idle workers are
+        kept started with the model loaded.
         """
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self._sessions = sessions
         self._queue = queue
+        self._cancels = cancels or LocalCancelChannel()
         self._paths = paths
         self._model = model
+        self._node_id = node_id
+        self._runs_jobs = runs_jobs
+        self._max_attempts = max_attempts
         self._max_concurrent = max_concurrent
         self._job_timeout = job_timeout
         self._command = tuple(worker_command)
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
         self._on_finished = on_finished
+        self._orphan_sweep_seconds = orphan_sweep_seconds
         self._health = ModelHealth(model, warm=warm_workers > 0)
         self._warm = WarmPool(warm_workers, self._command, model, self._env, self._health)
         self._jobs: dict[str, _Job] = {}
-        self._lock = asyncio.Lock()  # serialises submit and cancel decisions
-        self._wakeup = asyncio.Event()
-        self._positions_changed = False
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # serialises submit, start and cancel decisions
+        self._wakeup = asyncio.Event()  # a slot freed up
+        self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._closed = False
 
     # ---- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start taking work."""
+        """Start taking work: hear cancels, sweep for orphans, and take jobs if it runs them."""
         if self._closed:
             raise RunnerClosed()
-        if self._dispatcher is None:
+        if self._tasks:
+            return
+        await self._cancels.start(self._cancel_signal)
+        self._accepting = True
+        self._tasks.append(asyncio.create_task(self._sweep(), name="orphan sweep"))
+        if self._runs_jobs:
             self._paths.create()
-            self._dispatcher = asyncio.create_task(self._dispatch(), name="job dispatcher")
-            self._accepting = True
+            self._tasks.append(asyncio.create_task(self._dispatch(), name="job dispatcher"))
             self._warm.fill()
 
     async def recover(self) -> int:
-        """Queue again, oldest first, the jobs a previous server process left unfinished.
+        """Queue again, oldest first, the unfinished sessions that no queue or claim holds.
 
-        Their sessions were pending or processing when that process stopped (a restart,
-        a crash, kill -9). A worker's run cannot be resumed, so each starts over, with its
-        old artifacts removed and a status that says why. Returns how many were queued.
+        A previous server process left them (a restart, a crash, kill -9), or a node died
+        at a moment that left one behind. A worker's run cannot be resumed, so each starts
+        over, with its old artifacts removed and a status that says why. No grace period is
+        needed: a session is queued before it is stored pending, and `requeue` refuses
+        what something holds. Returns how many were queued.
         """
-        async with self._lock:
-            unfinished = [
-                session
-                for session in await self._sessions.list()
-                if session.status in (SessionStatus.PENDING, SessionStatus.PROCESSING)
-            ]
-            for session in sorted(unfinished, key=lambda s: s.created_at):
-                await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
-                await self._sessions.update(
-                    session.id,
-                    status=SessionStatus.PENDING,
-                    progress=0.0,
-                    current_step=RESTARTED_STEP,
-                    error=None,
-                    results=None,
-                )
-                await self._queue.push(session.id, over_limit=True)
-                log.info("session %s queued again after a restart", session.id)
-            if unfinished:
-                self._positions_changed = True
-                self._wakeup.set()
-        return len(unfinished)
+        unfinished = [
+            session
+            for status in (SessionStatus.PENDING, SessionStatus.PROCESSING)
+            for session in await self._sessions.list(status=status)
+        ]
+        queued = 0
+        for session in sorted(unfinished, key=lambda s: s.created_at):
+            async with self._lock:
+                queued += await self._requeue(session.id)
+        return queued
+
+    async def _requeue(self, session_id: str) -> bool:
+        if not await self._queue.requeue(session_id):
+            return False
+        try:
+            session = await self._sessions.get(session_id)
+        except SessionNotFound:
+            session = None
+        if session is None or session.status.is_terminal:  # it ended since it was listed
+            await self._queue.remove(session_id)
+            return False
+        changes: dict[str, Any] = {}
+        if session.status is SessionStatus.PROCESSING:
+            # Its taker waits for `pending`, so the old artifacts are gone before it starts.
+            await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
+            changes["status"] = SessionStatus.PENDING
+        await self._sessions.update(
+            session_id,
+            progress=0.0,
+            current_step=RESTARTED_STEP,
+            error=None,
+            results=None,
+            **changes,
+        )
+        log.info("session %s queued again: nothing held it", session_id)
+        return True
+
+    async def _sweep(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._orphan_sweep_seconds)
+            try:
+                await self.recover()
+            except ServerBusy:
+                log.warning("could not look for unfinished sessions nobody holds; next round")
 
     async def close(self) -> None:
         """Refuse new work and stop every running worker; return once they are gone.
 
         The sessions of stopped and queued jobs stay as they are (processing, pending):
-        they were not cancelled by anyone, they were interrupted. Safe to call twice.
+        they were not cancelled by anyone, they were interrupted. On a cluster their leases
+        lapse and other nodes run them again. Safe to call twice.
         """
         async with self._lock:  # a submit under way finishes first, so its job is stopped too
             self._accepting = False
             self._closed = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         jobs = list(self._jobs.values())
         if jobs:
             log.info("runner closing: stopping %d running job(s)", len(jobs))
@@ -205,6 +280,7 @@ class JobRunner:
         # Normally done by each supervisor; this also covers one cancelled before it began.
         await asyncio.gather(*(job.worker.terminate() for job in jobs))
         await self._warm.close()
+        await self._cancels.close()
 
     # ---- what the HTTP layer calls ------------------------------------------------------
 
@@ -223,20 +299,33 @@ class JobRunner:
         """
         async with self._lock:
             uploaded = await self._check_submittable(session_id)
-            start_now = not self._queue and len(self._jobs) < self._max_concurrent
-            session = await self._mark_pending(uploaded, analysis_type, params, webhook)
-            if start_now:
-                self._start_job(session_id)
-                log.info("session %s queued (%s, starts now)", session_id, analysis_type.value)
-            else:
-                await self._queue.push(session_id)
-                await self._sessions.publish_status(session_id)  # now with its position
-                log.info(
-                    "session %s queued (%s, position %d)",
+            async with self._queued(session_id):
+                session = await self._sessions.update(
                     session_id,
-                    analysis_type.value,
-                    await self._queue.position(session_id),
+                    status=SessionStatus.PENDING,
+                    analysis_type=analysis_type,
+                    params=dict(params),
+                    progress=0.0,
+                    current_step=None,
+                    error=None,
+                    results=None,
+                    webhook=webhook or uploaded.webhook,
                 )
+            await self._log_queued(session)
+        return session
+
+    async def submit_new(self, session: Session) -> Session:
+        """Store a new session, already `pending` with its analysis and params, and queue it.
+
+        One step under the runner's lock: its first status already has its queue position.
+        Raises QueueFull or RunnerClosed, and then nothing is stored.
+        """
+        async with self._lock:
+            if not self._accepting:
+                raise RunnerClosed()
+            async with self._queued(session.id):
+                await self._sessions.create(session)
+            await self._log_queued(session)
         return session
 
     async def _check_submittable(self, session_id: str) -> Session:
@@ -252,46 +341,60 @@ class JobRunner:
             raise QueueFull(self._queue.retry_after_seconds)
         return session
 
-    async def _mark_pending(
-        self,
-        session: Session,
-        analysis_type: AnalysisType,
-        params: dict[str, Any],
-        webhook: WebhookDelivery | None,
-    ) -> Session:
-        return await self._sessions.update(
+    @contextlib.asynccontextmanager
+    async def _queued(self, session_id: str) -> AsyncIterator[None]:
+        """Queue the session around the block that stores it pending; unqueue it if that fails.
+
+        Queued first: whoever reads the session as pending then finds it queued.
+        """
+        await self._queue.push(session_id, extra=self._free_slots())
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(ServerBusy):
+                await self._queue.remove(session_id)
+            raise
+
+    async def _log_queued(self, session: Session) -> None:
+        assert session.analysis_type is not None
+        log.info(
+            "session %s queued (%s, position %s)",
             session.id,
-            status=SessionStatus.PENDING,
-            analysis_type=analysis_type,
-            params=dict(params),
-            progress=0.0,
-            current_step=None,
-            error=None,
-            results=None,
-            webhook=webhook or session.webhook,
+            session.analysis_type.value,
+            await self._queue.position(session.id),
         )
 
+    def _free_slots(self) -> int:
+        """Slots of this runner that take a job at once (none if it runs no jobs)."""
+        return max(self._max_concurrent - len(self._jobs), 0) if self._runs_jobs else 0
+
     async def has_room(self) -> bool:
-        """Whether a submit now would be accepted as far as capacity goes."""
-        if await self._queue.has_room():
-            return True
-        return not self._queue and len(self._jobs) < self._max_concurrent
+        """Whether a submit now would be accepted as far as capacity goes.
+
+        The queue's limit is on jobs that wait: this runner's free slots take as many at once.
+        """
+        return await self._queue.has_room(self._free_slots())
 
     async def cancel(self, session_id: str) -> Session:
-        """Cancel a session; returns its `cancelled` snapshot once its worker is gone.
+        """Cancel wherever the job is; returns its `cancelled` snapshot once its worker is gone.
 
         Idempotent. A queued job leaves the queue; a running job's worker (and its
-        process group) is terminated. Raises SessionConflict for a completed or failed
-        session, SessionNotFound for an unknown one.
+        process group) is terminated, here or by the runner that holds it (waited for
+        within a bound; a dead holder's lease ends it). Raises SessionConflict for a
+        completed or failed session, SessionNotFound for an unknown one.
         """
         async with self._lock:
             session = await self._mark_cancelled(session_id)
-            if await self._queue.remove(session_id):
-                self._positions_changed = True
-                self._wakeup.set()
+            removed = await self._queue.remove(session_id)
+        if removed:
+            await self._publish_positions()
+            return session
         job = self._jobs.get(session_id)
         if job is not None:
+            job.cancelled = True
             await self._stop(job)
+        else:
+            await self._cancels.until_gone(session_id)
         return session
 
     async def _mark_cancelled(self, session_id: str) -> Session:
@@ -347,38 +450,137 @@ class JobRunner:
         """Whether the workers can load the model, as warm workers and jobs last reported."""
         return self._health
 
-    # ---- dispatching --------------------------------------------------------------------
+    # ---- taking jobs --------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Start queued jobs as slots free up; tell queued sessions their new positions."""
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            shifted, self._positions_changed = self._positions_changed, False
-            while self._queue and len(self._jobs) < self._max_concurrent:
-                self._start_job(self._queue.pop())
-                shifted = True
-            if shifted:
-                for session_id in self._queue:
-                    try:
-                        await self._sessions.publish_status(session_id)
-                    except Exception:
-                        # A position update is cosmetic; the dispatcher must live on.
-                        log.exception("session %s: could not publish its position", session_id)
+        """Take a job whenever a slot is free; the take itself waits for one to come.
 
-    def _start_job(self, session_id: str, claim: Any = None) -> None:
+        The loop also stops on `_closed`: on Python 3.11 a cancel that lands inside a Redis
+        call's own timeout can be uncancelled away, and then only the flag ends the loop.
+        """
+        while not self._closed:
+            raise_if_cancelling()
+            if len(self._jobs) >= self._max_concurrent:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                claim = await self._queue.take(self._node_id, TAKE_BLOCK_SECONDS)
+                if claim is not None:
+                    await self._begin(claim)
+            except ServerBusy:
+                raise_if_cancelling()
+                log.warning("cannot reach the job queue to take jobs; trying again")
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _begin(self, claim: Claim) -> None:
+        """Start a claimed job, or end the claim at once if there is nothing (more) to run."""
+        if claim.session_id in self._jobs:
+            # Our own lease lapsed (this node stalled) and we took it back: the attempt
+            # under way goes on, its keeper renews the lease again.
+            log.warning("session %s: took back its own lapsed lease", claim.session_id)
+            return
+        if claim.deliveries == 1:
+            await self._until_handed_over(claim.session_id)
+        async with self._lock:
+            session = await self._mark_processing(claim)
+            if session is None:
+                await self._queue.finish(claim)
+                return
+            if not await self._queue.started(claim):
+                # Cancelled between the two: recorded first, so nothing is left to run.
+                await self._queue.finish(claim)
+                return
+            self._start_job(claim)
+        await self._publish_positions()
+
+    async def _until_handed_over(self, session_id: str) -> None:
+        """Wait (bounded) until the submitter has stored the session pending, or it ended.
+
+        The submitter queues before it stores, so a runner on another node may read the
+        entry first; one that never comes (its submitter died) is dropped by the caller.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._queue.lease_seconds / RENEWALS_PER_LEASE
+        while loop.time() < deadline:
+            try:
+                session = await self._sessions.get(session_id)
+            except SessionNotFound:
+                session = None
+            if session is not None and (
+                session.status is SessionStatus.PENDING or session.status.is_terminal
+            ):
+                return
+            await asyncio.sleep(HANDOFF_POLL_SECONDS)
+
+    async def _mark_processing(self, claim: Claim) -> Session | None:
+        """The claimed session marked `processing` for this attempt; None if nothing is to run."""
+        session_id = claim.session_id
+        try:
+            session = await self._sessions.get(session_id)
+        except SessionNotFound:
+            return None
+        runnable = session.status is SessionStatus.PENDING or (
+            claim.deliveries > 1 and session.status is SessionStatus.PROCESSING
+        )
+        if not runnable:
+            if not session.status.is_terminal:
+                log.warning(
+                    "session %s: queued but never stored pending (%s); dropped",
+                    session_id,
+                    session.status.value,
+                )
+            return None
+        if claim.deliveries > self._max_attempts:
+            await self._sessions.update(
+                session_id,
+                status=SessionStatus.FAILED,
+                error=f"The job was started {claim.deliveries - 1} times and each time the "
+                "node running it stopped before it ended",
+            )
+            log.warning("session %s failed: its nodes kept dying", session_id)
+            return None
+        step = STARTING_STEP
+        if claim.deliveries > 1:
+            # Each attempt starts over: what the lost one wrote goes first.
+            await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
+            step = LOST_NODE_STEP.format(n=claim.deliveries)
+            log.warning("session %s taken over (attempt %d)", session_id, claim.deliveries)
+        session = await self._sessions.update(
+            session_id,
+            status=SessionStatus.PROCESSING,
+            attempts=session.attempts + 1,
+            progress=0.0,
+            current_step=step,
+            error=None,
+            results=None,
+        )
+        return session if session.status is SessionStatus.PROCESSING else None
+
+    async def _publish_positions(self) -> None:
+        """Tell every queued session its new place (a cosmetic update: errors are logged)."""
+        try:
+            for session_id in await self._queue.queued():
+                await self._sessions.publish_status(session_id)
+        except SessionError:
+            log.warning("could not publish the queue positions", exc_info=True)
+
+    def _start_job(self, claim: Claim) -> None:
         # Taken here, synchronously, so that cancel and close always see the job's process.
-        job = _Job(session_id, self._warm.take() or WorkerProcess(), claim=claim)
-        job.task = asyncio.create_task(self._supervise(job), name=f"supervise {session_id}")
+        job = _Job(claim, self._warm.take() or WorkerProcess())
+        job.task = asyncio.create_task(self._supervise(job), name=f"supervise {claim.session_id}")
         job.task.add_done_callback(lambda task: self._job_done(job, task))
-        self._jobs[session_id] = job
+        self._jobs[claim.session_id] = job
 
     def _job_done(self, job: _Job, task: asyncio.Task[None]) -> None:
-        if self._jobs.get(job.session_id) is job:
-            del self._jobs[job.session_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("session %s: supervisor crashed", job.session_id, exc_info=task.exception())
-        self._wakeup.set()
+        self._free_slot(job)
+
+    def _free_slot(self, job: _Job) -> None:
+        if self._jobs.get(job.session_id) is job:
+            del self._jobs[job.session_id]
+            self._wakeup.set()
 
     async def _stop(self, job: _Job) -> None:
         """Cancel a job's supervisor (which terminates its worker); return once it is gone."""
@@ -389,9 +591,75 @@ class JobRunner:
         await asyncio.wait({job.task})
         await job.worker.terminate()
 
-    # ---- supervising one job ------------------------------------------------------------
+    def _interrupt(self, job: _Job, *, cancelled: bool) -> None:
+        """Stop a job from inside this runner (its supervisor terminates the worker)."""
+        if job.stopping:
+            return
+        job.cancelled = cancelled
+        job.stopping = True
+        job.task.cancel()
+
+    async def _cancel_signal(self, session_id: str) -> None:
+        """A cancel recorded elsewhere: stop the job here if the store says it is cancelled."""
+        job = self._jobs.get(session_id)
+        if job is None or job.stopping:
+            return
+        try:
+            session = await self._sessions.get(session_id)
+        except SessionNotFound:
+            session = None
+        except ServerBusy:
+            return  # the keeper reads it again shortly
+        # Only what the store says counts: a stale signal never stops a live job.
+        if session is None or session.status is SessionStatus.CANCELLED:
+            self._interrupt(job, cancelled=True)
+
+    # ---- supervising one job, under its claim -------------------------------------------
 
     async def _supervise(self, job: _Job) -> None:
+        keeper = asyncio.create_task(self._keep_lease(job), name=f"lease {job.session_id}")
+        over = False
+        try:
+            await self._supervise_run(job)
+            over = True
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            # A job interrupted otherwise (a shutdown, a lost lease) stays someone's to run.
+            if over or job.cancelled:
+                with contextlib.suppress(ServerBusy):
+                    await self._queue.finish(job.claim)
+            if job.cancelled:
+                with contextlib.suppress(ServerBusy):
+                    await self._cancels.gone(job.session_id)
+
+    async def _keep_lease(self, job: _Job) -> None:
+        """Renew the job's lease; stop the job if the lease is lost or its session cancelled."""
+        loop = asyncio.get_running_loop()
+        lease = self._queue.lease_seconds
+        renewed = loop.time()
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(lease / RENEWALS_PER_LEASE)
+            try:
+                held = await self._queue.renew(job.claim, self._node_id)
+                if held:
+                    renewed = loop.time()
+                status = (await self._sessions.get(job.session_id)).status
+            except SessionNotFound:
+                status = None
+            except ServerBusy:
+                # Unknown: keep working while the lease may still be ours.
+                held, status = loop.time() - renewed < lease, SessionStatus.PROCESSING
+            if not held:
+                log.warning("session %s: lease lost; stopping this attempt", job.session_id)
+                self._interrupt(job, cancelled=False)
+                return
+            if status is None or status is SessionStatus.CANCELLED:
+                self._interrupt(job, cancelled=True)
+                return
+
+    async def _supervise_run(self, job: _Job) -> None:
         session_id = job.session_id
         try:
             await self._run(job)
@@ -405,6 +673,7 @@ class JobRunner:
                 )
         finally:
             await job.worker.terminate()
+            self._free_slot(job)  # the process is gone: what is left needs no slot
             await self._report_finished(job)
 
     async def _report_finished(self, job: _Job) -> None:
@@ -420,18 +689,9 @@ class JobRunner:
 
     async def _run(self, job: _Job) -> None:
         session_id = job.session_id
-        pending = await self._sessions.get(session_id)
-        if pending.status is not SessionStatus.PENDING:
-            return  # cancelled before its turn came
-        session = await self._sessions.update(
-            session_id,
-            status=SessionStatus.PROCESSING,
-            attempts=pending.attempts + 1,
-            progress=0.0,
-            current_step=STARTING_STEP,
-        )
+        session = await self._sessions.get(session_id)
         if session.status is not SessionStatus.PROCESSING:
-            return
+            return  # cancelled between its start and now
         started = job.started_at = asyncio.get_running_loop().time()
         try:
             outcome = await asyncio.wait_for(self._work(job, session), self._job_timeout)
@@ -582,6 +842,5 @@ class JobRunner:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._accepting else "not started"
         return (
-            f"<JobRunner {state} running={len(self._jobs)}/{self._max_concurrent} "
-            f"queued={len(self._queue)}>"
+            f"<JobRunner {self._node_id} {state} running={len(self._jobs)}/{self._max_concurrent}>"
         )

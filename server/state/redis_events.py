@@ -37,6 +37,7 @@ from server.state.redis_connection import (
     raise_if_cancelling,
     unavailable_as_busy,
 )
+from server.state.redis_pubsub import listen
 
 log = logging.getLogger("server.state.redis_events")
 
@@ -47,8 +48,6 @@ CHANNEL = KEY_PREFIX + "events"
 POLL_SECONDS = 1.0
 # Entries read per XRANGE while a reader catches up.
 READ_BATCH = 200
-# After a lost subscription, try again this often.
-RESUBSCRIBE_SECONDS = 0.5
 
 # ARGV: name, data, is_status, is_terminal, maxlen, session id. Returns the id, or 0 after the end.
 _PUBLISH = """
@@ -206,25 +205,22 @@ class RedisEventLog:
             changed.set()
 
     async def _listen(self) -> None:
-        """Wake this node's readers of each session named on the channel; resubscribe on loss."""
-        while not self._closed:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(CHANNEL)
-                while not self._closed:
-                    raise_if_cancelling()
-                    message = await pubsub.get_message(timeout=POLL_SECONDS)
-                    if message is not None:
-                        self._wake(message["data"])
-            except REDIS_ERRORS:
-                raise_if_cancelling()
-                log.warning("event wake-ups lost; readers poll until Redis is back")
-                for session_id in list(self._changed):
-                    self._wake(session_id)
-                await asyncio.sleep(RESUBSCRIBE_SECONDS)
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()
+        """Wake this node's readers of each session named on the channel."""
+        await listen(
+            self._client,
+            [CHANNEL],
+            self._woken,
+            is_open=lambda: not self._closed,
+            on_lost=self._lost,
+        )
+
+    async def _woken(self, channel: str, session_id: str) -> None:
+        self._wake(session_id)
+
+    def _lost(self) -> None:
+        log.warning("event wake-ups lost; readers poll until Redis is back")
+        for session_id in list(self._changed):
+            self._wake(session_id)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""

@@ -4,7 +4,7 @@ Every change goes store first, then hub, under a per-session lock, so the order 
 status events a subscriber sees is the order of the snapshots the store kept. The rules
 that hold for every caller live here:
   * a terminal session (completed, failed, cancelled) never changes again;
-  * progress never goes down while a run is processing;
+  * progress never goes down within one run (one attempt) while it is processing;
   * `current_step` is a string in every status but `uploaded` and `pending` (API.md);
   * a terminal status publishes `status`, then exactly one terminal event, then nothing;
   * reaching a terminal status makes a waiting webhook `pending` in that same snapshot, so
@@ -63,17 +63,11 @@ class Sessions:
         """The hub the changes are published on (for subscribers)."""
         return self._hub
 
-    async def create(self, session: Session, *, announce: bool = True) -> Session:
-        """Store a new session and publish its first status event.
-
-        `announce=False` when the caller moves it on at once (an upload that names its
-        analysis is queued straight away): its first event is then that next status, so
-        no client sees the two-step flow's `uploaded`.
-        """
+    async def create(self, session: Session) -> Session:
+        """Store a new session, already in its first real state, and publish its status."""
         async with self._lock(session.id):
             await self._store.add(session)
-            if announce:
-                await self._publish(session)
+            await self._publish(session)
         return session
 
     async def get(self, session_id: str) -> Session:
@@ -94,7 +88,8 @@ class Sessions:
         """Apply `changes` (Session fields), store the snapshot and publish it.
 
         A terminal session is returned unchanged and nothing is published. While the
-        session stays `processing`, a lower `progress` keeps the higher one. Reaching
+        session stays `processing` in the same attempt, a lower `progress` keeps the
+        higher one (a run taken over by another node starts again from 0). Reaching
         `completed` sets progress to 1.0; reaching any terminal status makes a waiting
         webhook pending (and tells `on_webhook_due`). A status past `pending`
         without a step gets its STATUS_STEPS one. Raises SessionNotFound.
@@ -104,10 +99,12 @@ class Sessions:
             if current.status.is_terminal:
                 return current
             status = changes.get("status", current.status)
+            same_run = changes.get("attempts", current.attempts) == current.attempts
             if (
                 "progress" in changes
                 and current.status is SessionStatus.PROCESSING
                 and status is SessionStatus.PROCESSING
+                and same_run
             ):
                 changes["progress"] = max(current.progress, changes["progress"])
             if status is SessionStatus.COMPLETED:

@@ -18,7 +18,7 @@ from server.state.events import EventLog
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
 from server.web.bodies import Endpoint
-from server.web.uploads import UploadSlots
+from server.web.upload_flow import UploadFlow, UploadSlots
 
 if TYPE_CHECKING:
     # Typed by annotation only: server.web.metrics imports this module for its handler.
@@ -30,6 +30,7 @@ HUB = web.AppKey("hub", EventLog)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
+UPLOAD_FLOW = web.AppKey("upload_flow", UploadFlow)
 PROBES = web.AppKey("probes", ProbeService)
 WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

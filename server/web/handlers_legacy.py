@@ -17,9 +17,7 @@ from server.state.models import SessionConflict, SessionNotFound
 from server.web import app_keys as keys
 from server.web.bodies import json_response
 from server.web.disconnect import ClientGone, client_gone, unless_client_leaves
-from server.web.handlers_sessions import upload_limits
 from server.web.responses import completed_results, finished_session_error, public_results
-from server.web.uploads import accept_upload
 
 
 async def analyze_highlights(request: web.Request) -> web.Response:
@@ -35,16 +33,7 @@ async def analyze_workout(request: web.Request) -> web.Response:
 async def _analyze_now(request: web.Request, analysis_type: AnalysisType) -> web.Response:
     app = request.app
     runner = app[keys.RUNNER]
-    session = await accept_upload(
-        request,
-        sessions=app[keys.SESSIONS],
-        runner=runner,
-        paths=app[keys.PATHS],
-        limits=upload_limits(request),
-        slots=app[keys.UPLOADS],
-        probes=app[keys.PROBES],
-        fixed_type=analysis_type,
-    )
+    session = await app[keys.UPLOAD_FLOW].accept(request, legacy_type=analysis_type)
     try:
         session = await unless_client_leaves(
             request, runner.wait(session.id), app[keys.CONFIG].disconnect_poll_seconds

@@ -20,7 +20,6 @@ from server.web.bodies import Cleanup, SessionAnswer, SessionList, json_response
 from server.web.inputs import natural, session_id_of
 from server.web.responses import API_PREFIX, ApiError
 from server.web.sse import stream_events
-from server.web.uploads import UploadLimits, accept_upload
 
 MAX_LIST_LIMIT = 1000
 
@@ -38,24 +37,9 @@ def accepted(session: Session, message: str) -> web.Response:
     )
 
 
-def upload_limits(request: web.Request) -> UploadLimits:
-    config = request.app[keys.CONFIG]
-    return UploadLimits(config.max_upload_bytes, config.max_video_seconds)
-
-
 async def upload(request: web.Request) -> web.Response:
     """Upload a video; with `analysis_type` its analysis is queued at once."""
-    app = request.app
-    session = await accept_upload(
-        request,
-        sessions=app[keys.SESSIONS],
-        runner=app[keys.RUNNER],
-        paths=app[keys.PATHS],
-        limits=upload_limits(request),
-        slots=app[keys.UPLOADS],
-        probes=app[keys.PROBES],
-        webhooks=app[keys.WEBHOOKS],
-    )
+    session = await request.app[keys.UPLOAD_FLOW].accept(request)
     if session.status is SessionStatus.UPLOADED:
         message = (
             "Video uploaded successfully; start the analysis with "

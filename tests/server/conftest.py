@@ -157,7 +157,8 @@ class Harness:
 
 @pytest.fixture
 async def make_runner(data_paths):
-    """Factory: `await make_runner(max_concurrent=..., ...)` -> a started Harness."""
+    """Factory: `await make_runner(max_concurrent=..., ...)` -> a started Harness (on one
+    machine: a MemoryJobQueue and the in-process cancel channel)."""
     made: list[Harness] = []
 
     async def make(
@@ -166,6 +167,7 @@ async def make_runner(data_paths):
         max_queued: int = 10,
         job_timeout: float | None = None,
         worker_command: tuple[str, ...] = FAKE_WORKER,
+        orphan_sweep_seconds: float = 60.0,
     ) -> Harness:
         queue = MemoryJobQueue(max_queued)
         store, hub = MemoryStore(), EventHub()
@@ -178,6 +180,7 @@ async def make_runner(data_paths):
             max_concurrent=max_concurrent,
             job_timeout=job_timeout,
             worker_command=worker_command,
+            orphan_sweep_seconds=orphan_sweep_seconds,
         )
         await runner.start()
         harness = Harness(runner, sessions, hub, queue, store, data_paths)

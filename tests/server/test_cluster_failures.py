@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 import redis
 
-from server.jobs.cluster_runner import LOST_NODE_STEP
 from server.jobs.redis_job_queue import ENTRY_KEY, GROUP, STREAM_KEY
+from server.jobs.runner import LOST_NODE_STEP
 from tests.server.cluster import LEASE_SECONDS, TERMINAL, V1, Cluster, cluster, read_to_the_end
 from tests.server.conftest import dies, process_alive
 from tests.server.redis_server import RedisServer

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.server.cluster import V1, cluster, read_events, read_to_the_end
+from tests.server.cluster import TERMINAL, V1, cluster, read_events, read_to_the_end
 from tests.server.conftest import process_alive
 
 __all__ = ["cluster"]  # the fixture
@@ -97,3 +97,39 @@ async def test_five_hundred_cancels_over_three_nodes_make_one_cancellation(clust
     assert [e["event"] for e in events].count("cancelled") == 1
     assert json.loads(events[-1]["data"])["status"] == "cancelled"
     assert [word for word, _ in cluster.runs(session_id)] == ["start"]
+
+
+async def test_no_status_on_any_node_is_pending_without_a_queue_position(cluster, sample_video):
+    """Also at the moment a worker node has taken the job and not yet marked it processing."""
+    api = await cluster.node("api")
+    await cluster.node("worker", max_concurrent_jobs=1)
+    await cluster.node("worker", max_concurrent_jobs=1)
+    polled: list[dict] = []
+    ids: list[str] = []
+
+    async def poll() -> None:
+        while True:
+            for session_id in list(ids):
+                polled.append(await cluster.status(api, session_id))
+            await asyncio.sleep(0.02)
+
+    polling = asyncio.ensure_future(poll())
+    try:
+        for _ in range(4):
+            ids.append(await cluster.job(api, sample_video, "slow2.mp4"))
+        streamed = []
+        for session_id in ids:
+            stream = await cluster.http.get(
+                f"{api.url}{V1}/events/{session_id}", headers={"Last-Event-ID": "0"}
+            )
+            streamed += await read_to_the_end(stream)
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+    published = [json.loads(e["data"]) for e in streamed if e["event"] == "status"]
+    assert [json.loads(e["data"])["status"] for e in streamed if e["event"] in TERMINAL] == [
+        "completed"
+    ] * 4
+    pending = [body for body in polled + published if body["status"] == "pending"]
+    assert pending, "no pending status was seen at all"
+    assert [body for body in pending if body["queuePosition"] is None] == []

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from server.web import app_keys as keys
-from server.web import uploads
-from server.web.uploads import safe_filename, source_name
+from server.web import upload_flow
+from server.web.multipart import safe_filename, source_name
 from tests.media import (
     write_audio_only,
     write_still_image,
@@ -258,7 +258,7 @@ async def test_a_full_disk_is_a_507_and_the_partial_file_is_removed(
 ):
     """Writes go to /dev/full (ENOSPC from the kernel) through the path the server picks."""
     session_id = uuid.UUID("2a1f6c1e-7b1c-4e3a-9d2f-3c4b5a6d7e8f")
-    monkeypatch.setattr(uploads.uuid, "uuid4", lambda: session_id)
+    monkeypatch.setattr(upload_flow.uuid, "uuid4", lambda: session_id)
     folder = tmp_path / "data" / "uploads" / str(session_id)
     folder.mkdir(parents=True)
     (folder / "source.mp4").symlink_to("/dev/full")

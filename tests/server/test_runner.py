@@ -174,6 +174,69 @@ async def test_queued_jobs_have_positions_that_move_up_as_the_queue_shifts(make_
     assert harness.runner.running_count == 1
 
 
+async def test_no_status_is_pending_without_a_queue_position(make_runner):
+    """API.md: queuePosition is 1-based while pending; a job about to start is no exception."""
+    harness = await make_runner(max_concurrent=1)
+    polled: list[dict] = []
+    sessions = []
+
+    async def poll() -> None:
+        while True:
+            for session in sessions:
+                polled.append(await harness.sessions.body(await harness.sessions.get(session.id)))
+            await asyncio.sleep(0)
+
+    polling = asyncio.ensure_future(poll())
+    try:
+        for _ in range(4):
+            sessions.append(await harness.submit("succeed"))
+        for session in sessions:
+            await harness.finished(session.id)
+    finally:
+        polling.cancel()
+    published = [
+        event.data
+        for session in sessions
+        for event in await replay(harness, session.id)
+        if event.name == "status"
+    ]
+    pending = [body for body in polled + published if body["status"] == "pending"]
+    assert pending, "no pending status was seen at all"
+    assert [body for body in pending if body["queuePosition"] is None] == []
+    assert {body["queuePosition"] for body in pending} >= {1, 2}
+
+
+async def test_a_pending_session_that_no_queue_holds_is_queued_again_and_runs(make_runner):
+    """What a process killed between storing and queueing would leave: recover() runs it."""
+    harness = await make_runner()
+    orphan = await harness.sessions.create(
+        new_session(
+            harness.paths,
+            status=SessionStatus.PENDING,
+            analysis_type=AnalysisType.HIGHLIGHTS,
+            params={"mode": "succeed"},
+        )
+    )
+    assert await harness.runner.queue_position(orphan.id) is None
+    assert await harness.runner.recover() == 1
+    assert await harness.runner.recover() == 0  # now held: never queued twice
+    done = await harness.finished(orphan.id)
+    assert done.status is SessionStatus.COMPLETED and done.attempts == 1
+
+
+async def test_the_periodic_sweep_finds_an_orphan_without_a_restart(make_runner):
+    harness = await make_runner(orphan_sweep_seconds=0.1)
+    orphan = await harness.sessions.create(
+        new_session(
+            harness.paths,
+            status=SessionStatus.PENDING,
+            analysis_type=AnalysisType.HIGHLIGHTS,
+            params={"mode": "succeed"},
+        )
+    )
+    assert (await harness.finished(orphan.id)).status is SessionStatus.COMPLETED
+
+
 async def test_a_full_queue_refuses_with_queue_full_and_leaves_the_session_uploaded(make_runner):
     harness = await make_runner(max_concurrent=1, max_queued=1)
     await harness.submit("sleep")
@@ -206,6 +269,7 @@ async def test_submitting_an_unknown_session_is_session_not_found(make_runner):
 async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(make_runner):
     harness = await make_runner(max_concurrent=1)
     running = await harness.submit("sleep")
+    await harness.sleeping(running.id)
     queued = await harness.submit("succeed")
     cancelled = await harness.runner.cancel(queued.id)
     assert cancelled.status is SessionStatus.CANCELLED
@@ -421,11 +485,11 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
         await asyncio.wait_for(waiting, WAIT)
 
 
-def test_repr_shows_slots_and_queue(data_paths):
+def test_repr_shows_node_state_and_slots(data_paths):
     queue = MemoryJobQueue(3)
     sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
     runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)
-    assert repr(runner) == "<JobRunner not started running=0/2 queued=0>"
+    assert repr(runner) == "<JobRunner local not started running=0/2>"
 
 
 async def test_on_finished_is_told_of_every_job_that_ran_with_its_outcome(data_paths):

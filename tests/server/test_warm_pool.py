@@ -63,6 +63,8 @@ async def test_a_job_takes_the_warm_worker_and_a_fresh_one_starts_behind_it(
     warm_pid = runner._warm._idle[0].pid
 
     session_id = await submit(runner, sessions, data_paths, sample_video)
+    # The dispatcher takes the queued job a moment after the submit.
+    assert await eventually(lambda: session_id in runner._jobs)
     assert runner._jobs[session_id].worker.pid == warm_pid
     finished = await asyncio.wait_for(runner.wait(session_id), WAIT)
 
