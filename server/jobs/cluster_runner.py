@@ -8,6 +8,9 @@ job, and cancel terminates the process group. What changes:
     over and runs them from the start (the status says so), at most MAX_JOB_ATTEMPTS times;
   * an attempt that lost its lease (another node holds it, or renewals failed for a whole
     lease) stops its worker without touching the session: the new owner runs it;
+  * while Redis is away, a running job's writes wait for it (`server.state.patience`) and
+    its worker waits on its pipe; once the lease is lost that way the job is handed over
+    as above, and this node may be the one that takes it again;
   * a cancel is recorded in the store first (durable), then reaches the owning node at
     once over pub/sub; the owner's keeper also reads the session at each renewal, so a
     missed signal costs a third of a lease, never the cancel. The node that answered the
@@ -75,6 +78,8 @@ class ClusterRunner(JobRunner):
         max_attempts: int = 3,
         **options: Any,
     ) -> None:
+        # A job's writes wait for Redis as long as its lease may still be held, no longer.
+        options.setdefault("store_patience", queue.lease_seconds)
         super().__init__(sessions, queue, **options)  # type: ignore[arg-type]
         self._cluster_queue = queue
         self._client = client
@@ -188,7 +193,12 @@ class ClusterRunner(JobRunner):
     async def _begin(self, claim: Claim) -> None:
         """Start a claimed job, or end it at once if there is nothing (more) to run."""
         session_id = claim.session_id
-        if session_id in self._jobs:
+        running = self._jobs.get(session_id)
+        if running is not None and running.stopping:
+            # Its attempt here lost the lease (Redis was away too long) and is ending:
+            # the new attempt starts once the old worker is gone.
+            await asyncio.wait({running.task})
+        elif running is not None:
             # Our own lease lapsed (this node stalled) and we took it back: the attempt
             # under way goes on, its keeper renews the lease again.
             log.warning("session %s: took back its own lapsed lease", session_id)
@@ -246,20 +256,32 @@ class ClusterRunner(JobRunner):
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-            if over or job.cancelled:
+            if (over and not job.handed_over) or job.cancelled:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self._cluster_queue.finish(job.claim)
             if job.cancelled:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self._client.publish(GONE_CHANNEL, job.session_id)
 
+    async def _hand_over(self, job: _Job) -> None:
+        """Leave the claim unfinished: once its lease lapses a node takes it over."""
+
     async def _keep_lease(self, job: _Job) -> None:
-        """Renew the job's lease; stop the job if the lease is lost or its session cancelled."""
+        """Renew the job's lease; stop the job if the lease is lost or its session cancelled.
+
+        A lease not renewed for a whole lease is lost even if Redis is back by then and
+        nobody took the job yet: one rule for every node (after a lease any of them may
+        take it over), the same bound the job's writes wait (`store_patience`).
+        """
         loop = asyncio.get_running_loop()
         renewed = loop.time()
         while True:
             raise_if_cancelling()
             await asyncio.sleep(self._lease / RENEWALS_PER_LEASE)
+            if loop.time() - renewed >= self._lease:
+                log.warning("session %s: lease lapsed; stopping this attempt", job.session_id)
+                self._interrupt(job, cancelled=False)
+                return
             try:
                 held = await self._cluster_queue.renew(job.claim, self._node_id)
                 if held:

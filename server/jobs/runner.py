@@ -9,12 +9,20 @@ slot is free only once its process is gone.
 Cancelling is recorded first (the session becomes `cancelled`, which no later event can
 change), then carried out (the job leaves the queue, or its supervisor is cancelled and
 its worker terminated).
+
+A store that is away for a moment (Redis restarting, SQLite locked by another process)
+makes a supervisor wait, not fail: each of its reads and writes is tried again for up to
+`store_patience` seconds (`server.state.patience.outlast`). Meanwhile it reads no more of
+the worker's stdout, so the worker blocks on its pipe and no event is dropped. A store
+away for longer hands the job over the way a restart would: its worker is stopped and
+the job is queued again from the start once the store is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -51,6 +59,7 @@ from server.state.models import (
     SessionStatus,
 )
 from server.state.paths import DataPaths
+from server.state.patience import PatienceExhausted, StoreUnavailable, outlast
 from server.state.sessions import Sessions
 from server.state.webhook_delivery import WebhookDelivery
 
@@ -66,6 +75,10 @@ EXIT_AFTER_EOF_SECONDS = 5.0
 ERROR_TAIL_LINES = 1
 STARTING_STEP = "Starting worker"
 RESTARTED_STEP = "Queued again after a server restart"
+STORE_AWAY_STEP = "Queued again: the session store was unavailable while it ran"
+# How long a job's supervisor waits for an unavailable store before it hands the job over:
+# long enough for a lock held by a backup or a migration, short of a stuck worker's slot.
+STORE_PATIENCE_SECONDS = 60.0
 COMPLETED_STEP = "Completed"
 CANCELLED_STEP = "Cancelled"
 CANCELLED_QUEUED_STEP = "Cancelled while queued"
@@ -82,6 +95,7 @@ class _Job:
     started_at: float | None = None  # loop time when it became `processing`
     claim: Any = None  # what a shared queue handed out (its lease), if any
     cancelled: bool = False  # stopped because its session was cancelled
+    handed_over: bool = False  # stopped because the store stayed away: it runs again
 
 
 @dataclass(frozen=True)
@@ -109,12 +123,15 @@ class JobRunner:
         worker_env: Mapping[str, str] | None = None,
         on_finished: Callable[[str, str, float], None] | None = None,
         warm_workers: int = 0,
+        store_patience: float = STORE_PATIENCE_SECONDS,
     ) -> None:
         """`worker_env` adds to (or overrides) the server's environment for every worker.
 
         `on_finished(analysis_type, status, seconds)` is told of every job that ran and
         ended completed, failed or cancelled (not of jobs interrupted by a shutdown).
-        `warm_workers` idle workers are kept started with the model loaded.
+        `warm_workers` idle workers are kept started with the model loaded. A running
+        job waits up to `store_patience` seconds for an unavailable session store, then
+        is handed over (queued again from the start).
         """
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -127,6 +144,7 @@ class JobRunner:
         self._command = tuple(worker_command)
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
         self._on_finished = on_finished
+        self._store_patience = store_patience
         self._health = ModelHealth(model, warm=warm_workers > 0)
         self._warm = WarmPool(warm_workers, self._command, model, self._env, self._health)
         self._jobs: dict[str, _Job] = {}
@@ -163,21 +181,32 @@ class JobRunner:
                 if session.status in (SessionStatus.PENDING, SessionStatus.PROCESSING)
             ]
             for session in sorted(unfinished, key=lambda s: s.created_at):
-                await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
-                await self._sessions.update(
-                    session.id,
-                    status=SessionStatus.PENDING,
-                    progress=0.0,
-                    current_step=RESTARTED_STEP,
-                    error=None,
-                    results=None,
-                )
-                await self._queue.push(session.id, over_limit=True)
+                await self._queue_again(session, RESTARTED_STEP)
                 log.info("session %s queued again after a restart", session.id)
             if unfinished:
                 self._positions_changed = True
                 self._wakeup.set()
         return len(unfinished)
+
+    async def _queue_again(self, session: Session, step: str) -> bool:
+        """Queue an unfinished session again from the start, its old artifacts removed.
+
+        False if it ended meanwhile (a cancel), and then it is not queued. Call it holding
+        `_lock`, so that a cancel sees the session either queued or not yet pending.
+        """
+        await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
+        session = await self._sessions.update(
+            session.id,
+            status=SessionStatus.PENDING,
+            progress=0.0,
+            current_step=step,
+            error=None,
+            results=None,
+        )
+        if session.status is not SessionStatus.PENDING:
+            return False
+        await self._queue.push(session.id, over_limit=True)
+        return True
 
     async def close(self) -> None:
         """Refuse new work and stop every running worker; return once they are gone.
@@ -394,9 +423,14 @@ class JobRunner:
             await self._run(job)
         except SessionNotFound:
             log.info("session %s was deleted while running; its worker is stopped", session_id)
+        except PatienceExhausted as exc:
+            log.warning("session %s handed over: %s", session_id, exc)
+            job.handed_over = True
+            await job.worker.terminate()
+            await self._hand_over(job)
         except Exception:
             log.exception("session %s: unexpected error while supervising", session_id)
-            with contextlib.suppress(SessionError):
+            with contextlib.suppress(SessionError, PatienceExhausted):
                 await self._record(
                     session_id, _Outcome(error="Internal error while running the job"), 0.0
                 )
@@ -404,29 +438,55 @@ class JobRunner:
             await job.worker.terminate()
             await self._report_finished(job)
 
+    async def _hand_over(self, job: _Job) -> None:
+        """Queue a job whose store stayed away again, as a restart would, once it is back.
+
+        Waits for the store as long as it takes (the session stays `processing` in it
+        meanwhile, so a restart would queue it again too); a cancel or close stops it.
+        """
+
+        async def queue_again() -> None:
+            async with self._lock:
+                session = await self._sessions.get(job.session_id)
+                if not session.status.is_terminal and await self._queue_again(
+                    session, STORE_AWAY_STEP
+                ):
+                    log.info("session %s queued again", job.session_id)
+                    self._positions_changed = True
+                    self._wakeup.set()
+
+        await outlast(queue_again, patience=None, what=f"session {job.session_id}: queue again")
+
+    async def _patiently(self, operation: Callable[[], Any], what: str) -> Any:
+        """`operation()`, waiting out an unavailable store for up to `store_patience` s."""
+        return await outlast(operation, patience=self._store_patience, what=what)
+
     async def _report_finished(self, job: _Job) -> None:
         if self._on_finished is None or job.started_at is None:
             return
         try:
             session = await self._sessions.get(job.session_id)
-        except SessionNotFound:
-            return
+        except (SessionNotFound, StoreUnavailable):
+            return  # gone, or the store is away: a metric is not worth a wait
         if session.status.is_terminal and session.analysis_type is not None:
             seconds = asyncio.get_running_loop().time() - job.started_at
             self._on_finished(session.analysis_type.value, session.status.value, seconds)
 
     async def _run(self, job: _Job) -> None:
         session_id = job.session_id
-        pending = await self._sessions.get(session_id)
+        what = f"session {session_id}: start"
+        pending = await self._patiently(functools.partial(self._sessions.get, session_id), what)
         if pending.status is not SessionStatus.PENDING:
             return  # cancelled before its turn came
-        session = await self._sessions.update(
+        start = functools.partial(
+            self._sessions.update,
             session_id,
             status=SessionStatus.PROCESSING,
             attempts=pending.attempts + 1,
             progress=0.0,
             current_step=STARTING_STEP,
         )
+        session = await self._patiently(start, what)
         if session.status is not SessionStatus.PROCESSING:
             return
         started = job.started_at = asyncio.get_running_loop().time()
@@ -526,12 +586,20 @@ class JobRunner:
                     self._health.report(event.state, event.reason)
                     continue
                 lines += 1
+                # Waiting here reads no further: the worker blocks on its full pipe.
                 if isinstance(event, Progress):
-                    await self._sessions.update(
-                        session_id, progress=event.progress, current_step=event.step
+                    progress = functools.partial(
+                        self._sessions.update,
+                        session_id,
+                        progress=event.progress,
+                        current_step=event.step,
                     )
+                    await self._patiently(progress, f"session {session_id}: progress")
                 elif isinstance(event, Partial):
-                    await self._sessions.add_partial(session_id, event.kind, event.item)
+                    partial = functools.partial(
+                        self._sessions.add_partial, session_id, event.kind, event.item
+                    )
+                    await self._patiently(partial, f"session {session_id}: partial")
                 elif isinstance(event, Log):
                     level = logging.getLevelName(event.level.value.upper())
                     worker_log.log(level, "session %s worker: %s", session_id, event.message)
@@ -548,19 +616,23 @@ class JobRunner:
 
     async def _record(self, session_id: str, outcome: _Outcome, seconds: float) -> None:
         """Store how the run ended and log the transition, unless it was cancelled first."""
+        what = f"session {session_id}: end"
         if outcome.results is not None:
-            session = await self._sessions.update(
+            completed = functools.partial(
+                self._sessions.update,
                 session_id,
                 status=SessionStatus.COMPLETED,
                 results=outcome.results,
                 current_step=COMPLETED_STEP,
             )
+            session = await self._patiently(completed, what)
             if session.status is SessionStatus.COMPLETED:
                 log.info("session %s completed in %.1f s", session_id, seconds)
             return
-        session = await self._sessions.update(
-            session_id, status=SessionStatus.FAILED, error=outcome.error
+        failed = functools.partial(
+            self._sessions.update, session_id, status=SessionStatus.FAILED, error=outcome.error
         )
+        session = await self._patiently(failed, what)
         if session.status is SessionStatus.FAILED:
             log.warning(
                 "session %s failed: %s (after %.1f s)",
