@@ -10,6 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from server.state.models import ServerBusy
 from server.state.patience import PatienceExhausted, StoreUnavailable, outlast
 from server.state.redis_connection import StateUnavailable
+from tests.server.conftest import eventually
 
 
 class Flaky:
@@ -63,8 +64,7 @@ async def test_an_error_that_is_no_outage_is_raised_at_once():
 async def test_without_a_bound_it_waits_until_its_owner_cancels_it():
     operation = Flaky(failures=10**9)
     waiting = asyncio.create_task(outlast(operation, patience=None, what="test"))
-    while operation.calls < 3:  # it keeps trying
-        await asyncio.sleep(0.01)
+    assert await eventually(lambda: operation.calls >= 3), "it stopped trying"
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

@@ -1,15 +1,21 @@
-"""A store that is away for a moment: SQLite's lock is a `StoreUnavailable`, and a
-`Sessions.update` tried again after its publish failed loses no event and repeats no end."""
+"""A store that is away for a moment: SQLite's lock is a `StoreUnavailable` that a job
+waits out (in a real server process), a store away for longer than the runner's
+patience has the job queued again (never failed), and a `Sessions.update` tried again
+after its publish failed loses no event and repeats no end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import threading
 
+import aiohttp
 import pytest
 
+from server.jobs.job_queue import MemoryJobQueue
+from server.jobs.runner import STORE_AWAY_STEP, JobRunner
 from server.state.events import EventHub
 from server.state.models import SessionStatus
 from server.state.patience import StoreUnavailable, outlast
@@ -18,15 +24,21 @@ from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
 from server.state.store import MemoryStore
 from server.state.webhook_delivery import WebhookDelivery
-from tests.server.conftest import WAIT, new_session
+from tests.server.cluster import CLUSTER_WORKER, V1, read_events, read_to_the_end
+from tests.server.conftest import FAKE_WORKER, WAIT, Harness, dies, new_session
+from tests.server.http_helpers import video_form
+from tests.server.server_process import ServerProcess
 
-# Longer than SQLite's own busy wait (5 s, Python's default), so the write gives up once.
+# Longer than SQLite's own busy wait (5 s, Python's default), so a write gives up once.
 LOCK_SECONDS = 6.0
+# What the server logs when a job's write begins to wait (server.state.patience).
+WAIT_LOG = "waits for the session store"
 
 
-@contextlib.contextmanager
-def write_lock(path, seconds: float):
-    """Another connection holds the database's write lock for `seconds`, in a thread."""
+@contextlib.asynccontextmanager
+async def write_lock(path, seconds: float):
+    """Another connection holds the database's write lock for `seconds` (as a backup or
+    a second process would); the block runs while it is held, the exit waits it out."""
     held = threading.Event()
 
     def hold() -> None:
@@ -39,11 +51,11 @@ def write_lock(path, seconds: float):
 
     thread = threading.Thread(target=hold)
     thread.start()
-    held.wait()
+    await asyncio.to_thread(held.wait)
     try:
         yield
     finally:
-        thread.join()
+        await asyncio.to_thread(thread.join)
 
 
 @pytest.mark.slow
@@ -53,7 +65,7 @@ async def test_a_locked_sqlite_database_is_a_wait_not_a_lost_write(data_paths):
         session = new_session(data_paths)
         await store.add(session)
         processing = session.replace(status=SessionStatus.PROCESSING, progress=0.5)
-        with write_lock(data_paths.root / "sessions.db", LOCK_SECONDS):
+        async with write_lock(data_paths.root / "sessions.db", LOCK_SECONDS):
             with pytest.raises(StoreUnavailable):
                 await store.put(processing)
             # Readers see what is really stored: the write did not happen.
@@ -70,6 +82,87 @@ async def test_a_locked_sqlite_database_is_a_wait_not_a_lost_write(data_paths):
     reopened = await SqliteStore(data_paths.root / "sessions.db").open()
     assert (await reopened.get(session.id)).status is SessionStatus.PROCESSING
     await reopened.close()
+
+
+@pytest.mark.slow
+async def test_a_job_completes_while_its_sqlite_database_is_locked_for_a_while(
+    tmp_path, sample_video
+):
+    data_dir = tmp_path / "data"
+    server = ServerProcess(
+        data_dir, tmp_path, log_path=tmp_path / "server.log", worker_command=CLUSTER_WORKER
+    )
+    async with aiohttp.ClientSession() as http:
+        try:
+            await server.ready(http)
+            form = video_form(sample_video, "parts16.mp4", analysis_type="highlights")
+            async with http.post(f"{server.url}{V1}/upload", data=form) as response:
+                assert response.status == 202, await response.text()
+                session_id = (await response.json())["sessionId"]
+            stream = await http.get(f"{server.url}{V1}/events/{session_id}")
+            events: list[dict[str, str]] = []
+            while not any(event["event"] == "partial" for event in events):
+                events += await read_events(stream, 1)
+            async with write_lock(data_dir / "sessions.db", LOCK_SECONDS):
+                # Reads are served from memory: a poll is answered while writes wait.
+                async with http.get(f"{server.url}{V1}/status/{session_id}") as status:
+                    assert status.status == 200
+                    assert (await status.json())["status"] == "processing"
+            events += await read_to_the_end(stream)
+        finally:
+            server.stop()
+
+    assert events[-1]["event"] == "completed", events[-1]
+    steps = [json.loads(e["data"])["item"]["step"] for e in events if e["event"] == "partial"]
+    assert steps == list(range(1, 17)), "a partial was lost or repeated"
+    ids = [int(event["id"]) for event in events]
+    assert ids == sorted(set(ids))
+    runs = (data_dir / "runs" / session_id).read_text().split()[::2]
+    assert runs == ["start", "end"], "it ran again"
+    assert WAIT_LOG in server.log_path.read_text(), "the lock never made a write wait"
+
+
+class AwayStore(MemoryStore):
+    """A memory store whose writes fail, as a locked SQLite database's do, while `away`."""
+
+    away = False
+
+    async def put(self, session):
+        if self.away:
+            raise StoreUnavailable()
+        await super().put(session)
+
+
+async def test_a_store_away_longer_than_the_patience_queues_the_job_again(data_paths):
+    store, hub, queue = AwayStore(), EventHub(), MemoryJobQueue(10)
+    sessions = Sessions(store, hub, data_paths, queue.position)
+    runner = JobRunner(
+        sessions,
+        queue,
+        paths=data_paths,
+        model="test-model",
+        worker_command=FAKE_WORKER,
+        store_patience=0.5,
+    )
+    await runner.start()
+    harness = Harness(runner, sessions, hub, queue, store, data_paths)
+    try:
+        session = await harness.submit("sleep")
+        first = await harness.sleeping(session.id)
+        store.away = True
+        assert await dies(first), "the job kept its worker past the patience"
+        # What the store holds is what a restart would find: a job to queue again.
+        assert (await sessions.get(session.id)).status is SessionStatus.PROCESSING
+        store.away = False
+        await harness.until(session.id, lambda body: body["currentStep"] == STORE_AWAY_STEP)
+        await harness.until(session.id, lambda body: body["currentStep"] == "Sleeping")
+        again = await sessions.get(session.id)
+        assert again.status is SessionStatus.PROCESSING and again.attempts == 2
+        assert harness.pid_file(session.id, "worker.pid") != first
+        assert (await runner.cancel(session.id)).status is SessionStatus.CANCELLED
+    finally:
+        await runner.close()
+        await hub.close()
 
 
 class UnreachableOnce(EventHub):
@@ -109,9 +202,7 @@ async def names(hub: EventHub, session_id: str) -> list[str]:
 
 
 @pytest.mark.parametrize("failing", ["status", "completed"])
-async def test_an_end_stored_but_not_published_is_published_once_by_the_retry(
-    data_paths, failing
-):
+async def test_an_end_stored_but_not_published_is_published_once_by_the_retry(data_paths, failing):
     hub = UnreachableOnce()
     sessions = sessions_over(hub, data_paths)
     session = await sessions.create(new_session(data_paths, status=SessionStatus.PROCESSING))
