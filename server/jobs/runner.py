@@ -447,13 +447,17 @@ class JobRunner:
 
         async def queue_again() -> None:
             async with self._lock:
-                session = await self._sessions.get(job.session_id)
-                if not session.status.is_terminal and await self._queue_again(
-                    session, STORE_AWAY_STEP
-                ):
-                    log.info("session %s queued again", job.session_id)
-                    self._positions_changed = True
-                    self._wakeup.set()
+                try:
+                    session = await self._sessions.get(job.session_id)
+                    if session.status.is_terminal:
+                        return  # cancelled meanwhile
+                    if not await self._queue_again(session, STORE_AWAY_STEP):
+                        return
+                except SessionNotFound:
+                    return  # deleted meanwhile: nothing to run
+                log.info("session %s queued again", job.session_id)
+                self._positions_changed = True
+                self._wakeup.set()
 
         await outlast(queue_again, patience=None, what=f"session {job.session_id}: queue again")
 
