@@ -45,6 +45,9 @@ class JobQueue(Protocol):
     max_queued: int
     retry_after_seconds: int
     lease_seconds: float
+    # True: a claim not renewed for `lease_seconds` goes to whichever runner takes next (a
+    # shared queue). False: a claim holds until finished; the lease only paces the keeper.
+    lease_lapses: bool
 
     async def push(self, session_id: str, *, extra: int = 0) -> None:
         """Append a session; raises QueueFull when `max_queued + extra` wait already (`extra`:
@@ -98,6 +101,7 @@ class MemoryJobQueue:
         self.max_queued = max_queued
         self.retry_after_seconds = retry_after_seconds
         self.lease_seconds = lease_seconds
+        self.lease_lapses = False  # nobody else could take a job over
         # A dict keeps insertion order and makes membership and removal O(1).
         self._ids: dict[str, None] = {}
         self._claims: dict[str, Claim] = {}

@@ -100,6 +100,7 @@ class RedisJobQueue:
         self.max_queued = max_queued
         self.retry_after_seconds = retry_after_seconds
         self.lease_seconds = lease_seconds
+        self.lease_lapses = True  # a node that stops renewing leaves its jobs to the others
         self._client = client
         self._push = client.register_script(_PUSH)
         self._started = client.register_script(_STARTED)

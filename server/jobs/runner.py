@@ -25,20 +25,28 @@ the runner that took it has marked it `processing`, so a pending session always 
 queue position. Cancelling is recorded first (the session becomes `cancelled`, which no
 later event can change), then carried out (the job leaves the queue, or its worker is
 terminated, here or by its owner), and answered once the worker is gone.
+
+A store that is away for a moment (Redis restarting, SQLite locked by another process)
+makes a supervisor wait, not fail: each of its reads and writes is tried again for up to
+`store_patience` seconds (`server.state.patience.outlast`; one lease on a cluster).
+Meanwhile it reads no more of the worker's stdout, so the worker blocks on its pipe and no
+event is dropped. A store away for longer hands the job over the way a crash would: its
+worker is stopped and the job runs again from the start (`_give_back`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol import (
     AnalysisType,
@@ -72,9 +80,12 @@ from server.state.models import (
     SessionStatus,
 )
 from server.state.paths import DataPaths
+from server.state.patience import PatienceExhausted, outlast
 from server.state.redis_connection import raise_if_cancelling
 from server.state.sessions import Sessions
 from server.state.webhook_delivery import WebhookDelivery
+
+T = TypeVar("T")
 
 log = logging.getLogger("server.jobs.runner")
 # Worker `log` events: kept apart so the runner's own lines are one per job transition.
@@ -97,8 +108,13 @@ RETRY_SECONDS = 0.5
 HANDOFF_POLL_SECONDS = 0.01
 # Unfinished sessions that nothing holds are looked for this often (and once at start).
 ORPHAN_SWEEP_SECONDS = 60.0
+# How long a job's supervisor waits for an unavailable store on one machine before it hands
+# the job over: long enough for a lock held by a backup or a migration, short of a stuck
+# worker's slot. On a cluster the lease is the bound (after it another node may take over).
+STORE_PATIENCE_SECONDS = 60.0
 STARTING_STEP = "Starting worker"
 RESTARTED_STEP = "Queued again after a server restart"
+STORE_AWAY_STEP = "Queued again: the session store was unavailable while it ran"
 LOST_NODE_STEP = "Running again from the start (attempt {n}): the node running it stopped"
 COMPLETED_STEP = "Completed"
 CANCELLED_STEP = "Cancelled"
@@ -115,6 +131,7 @@ class _Job:
     stopping: bool = False
     started_at: float | None = None  # loop time when its worker was given the job
     cancelled: bool = False  # stopped because its session was cancelled (or deleted)
+    handed_over: bool = False  # stopped because the store stayed away: it runs again
 
     @property
     def session_id(self) -> str:
@@ -151,6 +168,7 @@ class JobRunner:
         on_finished: Callable[[str, str, float], None] | None = None,
         warm_workers: int = 0,
         orphan_sweep_seconds: float = ORPHAN_SWEEP_SECONDS,
+        store_patience: float | None = None,
     ) -> None:
         """`cancels` carries cancels to other runners on the same queue (none by default).
 
@@ -159,7 +177,9 @@ class JobRunner:
         overrides) the server's environment for every worker. `on_finished(analysis_type,
         status, seconds)` is told of every job that ran and ended completed, failed or
         cancelled (not of jobs interrupted by a shutdown). `warm_workers` idle workers are
-        kept started with the model loaded.
+        kept started with the model loaded. A running job waits up to `store_patience`
+        seconds for an unavailable session store (default: the lease where leases lapse,
+        else STORE_PATIENCE_SECONDS), then is handed over and runs again from the start.
         """
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -177,6 +197,9 @@ class JobRunner:
         self._env = {**os.environ, **worker_env} if worker_env is not None else None
         self._on_finished = on_finished
         self._orphan_sweep_seconds = orphan_sweep_seconds
+        if store_patience is None:
+            store_patience = queue.lease_seconds if queue.lease_lapses else STORE_PATIENCE_SECONDS
+        self._store_patience = store_patience
         self._health = ModelHealth(model, warm=warm_workers > 0)
         self._warm = WarmPool(warm_workers, self._command, model, self._env, self._health)
         self._jobs: dict[str, _Job] = {}
@@ -218,35 +241,63 @@ class JobRunner:
         ]
         queued = 0
         for session in sorted(unfinished, key=lambda s: s.created_at):
-            async with self._lock:
-                queued += await self._requeue(session.id)
+            queued += await self._requeue(session.id, RESTARTED_STEP)
         return queued
 
-    async def _requeue(self, session_id: str) -> bool:
-        if not await self._queue.requeue(session_id):
-            return False
-        try:
-            session = await self._sessions.get(session_id)
-        except SessionNotFound:
-            session = None
-        if session is None or session.status.is_terminal:  # it ended since it was listed
-            await self._queue.remove(session_id)
-            return False
-        changes: dict[str, Any] = {}
-        if session.status is SessionStatus.PROCESSING:
-            # Its taker waits for `pending`, so the old artifacts are gone before it starts.
-            await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
-            changes["status"] = SessionStatus.PENDING
-        await self._sessions.update(
-            session_id,
-            progress=0.0,
-            current_step=RESTARTED_STEP,
-            error=None,
-            results=None,
-            **changes,
-        )
-        log.info("session %s queued again: nothing held it", session_id)
+    async def _requeue(self, session_id: str, step: str) -> bool:
+        """Queue an unfinished session again that nothing holds, from the start; whether it was.
+
+        Queued before it is stored pending, like a submit, and taken out again if storing
+        fails, so that a caller may simply try again.
+        """
+        async with self._lock:
+            if not await self._queue.requeue(session_id):
+                return False
+            try:
+                try:
+                    session = await self._sessions.get(session_id)
+                except SessionNotFound:
+                    session = None
+                if session is None or session.status.is_terminal:  # it ended since
+                    await self._queue.remove(session_id)
+                    return False
+                changes: dict[str, Any] = {}
+                if session.status is SessionStatus.PROCESSING:
+                    # Its taker waits for `pending`: the old artifacts are gone before it starts.
+                    await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
+                    changes["status"] = SessionStatus.PENDING
+                await self._sessions.update(
+                    session_id,
+                    progress=0.0,
+                    current_step=step,
+                    error=None,
+                    results=None,
+                    **changes,
+                )
+            except BaseException:
+                with contextlib.suppress(ServerBusy):
+                    await self._queue.remove(session_id)
+                raise
+        log.info("session %s queued again (%s)", session_id, step)
         return True
+
+    async def _give_back(self, claim: Claim, step: str) -> None:
+        """Hand over a claimed job that cannot go on here because the store stayed away.
+
+        A lease that lapses does it by itself: whichever runner is free takes the job over
+        as a dead node's (an attempt of `max_attempts`). A claim that never lapses is
+        finished, and the job queued again from the start once the store is back (a cancel
+        or a close stops the wait; the orphan sweep then finds it).
+        """
+        if self._queue.lease_lapses:
+            return
+        await self._queue.finish(claim)
+        requeue = functools.partial(self._requeue, claim.session_id, step)
+        await outlast(requeue, patience=None, what=f"session {claim.session_id}: queue again")
+
+    async def _patiently(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        """`operation()`, waiting out an unavailable store for up to `store_patience` s."""
+        return await outlast(operation, patience=self._store_patience, what=what)
 
     async def _sweep(self) -> None:
         while not self._closed:
@@ -466,30 +517,48 @@ class JobRunner:
                 continue
             try:
                 claim = await self._queue.take(self._node_id, TAKE_BLOCK_SECONDS)
-                if claim is not None:
+                if claim is None:
+                    continue
+                try:
                     await self._begin(claim)
+                except PatienceExhausted as exc:
+                    log.warning("session %s not started: %s", claim.session_id, exc)
+                    await self._give_back(claim, STORE_AWAY_STEP)
             except ServerBusy:
                 raise_if_cancelling()
                 log.warning("cannot reach the job queue to take jobs; trying again")
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _begin(self, claim: Claim) -> None:
-        """Start a claimed job, or end the claim at once if there is nothing (more) to run."""
-        if claim.session_id in self._jobs:
+        """Start a claimed job, or end the claim at once if there is nothing (more) to run.
+
+        Raises PatienceExhausted if the store stays away meanwhile (the caller hands over).
+        """
+        running = self._jobs.get(claim.session_id)
+        if running is not None and (running.stopping or running.handed_over):
+            # Its attempt here is ending (it lost the lease, or was handed over because the
+            # store was away too long): the new attempt starts once the old one is gone.
+            await asyncio.wait({running.task})
+        elif running is not None:
             # Our own lease lapsed (this node stalled) and we took it back: the attempt
             # under way goes on, its keeper renews the lease again.
             log.warning("session %s: took back its own lapsed lease", claim.session_id)
             return
         if claim.deliveries == 1:
             await self._until_handed_over(claim.session_id)
+        what = f"session {claim.session_id}: start"
         async with self._lock:
+            if not await self._patiently(
+                functools.partial(self._queue.renew, claim, self._node_id), what
+            ):
+                return  # taken out meanwhile (a cancel, or a requeue undone to be tried again)
             session = await self._mark_processing(claim)
             if session is None:
-                await self._queue.finish(claim)
+                await self._patiently(functools.partial(self._queue.finish, claim), what)
                 return
-            if not await self._queue.started(claim):
+            if not await self._patiently(functools.partial(self._queue.started, claim), what):
                 # Cancelled between the two: recorded first, so nothing is left to run.
-                await self._queue.finish(claim)
+                await self._patiently(functools.partial(self._queue.finish, claim), what)
                 return
             self._start_job(claim)
         await self._publish_positions()
@@ -507,6 +576,8 @@ class JobRunner:
                 session = await self._sessions.get(session_id)
             except SessionNotFound:
                 session = None
+            except ServerBusy:
+                session = None  # the store is away: `_mark_processing` waits for it
             if session is not None and (
                 session.status is SessionStatus.PENDING or session.status.is_terminal
             ):
@@ -516,8 +587,9 @@ class JobRunner:
     async def _mark_processing(self, claim: Claim) -> Session | None:
         """The claimed session marked `processing` for this attempt; None if nothing is to run."""
         session_id = claim.session_id
+        what = f"session {session_id}: start"
         try:
-            session = await self._sessions.get(session_id)
+            session = await self._patiently(functools.partial(self._sessions.get, session_id), what)
         except SessionNotFound:
             return None
         runnable = session.status is SessionStatus.PENDING or (
@@ -532,12 +604,14 @@ class JobRunner:
                 )
             return None
         if claim.deliveries > self._max_attempts:
-            await self._sessions.update(
+            given_up = functools.partial(
+                self._sessions.update,
                 session_id,
                 status=SessionStatus.FAILED,
                 error=f"The job was started {claim.deliveries - 1} times and each time the "
                 "node running it stopped before it ended",
             )
+            await self._patiently(given_up, what)
             log.warning("session %s failed: its nodes kept dying", session_id)
             return None
         step = STARTING_STEP
@@ -546,7 +620,8 @@ class JobRunner:
             await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
             step = LOST_NODE_STEP.format(n=claim.deliveries)
             log.warning("session %s taken over (attempt %d)", session_id, claim.deliveries)
-        session = await self._sessions.update(
+        processing = functools.partial(
+            self._sessions.update,
             session_id,
             status=SessionStatus.PROCESSING,
             attempts=session.attempts + 1,
@@ -555,6 +630,7 @@ class JobRunner:
             error=None,
             results=None,
         )
+        session = await self._patiently(processing, what)
         return session if session.status is SessionStatus.PROCESSING else None
 
     async def _publish_positions(self) -> None:
@@ -621,7 +697,7 @@ class JobRunner:
         over = False
         try:
             await self._supervise_run(job)
-            over = True
+            over = not job.handed_over  # handed over: `_give_back` has seen to its claim
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -634,13 +710,22 @@ class JobRunner:
                     await self._cancels.gone(job.session_id)
 
     async def _keep_lease(self, job: _Job) -> None:
-        """Renew the job's lease; stop the job if the lease is lost or its session cancelled."""
+        """Renew the job's lease; stop the job if the lease is lost or its session cancelled.
+
+        A lease not renewed for a whole lease is lost even if the store is back by then and
+        nobody took the job yet: one rule for every node (after a lease any of them may
+        take it over), the same bound the job's writes wait (`store_patience`).
+        """
         loop = asyncio.get_running_loop()
         lease = self._queue.lease_seconds
         renewed = loop.time()
         while True:
             raise_if_cancelling()
             await asyncio.sleep(lease / RENEWALS_PER_LEASE)
+            if self._queue.lease_lapses and loop.time() - renewed >= lease:
+                log.warning("session %s: lease lapsed; stopping this attempt", job.session_id)
+                self._interrupt(job, cancelled=False)
+                return
             try:
                 held = await self._queue.renew(job.claim, self._node_id)
                 if held:
@@ -665,9 +750,14 @@ class JobRunner:
             await self._run(job)
         except SessionNotFound:
             log.info("session %s was deleted while running; its worker is stopped", session_id)
+        except PatienceExhausted as exc:
+            log.warning("session %s handed over: %s", session_id, exc)
+            job.handed_over = True
+            await job.worker.terminate()
+            await self._give_back(job.claim, STORE_AWAY_STEP)
         except Exception:
             log.exception("session %s: unexpected error while supervising", session_id)
-            with contextlib.suppress(SessionError):
+            with contextlib.suppress(SessionError, PatienceExhausted):
                 await self._record(
                     session_id, _Outcome(error="Internal error while running the job"), 0.0
                 )
@@ -681,15 +771,16 @@ class JobRunner:
             return
         try:
             session = await self._sessions.get(job.session_id)
-        except SessionNotFound:
-            return
+        except (SessionNotFound, ServerBusy):
+            return  # gone, or the store is away: a metric is not worth a wait
         if session.status.is_terminal and session.analysis_type is not None:
             seconds = asyncio.get_running_loop().time() - job.started_at
             self._on_finished(session.analysis_type.value, session.status.value, seconds)
 
     async def _run(self, job: _Job) -> None:
         session_id = job.session_id
-        session = await self._sessions.get(session_id)
+        what = f"session {session_id}: start"
+        session = await self._patiently(functools.partial(self._sessions.get, session_id), what)
         if session.status is not SessionStatus.PROCESSING:
             return  # cancelled between its start and now
         started = job.started_at = asyncio.get_running_loop().time()
@@ -796,12 +887,20 @@ class JobRunner:
                     self._health.report(event.state, event.reason)
                     continue
                 lines += 1
+                # Waiting here reads no further: the worker blocks on its full pipe.
                 if isinstance(event, Progress):
-                    await self._sessions.update(
-                        session_id, progress=event.progress, current_step=event.step
+                    progress = functools.partial(
+                        self._sessions.update,
+                        session_id,
+                        progress=event.progress,
+                        current_step=event.step,
                     )
+                    await self._patiently(progress, f"session {session_id}: progress")
                 elif isinstance(event, Partial):
-                    await self._sessions.add_partial(session_id, event.kind, event.item)
+                    partial = functools.partial(
+                        self._sessions.add_partial, session_id, event.kind, event.item
+                    )
+                    await self._patiently(partial, f"session {session_id}: partial")
                 elif isinstance(event, Log):
                     level = logging.getLevelName(event.level.value.upper())
                     worker_log.log(level, "session %s worker: %s", session_id, event.message)
@@ -818,19 +917,23 @@ class JobRunner:
 
     async def _record(self, session_id: str, outcome: _Outcome, seconds: float) -> None:
         """Store how the run ended and log the transition, unless it was cancelled first."""
+        what = f"session {session_id}: end"
         if outcome.results is not None:
-            session = await self._sessions.update(
+            completed = functools.partial(
+                self._sessions.update,
                 session_id,
                 status=SessionStatus.COMPLETED,
                 results=outcome.results,
                 current_step=COMPLETED_STEP,
             )
+            session = await self._patiently(completed, what)
             if session.status is SessionStatus.COMPLETED:
                 log.info("session %s completed in %.1f s", session_id, seconds)
             return
-        session = await self._sessions.update(
-            session_id, status=SessionStatus.FAILED, error=outcome.error
+        failed = functools.partial(
+            self._sessions.update, session_id, status=SessionStatus.FAILED, error=outcome.error
         )
+        session = await self._patiently(failed, what)
         if session.status is SessionStatus.FAILED:
             log.warning(
                 "session %s failed: %s (after %.1f s)",

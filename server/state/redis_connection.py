@@ -3,8 +3,9 @@
 A node refuses a Redis that could lose what it acknowledged: without append-only
 persistence a restart of Redis forgets every session since the last snapshot, and with
 an eviction policy other than `noeviction` Redis may drop queue or session keys under
-memory pressure. Errors of the connection become `StateUnavailable` (a 503 with
-Retry-After for the client), so a short outage costs requests, not the node.
+memory pressure. Errors of the connection become `StateUnavailable`, the Redis kind of
+`StoreUnavailable` (a 503 with Retry-After for the client, a wait for the runner), so a
+short outage costs requests, not the node or its jobs.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.state.models import ServerBusy
+from server.state.patience import StoreUnavailable
 
 # Every key of the service starts with this, so one Redis can be shared with other things.
 KEY_PREFIX = "smolvlm:"
 # A request waits this long for Redis before it is answered 503; a node stays up.
 SOCKET_TIMEOUT_SECONDS = 5.0
-# Redis restarts take seconds; a client asked to retry sooner would only add load.
-UNAVAILABLE_RETRY_AFTER_SECONDS = 2
 # Each pooled connection checks itself before use after this much idle time.
 HEALTH_CHECK_SECONDS = 10
 # Blocking reads (the job queue, event tails) hold one each; requests share the rest.
@@ -36,14 +35,11 @@ MAX_CONNECTIONS = 64
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-class StateUnavailable(ServerBusy):
+class StateUnavailable(StoreUnavailable):
     """The shared state (Redis) cannot be reached just now; the client should retry."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "The session store is unreachable for a moment; try again shortly",
-            UNAVAILABLE_RETRY_AFTER_SECONDS,
-        )
+        super().__init__("The session store is unreachable for a moment; try again shortly")
 
 
 class UnsafeRedis(Exception):

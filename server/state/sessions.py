@@ -87,16 +87,25 @@ class Sessions:
     async def update(self, session_id: str, **changes: Any) -> Session:
         """Apply `changes` (Session fields), store the snapshot and publish it.
 
-        A terminal session is returned unchanged and nothing is published. While the
-        session stays `processing` in the same attempt, a lower `progress` keeps the
-        higher one (a run taken over by another node starts again from 0). Reaching
-        `completed` sets progress to 1.0; reaching any terminal status makes a waiting
-        webhook pending (and tells `on_webhook_due`). A status past `pending`
-        without a step gets its STATUS_STEPS one. Raises SessionNotFound.
+        A terminal session is returned unchanged and nothing is published, unless its
+        end was stored but never published (the event log was unreachable then): that
+        end is published now, so a caller trying an update again after a StoreUnavailable
+        loses no terminal event. While the session stays `processing` in the same
+        attempt, a lower `progress` keeps the higher one (a run taken over by another
+        node starts again from 0). Reaching `completed` sets progress to 1.0; reaching
+        any terminal status makes a waiting webhook pending (and tells `on_webhook_due`).
+        A status past `pending` without a step gets its STATUS_STEPS one. Raises
+        SessionNotFound.
+
+        Trying again after a StoreUnavailable is safe: a stored change whose status
+        event did not go out is stored and published again (a status event is a state,
+        so a repeat tells a client nothing wrong), and an end is never published twice.
         """
         async with self._lock(session_id):
             current = await self._store.get(session_id)
             if current.status.is_terminal:
+                if await self._announce_unpublished_end(current) and _webhook_pending(current):
+                    self._webhook_due(session_id)
                 return current
             status = changes.get("status", current.status)
             same_run = changes.get("attempts", current.attempts) == current.attempts
@@ -215,6 +224,14 @@ class Sessions:
         self._bodies[session.id] = (session, data)
         return data
 
+    async def _announce_unpublished_end(self, session: Session) -> bool:
+        """Publish a terminal session's end if its event log lacks it; whether it did."""
+        last = await self._hub.last_event_id(session.id)
+        if await self._hub.is_finished(session.id, last):
+            return False
+        await self._publish(session)
+        return True
+
     async def _publish(self, session: Session) -> None:
         body = await self.body(session)
         await self._hub.publish(session.id, "status", body)
@@ -229,3 +246,7 @@ class Sessions:
 
     def __repr__(self) -> str:
         return f"<Sessions store={self._store!r} hub={self._hub!r}>"
+
+
+def _webhook_pending(session: Session) -> bool:
+    return session.webhook is not None and session.webhook.state is DeliveryState.PENDING

@@ -5,6 +5,9 @@ to SQLite through one background thread, in order, and each `add`/`put`/`delete`
 only once its transaction has committed: a session the server has acknowledged survives a
 `kill -9` of the server. WAL with synchronous=NORMAL is safe against the process dying at
 any moment (only a power cut can lose the last commits), and does not fsync every update.
+A write that finds the database locked by another process for longer than SQLite's own
+busy wait raises `StoreUnavailable`, like an unreachable Redis: a wait for the runner,
+a 503 for a request, never a lost session.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from server.state.models import Session, SessionNotFound
+from server.state.patience import StoreUnavailable
 from server.state.session_codec import session_from_json, session_to_json
 from server.state.store import MemoryStore
 
@@ -30,6 +34,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     data TEXT NOT NULL
 )
 """
+
+
+def _held_by_another(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED ("database is locked", "database table is locked"):
+    another connection holds the lock, and the same statement may go through later."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 class SqliteStore(MemoryStore):
@@ -71,7 +82,12 @@ class SqliteStore(MemoryStore):
         return [row[0] for row in db.execute("SELECT data FROM sessions")]
 
     async def _run(self, function, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except sqlite3.OperationalError as exc:
+            if _held_by_another(exc):
+                raise StoreUnavailable() from exc
+            raise
 
     def _write(self, session: Session) -> None:
         self._db.execute(

@@ -42,8 +42,10 @@ class Cluster:
         self.nodes: list[ServerProcess] = []
 
     async def node(self, role: str, **settings: Any) -> ServerProcess:
-        """A started node of `role`, named after its place in the list."""
+        """A started node of `role`, named after its place in the list (`settings` are
+        flags of `python -m server`; they may set another lease)."""
         name = f"{role}-{len(self.nodes)}"
+        settings.setdefault("node_lease_seconds", LEASE_SECONDS)
         node = ServerProcess(
             self.data_dir,
             self.tmp_path,  # the stand-in worker loads no model
@@ -51,7 +53,6 @@ class Cluster:
             redis_url=self.redis_url,
             role=role,
             node_id=name,
-            node_lease_seconds=LEASE_SECONDS,
             worker_command=CLUSTER_WORKER,
             **settings,
         )
