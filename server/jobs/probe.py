@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 
@@ -34,11 +33,7 @@ from server.state.models import InvalidVideo, RunnerClosed
 
 log = logging.getLogger(__name__)
 
-PROBE_COMMAND = (sys.executable, "-m", "inference_worker", "--probe-service")
-# Reading a container's headers and one frame takes well under a second; a file that
-# holds the demuxer longer than this is hostile or broken.
-PROBE_TIMEOUT = 30.0
-# Two, so that one file hanging a probe for PROBE_TIMEOUT does not hold up every other
+# Two, so that one file hanging a probe for its whole timeout does not hold up every other
 # upload; each idle process costs only an interpreter with PyAV imported.
 PROBE_PROCESSES = 2
 # A probe's stdout ended: this lets its exit status and stderr arrive for the log line.
@@ -47,14 +42,18 @@ UNREADABLE = "Could not read the video"
 
 
 class ProbeService:
-    """`processes` probe processes; `probe` hands each file to an idle one."""
+    """`processes` probe processes; `probe` hands each file to an idle one.
+
+    `command` starts one probe process and `timeout` bounds its answer to one file (the
+    defaults of both are settings: `Config.probe_command`, `Config.probe_timeout_seconds`).
+    """
 
     def __init__(
         self,
-        command: Sequence[str] = PROBE_COMMAND,
+        command: Sequence[str],
         *,
+        timeout: float,
         processes: int = PROBE_PROCESSES,
-        timeout: float = PROBE_TIMEOUT,
         env: Mapping[str, str] | None = None,
     ) -> None:
         if processes < 1:

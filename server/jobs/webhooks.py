@@ -31,11 +31,11 @@ from aiohttp.resolver import ThreadedResolver
 from standardwebhooks import Webhook
 from yarl import URL
 
-from server.config import SERVICE_NAME, VERSION
 from server.state.bodies import StatusBody, status_body
 from server.state.models import SessionError, SessionNotFound, utcnow
 from server.state.sessions import Sessions
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+from server.version import SERVICE_NAME, VERSION
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from aiohttp import hdrs, web
 
 from protocol import model_display_name
 from server import keys
-from server.config import SERVICE_NAME, VERSION
+from server.version import SERVICE_NAME, VERSION
 from server.web.bodies import Endpoint, Health, ServiceIndex, json_response
 from server.web.openapi import openapi_document
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from protocol import AnalysisType
-from server.config import SERVICE_NAME, VERSION
 from server.state.events import STATUS_EVENT_NAME, TERMINAL_EVENT_NAMES
 from server.state.models import SessionStatus
+from server.version import SERVICE_NAME, VERSION
 from server.web.bodies import component_schemas
 from server.web.exports import FORMATS as EXPORT_FORMATS
 

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from protocol import VideoInfo
+from server.config import Config
 from server.jobs.probe import UNREADABLE, ProbeService
 from server.state.models import InvalidVideo
 from tests.server.conftest import FAKE_PROBE, WAIT, dies, eventually, process_alive
@@ -28,6 +29,7 @@ async def make_service():
 
     async def make(**options) -> ProbeService:
         options.setdefault("processes", 1)
+        options.setdefault("timeout", Config.probe_timeout_seconds)
         service = ProbeService(options.pop("command", FAKE_SERVICE), **options)
         made.append(service)
         await service.start()
