@@ -49,10 +49,9 @@ class ServerEvent:
         return self.name in TERMINAL_EVENT_NAMES
 
     @functools.cached_property
-    def sse_frame(self) -> bytes:
-        """The event as a server-sent-events frame, built once for all its subscribers."""
-        data = json.dumps(self.data, separators=(",", ":"), allow_nan=False)
-        return f"id: {self.id}\r\nevent: {self.name}\r\ndata: {data}\r\n\r\n".encode()
+    def data_json(self) -> bytes:
+        """`data` as compact JSON, encoded once for all of the event's subscribers."""
+        return json.dumps(self.data, separators=(",", ":"), allow_nan=False).encode()
 
 
 class EventLog(Protocol):
