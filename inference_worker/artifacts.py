@@ -22,7 +22,7 @@ from av.container import InputContainer, OutputContainer
 from inference_worker.channel import removed_if_killed
 from inference_worker.video import (
     CORRUPT,
-    InvalidVideo,
+    UnusableVideo,
     VideoReader,
     probe,
     scaled_size,
@@ -286,7 +286,7 @@ def _span_samples(
                     if given >= wanted:
                         return
     except av.FFmpegError as error:
-        raise InvalidVideo(CORRUPT) from error
+        raise UnusableVideo(CORRUPT) from error
     if given < wanted:
         yield np.zeros((channels, wanted - given), np.float32)
 

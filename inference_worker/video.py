@@ -1,7 +1,7 @@
 """Video input with PyAV: probe an upload, and decode the frames shown at chosen times.
 
 `probe` decides whether a file is a usable video and reports its facts; every way a file can
-be unusable ends as `InvalidVideo`, whose message is shown to API clients. `VideoReader`
+be unusable ends as `UnusableVideo`, whose message is shown to API clients. `VideoReader`
 decodes as little as it can: it decodes forward through dense requests and seeks to the
 preceding keyframe across sparse gaps, deciding gap by gap.
 """
@@ -24,7 +24,7 @@ from PIL import Image
 from protocol import VideoInfo
 
 EMPTY = "the file is empty"
-UNREADABLE = "not a video file, or one too damaged to read"
+NOT_A_VIDEO = "not a video file, or one too damaged to read"
 NO_VIDEO = "not a video file (no video stream)"
 STILL_IMAGE = "a still image, not a video"
 CORRUPT = "the video is truncated or corrupt"
@@ -55,7 +55,7 @@ _TO_UPRIGHT = {
 }
 
 
-class InvalidVideo(Exception):
+class UnusableVideo(Exception):
     """The file cannot be used as a video; the message says why, in words fit for a client."""
 
 
@@ -77,7 +77,7 @@ class DecodedFrame:
 
 
 def probe(path: Path | str, filename: str = "") -> VideoInfo:
-    """The facts of the video at `path`, or InvalidVideo if it is not a usable video.
+    """The facts of the video at `path`, or UnusableVideo if it is not a usable video.
 
     Decodes the first frame, and rejects a truncated upload whose header survived: its index
     (MP4's sample table) points past the end of the file, or its packets stop well short of
@@ -87,20 +87,20 @@ def probe(path: Path | str, filename: str = "") -> VideoInfo:
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
-        raise InvalidVideo(EMPTY)
+        raise UnusableVideo(EMPTY)
     with _open(path) as container:
         stream = video_stream(container)
         try:
             first = next(_decode(container, stream), None)
             if first is None:
-                raise InvalidVideo(CORRUPT)
+                raise UnusableVideo(CORRUPT)
             _check_indexed_data_present(container, size)
             duration = _checked_duration(container, stream)
         except av.FFmpegError as error:
-            raise InvalidVideo(CORRUPT) from error
+            raise UnusableVideo(CORRUPT) from error
         if duration <= 0:
             # One frame and no length: a picture in a video container (a one-frame GIF, say).
-            raise InvalidVideo(STILL_IMAGE)
+            raise UnusableVideo(STILL_IMAGE)
         width, height = _square_pixel_size(first.width, first.height, _pixel_aspect(stream))
         rotation = clockwise_rotation(first)
         if rotation in (90, 270):
@@ -182,7 +182,7 @@ class VideoReader:
                 try:
                     decoded = self._frame_at(max(0.0, time))
                 except av.FFmpegError as error:
-                    raise InvalidVideo(CORRUPT) from error
+                    raise UnusableVideo(CORRUPT) from error
             yield decoded
 
     def _frame_at(self, time: float) -> DecodedFrame:
@@ -194,7 +194,7 @@ class VideoReader:
             if decoded is None:
                 self._at_end = True
                 if self._held is None:
-                    raise InvalidVideo(CORRUPT)
+                    raise UnusableVideo(CORRUPT)
                 break
             if decoded.time > time + _TIME_EPSILON:
                 if self._held is None:
@@ -334,28 +334,28 @@ def scaled_size(width: int, height: int, max_edge: int) -> tuple[int, int]:
 
 
 def video_stream(container: InputContainer) -> VideoStream:
-    """The container's first real video stream, or InvalidVideo.
+    """The container's first real video stream, or UnusableVideo.
 
     Cover art in an audio file is a video stream too, flagged as an attached picture.
     """
     name = container.format.name
     if name in _STILL_IMAGE_FORMATS or name.endswith("_pipe"):
-        raise InvalidVideo(STILL_IMAGE)
+        raise UnusableVideo(STILL_IMAGE)
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             if stream.codec_context is None:
-                raise InvalidVideo(UNSUPPORTED_CODEC)
+                raise UnusableVideo(UNSUPPORTED_CODEC)
             return stream
-    raise InvalidVideo(NO_VIDEO)
+    raise UnusableVideo(NO_VIDEO)
 
 
 def _open(path: Path) -> InputContainer:
     try:
         return av.open(str(path), metadata_errors="replace")
     except av.error.EOFError as error:
-        raise InvalidVideo(CORRUPT) from error
+        raise UnusableVideo(CORRUPT) from error
     except av.FFmpegError as error:
-        raise InvalidVideo(UNREADABLE) from error
+        raise UnusableVideo(NOT_A_VIDEO) from error
 
 
 def _open_video(path: Path) -> tuple[InputContainer, VideoStream]:
@@ -376,11 +376,11 @@ def _decode(container: InputContainer, stream: VideoStream) -> Iterator[av.Video
 
 
 def _check_indexed_data_present(container: InputContainer, size: int) -> None:
-    """InvalidVideo if the index (MP4's sample table) points past the end of the file."""
+    """UnusableVideo if the index (MP4's sample table) points past the end of the file."""
     for stream in container.streams:
         for entry in stream.index_entries:
             if entry.pos >= 0 and entry.pos + entry.size > size:
-                raise InvalidVideo(CORRUPT)
+                raise UnusableVideo(CORRUPT)
 
 
 def _declared_duration(container: InputContainer, stream: VideoStream) -> float | None:
@@ -407,7 +407,7 @@ def _checked_duration(container: InputContainer, stream: VideoStream) -> float:
     if declared is None:
         return end
     if end < declared - max(_MISSING_TAIL_TOLERANCE_SECONDS, 0.01 * declared):
-        raise InvalidVideo(CORRUPT)
+        raise UnusableVideo(CORRUPT)
     return declared
 
 
