@@ -53,9 +53,13 @@ bench-model: $(STAMP)
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m bench.demo
 
+# Style, layers (import-linter's contracts in setup.cfg) and types; CI runs it before the tests.
+LINT_PATHS := server inference_worker protocol client tests bench
+
 lint: $(STAMP)
-	$(PY) -m ruff check server inference_worker protocol tests bench
-	$(PY) -m ruff format --check server inference_worker protocol tests bench
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
