@@ -202,9 +202,9 @@ class EventHub:
     ) -> AsyncGenerator[ServerEvent, None]:
         if self._closed:
             return
-        for event in first:
-            yield event
-            if event.is_terminal:
+        for current in first:
+            yield current
+            if current.is_terminal:
                 return
         while not self._closed:
             changed = channel.changed  # taken before looking, so no wake-up is missed
