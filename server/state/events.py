@@ -37,7 +37,8 @@ MAX_BACKLOG = 500
 
 @dataclass(frozen=True)
 class ServerEvent:
-    """One event of a session: `id` is its place in the session's log, `name` the SSE event."""
+    """One event of a session: `id` is its place in the session's log, `name` what it is
+    (`status`, `partial`, or the terminal `completed`, `failed`, `cancelled`)."""
 
     id: int
     name: str
