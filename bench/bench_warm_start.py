@@ -23,9 +23,9 @@ from aiohttp import web
 
 from bench.common import row
 from inference_worker.tiny_model import build_tiny_model
-from server import keys
 from server.app import create_app
 from server.config import Config
+from server.web import app_keys as keys
 from tests.media import write_video
 
 JOBS = 5

@@ -20,13 +20,13 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server import keys
 from server.config import Config
 from server.jobs.cluster_runner import ClusterRunner
 from server.jobs.job_queue import JobQueue, MemoryJobQueue
 from server.jobs.probe import ProbeService
 from server.jobs.redis_job_queue import RedisJobQueue
 from server.jobs.runner import JobRunner
+from server.jobs.webhook_claims import DeliveryClaims, MemoryDeliveryClaims, RedisDeliveryClaims
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub, EventLog
 from server.state.janitor import Janitor
@@ -37,10 +37,10 @@ from server.state.redis_store import RedisStore
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
 from server.state.store import SessionStore
-from server.web import handlers_exports, handlers_legacy, handlers_service, handlers_sessions
-from server.web.metrics import Metrics, metrics
+from server.web import app_keys as keys
+from server.web import routes
+from server.web.metrics import Metrics
 from server.web.middlewares import Cors, api_key_middleware, errors
-from server.web.responses import API_PREFIX
 from server.web.uploads import UploadSlots
 
 STORE_FILE = "sessions.db"
@@ -67,9 +67,9 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(release_waiters)
     if config.serves_api:
-        add_routes(app.router)
+        add_routes(app)
     else:
-        add_worker_routes(app.router)
+        add_worker_routes(app)
     return app
 
 
@@ -166,6 +166,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
     webhooks = app[keys.WEBHOOKS] = WebhookDeliverer(
         sessions,
         config.webhook_secret,
+        claims=webhook_claims(config, state),
         allow_private=config.webhook_allow_private,
         first_retry_seconds=config.webhook_first_retry_seconds,
         retry_window_seconds=config.webhook_retry_seconds,
@@ -210,6 +211,13 @@ def cluster_sweep(config: Config, state: State) -> dict[str, Any]:
     }
 
 
+def webhook_claims(config: Config, state: State) -> DeliveryClaims:
+    """On a cluster one node delivers each webhook, claimed in Redis; alone, in memory."""
+    if state.redis is None:
+        return MemoryDeliveryClaims()
+    return RedisDeliveryClaims(state.redis, config.node_id, lease_seconds=config.node_lease_seconds)
+
+
 async def probing(app: web.Application) -> AsyncIterator[None]:
     """Start the probe processes that vet uploads; end them when the app stops."""
     config = app[keys.CONFIG]
@@ -229,37 +237,11 @@ async def release_waiters(app: web.Application) -> None:
     await app[keys.HUB].close()
 
 
-def add_worker_routes(router: web.UrlDispatcher) -> None:
+def add_worker_routes(app: web.Application) -> None:
     """A `worker` node runs jobs and answers only for its own health and metrics."""
-    router.add_get("/health", handlers_service.health, name="health")
-    router.add_get("/metrics", metrics, name="metrics")
+    routes.register(app, routes.WORKER_ROUTES)
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    """Every route of API.md; the names are used by the auth middleware and the index."""
-    # Any segment, braces included: a malformed id must reach the handler to be a 400.
-    v1, sid = API_PREFIX, "{sessionId:[^/]+}"
-    h = handlers_sessions
-    router.add_get("/", handlers_service.index, name="index")
-    router.add_get("/health", handlers_service.health, name="health")
-    router.add_get("/api/v1/openapi.json", handlers_service.openapi, name="openapi")
-    router.add_get("/metrics", metrics, name="metrics")
-    router.add_post(f"{v1}/upload", h.upload, name="upload")
-    router.add_get(f"{v1}/status/{sid}", h.status, name="status")
-    router.add_get(f"{v1}/progress/{sid}", h.status, name="progress")
-    router.add_get(f"{v1}/results/{sid}", h.results, name="results")
-    router.add_get(f"{v1}/results/{sid}/reel", h.reel, name="reel")
-    router.add_get(f"{v1}/results/{sid}/thumbnails/{{n:[^/]+}}", h.thumbnail, name="thumbnail")
-    router.add_get(f"{v1}/results/{sid}/video", h.video, name="video")
-    router.add_get(f"{v1}/results/{sid}/chapters.vtt", h.chapters, name="chapters")
-    router.add_get(
-        f"{v1}/results/{sid}/export/{{format:[^/]+}}", handlers_exports.export, name="export"
-    )
-    router.add_post(f"{v1}/cancel/{sid}", h.cancel, name="cancel")
-    router.add_delete(f"{v1}/cleanup/{sid}", h.cleanup, name="cleanup")
-    router.add_delete(f"{v1}/session/{sid}", h.cleanup, name="session")
-    router.add_post(f"{v1}/analyze/{sid}", h.analyze, name="analyze")
-    router.add_get(f"{v1}/events/{sid}", h.events, name="events")
-    router.add_get(f"{v1}/sessions", h.list_sessions, name="sessions")
-    router.add_post("/analyze/highlights", handlers_legacy.analyze_highlights, name="highlights")
-    router.add_post("/analyze/workout", handlers_legacy.analyze_workout, name="workout")
+def add_routes(app: web.Application) -> None:
+    """Every route of API.md, from the route table."""
+    routes.register(app, routes.API_ROUTES)

@@ -7,6 +7,12 @@ doubling delays until a 2xx or the end of the retry window; redirects are not fo
 Its state lives in the session's snapshot (`server.state.webhook_delivery`), written
 after every attempt, so a restarted server finishes what a killed one had pending.
 
+One node delivers a session's webhook at a time: the deliverer claims it first
+(`server.jobs.webhook_claims`), renews the claim while the delivery and its retries run,
+and lets it go when it is over. On a cluster a node that died lets its claims lapse, and
+the sweep of a live node takes those deliveries up: once per cluster normally, at least
+once across crashes; receivers drop repeats by `webhook-id`.
+
 Receivers on loopback, private, link-local or otherwise non-public addresses are refused
 unless allowed, both when the URL is given (a 400) and on every connection: the resolver
 checks each address it returns, so a name that changes its answer later is caught too.
@@ -22,8 +28,9 @@ import ipaddress
 import logging
 import math
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -31,13 +38,16 @@ from aiohttp.resolver import ThreadedResolver
 from standardwebhooks import Webhook
 from yarl import URL
 
+from server.jobs.webhook_claims import DeliveryClaims
 from server.state.bodies import StatusBody, status_body
 from server.state.models import SessionError, SessionNotFound, utcnow
+from server.state.redis_connection import StateUnavailable, raise_if_cancelling
 from server.state.sessions import Sessions
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
 from server.version import SERVICE_NAME, VERSION
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 # A receiver answers at once and does its work later; one slower than this counts as down.
 ATTEMPT_TIMEOUT_SECONDS = 10.0
@@ -46,6 +56,10 @@ MAX_RETRY_DELAY_SECONDS = 600.0
 # Enough for a burst of sessions ending together without one slow receiver holding others.
 MAX_CONCURRENT_ATTEMPTS = 8
 MAX_URL_CHARS = 2048
+# Renewals per claim lease: two can be lost (a slow Redis, a pause) before the claim lapses.
+RENEWALS_PER_LEASE = 3
+# While the shared state is away, ask again this often (Redis restarts take seconds).
+STATE_RETRY_SECONDS = 1.0
 HOW_TO_SET_A_SECRET = (
     "start the server with WEBHOOK_SECRET (or --webhook-secret) set to whsec_ followed by "
     'base64 of 24 to 64 random bytes, e.g. the output of: python -c "import base64, secrets; '
@@ -152,19 +166,28 @@ class WebhookDeliverer:
         sessions: Sessions,
         secret: str | None,
         *,
+        claims: DeliveryClaims,
         allow_private: bool = False,
         first_retry_seconds: float = 5.0,
         retry_window_seconds: float = 6 * 3600.0,
     ) -> None:
-        """`secret` is the `whsec_...` signing key; without one no webhook is accepted."""
+        """`secret` is the `whsec_...` signing key; without one no webhook is accepted.
+
+        `claims` make sure that one node at a time delivers a session's webhook.
+        """
         self._sessions = sessions
+        self._claims = claims
         self._signer = Webhook(secret) if secret else None
         self._allow_private = allow_private
         self._first_retry = first_retry_seconds
         self._window = timedelta(seconds=retry_window_seconds)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Sessions whose POST is out: close lets it come back and be recorded, since a
+        # receiver may have taken it already and another node would send it again.
+        self._posting: set[str] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_ATTEMPTS)
         self._http: aiohttp.ClientSession | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
 
     async def target(self, raw_url: Any) -> WebhookDelivery | None:
@@ -180,7 +203,11 @@ class WebhookDeliverer:
         return WebhookDelivery(await vet_webhook_url(raw_url, allow_private=self._allow_private))
 
     async def start(self) -> None:
-        """Open the HTTP client and take up every delivery still pending in the store."""
+        """Open the HTTP client and take up every delivery still pending in the store.
+
+        Deliveries another live node holds are left to it; with claims that lapse, a sweep
+        every lease takes up those whose node died since.
+        """
         connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._allow_private))
         self._http = aiohttp.ClientSession(
             connector=connector,
@@ -188,16 +215,21 @@ class WebhookDeliverer:
             headers={"User-Agent": f"{SERVICE_NAME}/{VERSION}"},
         )
         self._sessions.on_webhook_due(self.due)
+        # The full scan finds too what a node killed before its first claim left behind.
         for session in await self._sessions.list():
             if session.webhook is not None and session.webhook.state is DeliveryState.PENDING:
                 log.info("session %s: webhook still pending, delivering", session.id)
                 self.due(session.id)
+        if self._claims.lease_seconds is not None:
+            self._sweeper = asyncio.create_task(
+                self._sweep(self._claims.lease_seconds), name="webhook sweep"
+            )
 
     def due(self, session_id: str) -> None:
         """Deliver the session's pending webhook (again a no-op while one task is on it)."""
         if self._closed or self._signer is None or session_id in self._tasks:
             return
-        task = asyncio.create_task(self._deliver(session_id), name=f"webhook {session_id}")
+        task = asyncio.create_task(self._claimed(session_id), name=f"webhook {session_id}")
         self._tasks[session_id] = task
         task.add_done_callback(functools.partial(self._delivery_done, session_id))
 
@@ -205,29 +237,126 @@ class WebhookDeliverer:
         if self._tasks.get(session_id) is task:
             del self._tasks[session_id]
         if not task.cancelled() and task.exception() is not None:
-            # The delivery stays pending in the store; the next start takes it up again.
+            # Its claim is let go and it stays pending in the store: a sweep (on a cluster)
+            # or the next start takes it up again.
             log.error("session %s: webhook delivery crashed", session_id, exc_info=task.exception())
 
     async def close(self) -> None:
-        """Stop delivering; what is still pending stays so in the store for the next start."""
+        """Stop delivering and let the claims go; what is pending stays so in the store.
+
+        An attempt under way is awaited (at most ATTEMPT_TIMEOUT_SECONDS) and recorded
+        first, so that a restart does not make the next owner send it again.
+        """
         self._closed = True
         tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
+        for session_id, task in self._tasks.items():
+            if session_id not in self._posting:
+                task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            tasks.append(self._sweeper)
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
 
-    async def _deliver(self, session_id: str) -> None:
+    async def _sweep(self, every: float) -> None:
+        """Take up the deliveries whose claim lapsed: their node died or stalled."""
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(every)
+            try:
+                lapsed = await self._claims.unclaimed()
+            except StateUnavailable:
+                continue  # the next round asks again
+            for session_id in lapsed:
+                log.info("session %s: webhook claim lapsed, taking the delivery up", session_id)
+                self.due(session_id)
+
+    async def _claimed(self, session_id: str) -> None:
+        """Deliver under this node's claim, renewed meanwhile; leave it to whoever holds it."""
+        if not await self._patiently(self._claims.take, session_id):
+            log.debug("session %s: webhook held by another node", session_id)
+            return
+        keeper = None
+        if self._claims.lease_seconds is not None:
+            delivery = asyncio.current_task()
+            assert delivery is not None
+            keeper = asyncio.create_task(
+                self._keep(session_id, self._claims.lease_seconds, delivery),
+                name=f"webhook claim {session_id}",
+            )
+        over = False
+        try:
+            over = await self._deliver(session_id)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
+            with contextlib.suppress(StateUnavailable):  # unreleased, it lapses by itself
+                await self._claims.release(session_id, over=over)
+
+    async def _keep(self, session_id: str, lease: float, delivery: asyncio.Task[None]) -> None:
+        """Renew the claim; stop the delivery once another node holds it, or once a whole
+        lease went by unrenewed (the shared state was away: another node may take it)."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(lease / RENEWALS_PER_LEASE)
+            try:
+                held = await self._claims.renew(session_id)
+                if held:
+                    renewed = loop.time()
+            except StateUnavailable:
+                held = loop.time() - renewed < lease
+            if not held:
+                log.warning("session %s: webhook claim lost; its new holder delivers", session_id)
+                delivery.cancel()
+                return
+
+    async def _patiently(self, call: Callable[[str], Awaitable[R]], session_id: str) -> R:
+        """`call(session_id)`, asked again while the shared state is away (an outage is a
+        wait; the claim's keeper ends the delivery if it lasts a lease)."""
+        while True:
+            try:
+                return await call(session_id)
+            except StateUnavailable:
+                log.warning("session %s: webhook waits for the shared state", session_id)
+                await asyncio.sleep(STATE_RETRY_SECONDS)
+
+    async def _deliver(self, session_id: str) -> bool:
+        """Attempt and retry until delivered or given up; True once nothing is left to do."""
         try:
             while True:
-                session = await self._sessions.get(session_id)
+                session = await self._patiently(self._sessions.get, session_id)
                 delivery = session.webhook
                 if delivery is None or delivery.state is not DeliveryState.PENDING:
-                    return
+                    return True
                 payload = webhook_payload(status_body(session))
-                async with self._slots:
-                    status, error = await self._attempt(session_id, delivery.url, payload)
+                attempted = await self._post_and_record(session_id, delivery, payload)
+                if attempted is None:
+                    return False  # closing
+                delivery, wait = attempted
+                if delivery.state is not DeliveryState.PENDING or wait is None:
+                    return True
+                if self._closed:
+                    return False
+                await asyncio.sleep(wait)
+        except SessionNotFound:
+            return True  # deleted or expired: nobody to tell about it any more
+
+    async def _post_and_record(
+        self, session_id: str, delivery: WebhookDelivery, payload: bytes
+    ) -> tuple[WebhookDelivery, float | None] | None:
+        """One attempt, stored: the delivery as it stands now and the seconds until the
+        next attempt (None: no more). None if closing before it could begin; once begun,
+        `close` waits for it."""
+        async with self._slots:
+            if self._closed:
+                return None
+            self._posting.add(session_id)
+            try:
+                status, error = await self._attempt(session_id, delivery.url, payload)
                 delivery = delivery.replace(
                     attempts=delivery.attempts + 1, last_status=status, last_error=error
                 )
@@ -253,12 +382,11 @@ class WebhookDeliverer:
                         error,
                         wait,
                     )
-                await self._sessions.record_webhook(session_id, delivery)
-                if delivery.state is not DeliveryState.PENDING or wait is None:
-                    return
-                await asyncio.sleep(wait)
-        except SessionNotFound:
-            return  # deleted or expired: nobody to tell about it any more
+                recorded = functools.partial(self._sessions.record_webhook, delivery=delivery)
+                await self._patiently(recorded, session_id)
+            finally:
+                self._posting.discard(session_id)
+        return delivery, wait
 
     def _next_wait(self, delivery: WebhookDelivery) -> float | None:
         """Seconds until the next attempt, or None when the retry window is over."""

@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from server import keys
+from server.web import app_keys as keys
 from server.web.exports import FORMATS, ExportRefused, NoCuts, download_name, export_text
-from server.web.handlers_sessions import session_id_of
+from server.web.inputs import session_id_of
 from server.web.responses import ApiError, finished_session_error
 
 

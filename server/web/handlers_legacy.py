@@ -13,8 +13,8 @@ import contextlib
 from aiohttp import web
 
 from protocol import AnalysisType
-from server import keys
 from server.state.models import SessionConflict, SessionNotFound
+from server.web import app_keys as keys
 from server.web.bodies import json_response, results_of
 from server.web.disconnect import ClientGone, client_gone, unless_client_leaves
 from server.web.handlers_sessions import upload_limits

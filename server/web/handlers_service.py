@@ -1,4 +1,5 @@
-"""Handlers about the service itself: the index, health and the OpenAPI description."""
+"""Handlers about the service itself: the index (and page), its icon, health and the
+OpenAPI description."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from protocol import model_display_name
-from server import keys
 from server.version import SERVICE_NAME, VERSION
-from server.web.bodies import Endpoint, Health, ServiceIndex, json_response
-from server.web.openapi import openapi_document
+from server.web import app_keys as keys
+from server.web.bodies import Health, ServiceIndex, json_response
 
-PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE = STATIC / "index.html"
+FAVICON = STATIC / "favicon.svg"
+# Served at /favicon.ico, so the type cannot come from the name; it changes only with a
+# release, so a day of caching spares a request per page view.
+_FAVICON_HEADERS = {hdrs.CONTENT_TYPE: "image/svg+xml", hdrs.CACHE_CONTROL: "max-age=86400"}
 # The same URL answers JSON or the page, so caches must key on Accept; and a browser
 # should revalidate the page (cheap: FileResponse sends an ETag) to see a new version.
 _INDEX_HEADERS = {hdrs.VARY: hdrs.ACCEPT}
@@ -28,7 +33,7 @@ async def index(request: web.Request) -> web.StreamResponse:
             service=SERVICE_NAME,
             version=VERSION,
             openapi="/api/v1/openapi.json",
-            endpoints=endpoints(request.app),
+            endpoints=request.app[keys.ENDPOINTS],
         ),
         headers=_INDEX_HEADERS,
     )
@@ -68,23 +73,6 @@ def _q(parameters: list[str]) -> float:
     return 1.0
 
 
-def endpoints(app: web.Application) -> list[Endpoint]:
-    """Method, path and summary of every route, from the router itself."""
-    listed = []
-    for route in app.router.routes():
-        if route.method in (hdrs.METH_HEAD, hdrs.METH_OPTIONS, hdrs.METH_ANY):
-            continue
-        doc = (route.handler.__doc__ or "").strip().splitlines()
-        listed.append(
-            Endpoint(
-                method=route.method,
-                path=route.resource.canonical if route.resource else "",
-                summary=doc[0] if doc else "",
-            )
-        )
-    return listed
-
-
 async def health(request: web.Request) -> web.Response:
     """Liveness, the model served and its state, and how many jobs run and wait.
 
@@ -108,5 +96,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 description of this API."""
-    return web.json_response(openapi_document())
+    """The OpenAPI 3.1 description of this API (made from the route table)."""
+    return web.json_response(request.app[keys.OPENAPI])
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    """The service's icon, an SVG (browsers ask for /favicon.ico whatever the page links)."""
+    return web.FileResponse(FAVICON, headers=_FAVICON_HEADERS)

@@ -1,4 +1,4 @@
-"""Handlers of the v1 session API (`/api/v1/video/...`).
+"""Handlers of the v1 sessions: upload, analyze, status, cancel, cleanup, events, the list.
 
 Thin on purpose: each reads its input, calls the sessions or the runner, and shapes the
 answer. Domain errors (SessionNotFound, SessionConflict, QueueFull...) propagate and are
@@ -8,55 +8,21 @@ turned into HTTP by the `errors` middleware, in one place.
 from __future__ import annotations
 
 import contextlib
-import re
-import uuid
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from protocol import AnalysisType, parse_analysis_type, parse_params_json, validate_params
-from server import keys
 from server.state.models import Session, SessionConflict, SessionStatus
-from server.web.bodies import (
-    Cleanup,
-    ResultsBody,
-    SessionAnswer,
-    SessionList,
-    json_response,
-    results_of,
-)
-from server.web.chapters import VTT_CONTENT_TYPE, chapters_vtt, session_chapters
-from server.web.responses import (
-    API_PREFIX,
-    ApiError,
-    finished_session_error,
-    public_results,
-    reel_name,
-    thumbnail_name,
-)
+from server.web import app_keys as keys
+from server.web.bodies import Cleanup, SessionAnswer, SessionList, json_response
+from server.web.inputs import natural, session_id_of
+from server.web.responses import API_PREFIX, ApiError
 from server.web.sse import stream_events
 from server.web.uploads import UploadLimits, accept_upload
 
 MAX_LIST_LIMIT = 1000
-_CANONICAL_UUID4 = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
-)
-
-
-def session_id_of(request: web.Request) -> str:
-    """The path's session id, or a 400 when it is not a UUID4 (any case; answered lower)."""
-    raw = request.match_info["sessionId"]
-    if _CANONICAL_UUID4.fullmatch(raw):
-        return raw  # the form every client echoes back: no need to parse it (polls are hot)
-    try:
-        parsed = uuid.UUID(raw)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.version != 4 or str(parsed) != raw.lower():
-        raise ApiError(400, "Invalid session id", "A session id is a UUID4 string")
-    return str(parsed)
 
 
 def status_url(session_id: str) -> str:
@@ -156,88 +122,6 @@ async def status(request: web.Request) -> web.Response:
     return web.Response(body=await sessions.body_json(session), content_type="application/json")
 
 
-async def results(request: web.Request) -> web.Response:
-    """The results of a completed session, artifact names turned into URLs."""
-    session = await _finished(request)
-    return json_response(
-        ResultsBody(
-            session_id=session.id,
-            status="completed",
-            results=results_of(public_results(session.id, session.results or {})),
-        )
-    )
-
-
-async def reel(request: web.Request) -> web.FileResponse:
-    """The highlight reel MP4 (Range requests work, so a <video> tag can seek)."""
-    session = await _finished(request)
-    name = reel_name(session.results)
-    if name is None:
-        raise ApiError(404, "No reel", "This session has no highlight reel", session_id=session.id)
-    return web.FileResponse(_artifact(session, name), headers={"Content-Type": "video/mp4"})
-
-
-async def thumbnail(request: web.Request) -> web.FileResponse:
-    """The thumbnail JPEG of the n-th highlight."""
-    session = await _finished(request)
-    raw = request.match_info["n"]
-    index = _natural(raw)
-    if index is None:
-        raise ApiError(
-            400,
-            "Bad request",
-            "The thumbnail number is a highlight index: 0, 1, ...",
-            session_id=session.id,
-        )
-    name = thumbnail_name(session.results, index)
-    if name is None:
-        raise ApiError(404, "No thumbnail", f"There is no thumbnail {raw}", session_id=session.id)
-    return web.FileResponse(_artifact(session, name), headers={"Content-Type": "image/jpeg"})
-
-
-async def video(request: web.Request) -> web.FileResponse:
-    """The uploaded video itself, in any state until cleanup (Range requests work)."""
-    session = await request.app[keys.SESSIONS].get(session_id_of(request))
-    return web.FileResponse(_upload(session))
-
-
-async def chapters(request: web.Request) -> web.Response:
-    """WebVTT chapters of a completed session, from its judged segments."""
-    session = await _finished(request)
-    found = session_chapters(session.results or {})
-    if not found:
-        raise ApiError(
-            404, "No chapters", "These results have no judged segments", session_id=session.id
-        )
-    return web.Response(text=chapters_vtt(found), content_type=VTT_CONTENT_TYPE, charset="utf-8")
-
-
-async def _finished(request: web.Request) -> Session:
-    """The session of the path if it completed; else the error `results` answers with."""
-    session = await request.app[keys.SESSIONS].get(session_id_of(request))
-    error = finished_session_error(session)
-    if error is not None:
-        raise error
-    return session
-
-
-def _upload(session: Session) -> Path:
-    """The session's uploaded video, while its file is there."""
-    path = Path(session.upload_path)
-    if not path.is_file():
-        raise ApiError(404, "Not found", "The uploaded video is gone", session_id=session.id)
-    return path
-
-
-def _artifact(session: Session, name: str) -> Path:
-    """A worker-named artifact, only if it really lies inside the session's output dir."""
-    folder = Path(session.output_dir).resolve()
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder) or not path.is_file():
-        raise ApiError(404, "Not found", "The artifact is missing", session_id=session.id)
-    return path
-
-
 async def cancel(request: web.Request) -> web.Response:
     """Cancel a queued or running job; answers once its worker process is gone."""
     session = await request.app[keys.RUNNER].cancel(session_id_of(request))
@@ -279,6 +163,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def list_sessions(request: web.Request) -> web.Response:
     """Status bodies of the sessions, newest first, optionally by `status` and `limit`."""
+    # Each at most once and never empty: the route table checks that before this runs.
     status_filter = _status_filter(request.query.get("status"))
     limit = _limit(request.query.get("limit"))
     sessions = request.app[keys.SESSIONS]
@@ -288,7 +173,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 def _status_filter(raw: str | None) -> SessionStatus | None:
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         return SessionStatus(raw)
@@ -298,17 +183,9 @@ def _status_filter(raw: str | None) -> SessionStatus | None:
 
 
 def _limit(raw: str | None) -> int | None:
-    if raw is None or raw == "":
+    if raw is None:
         return None
-    limit = _natural(raw)
+    limit = natural(raw)
     if limit is None or not 1 <= limit <= MAX_LIST_LIMIT:
         raise ApiError(400, "Bad request", f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
     return limit
-
-
-def _natural(raw: str) -> int | None:
-    """0, 1, 2... written in plain ASCII digits, else None."""
-    try:
-        return int(raw) if raw.isascii() and raw.isdigit() else None
-    except ValueError:  # over int()'s 4300-digit guard: no index or limit is that long
-        return None

@@ -14,8 +14,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from server import keys
 from server.state.models import SessionStatus
+from server.web import app_keys as keys
 
 NAMESPACE = "smolvlm"
 # Jobs take from seconds (a short clip) to an hour (MAX_VIDEO_SECONDS of footage).

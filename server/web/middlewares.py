@@ -16,18 +16,21 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from server.web.disconnect import client_gone
+from server.web.inputs import ACCESS_TOKEN_QUERY
 from server.web.responses import api_error_for, error_response
+from server.web.routes import API_ROUTES
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths a monitor or a browser may read without the API key (API.md, API_KEY).
-PUBLIC_PATHS = frozenset({"/", "/health", "/api/v1/openapi.json"})
+PUBLIC_PATHS = frozenset(route.path for route in API_ROUTES if route.public)
 # Routes that EventSource, <video> and <track> reach: they cannot send headers, so the
-# key may come as a query.
-TOKEN_QUERY_ROUTES = frozenset({"events", "video", "chapters"})
-TOKEN_QUERY_PARAM = "access_token"
+# key may come as a query (the routes that declare it).
+TOKEN_QUERY_ROUTES = frozenset(
+    route.name for route in API_ROUTES if ACCESS_TOKEN_QUERY in route.query_names
+)
 
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID"
@@ -155,7 +158,7 @@ def _presented_key(request: web.Request) -> bytes:
     if scheme.lower() == "bearer" and credentials.strip():
         token = credentials.strip()
     elif request.match_info.route.name in TOKEN_QUERY_ROUTES:
-        token = request.query.get(TOKEN_QUERY_PARAM, "")
+        token = request.query.get(ACCESS_TOKEN_QUERY, "")
     else:
         token = ""
     # Header text may carry undecodable bytes as surrogates; keep them comparable.

@@ -9,6 +9,7 @@ the terminal event, when the hub closes (server shutdown), or when the client le
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -21,20 +22,33 @@ from server.web.responses import ApiError
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 # EventSource cannot set headers on its first connection; a page may pass the id here.
 LAST_EVENT_ID_QUERY = "lastEventId"
+# An event id the server takes: up to 18 digits (any int64), spaces around ignored.
+EVENT_ID_PATTERN = "^ *[0-9]{1,18} *$"
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 
 
 def last_event_id(request: web.Request) -> int | None:
-    """The id the client has already seen (header first, then query), or None."""
-    raw = request.headers.get(LAST_EVENT_ID_HEADER) or request.query.get(LAST_EVENT_ID_QUERY)
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ApiError(400, "Bad request", f"{LAST_EVENT_ID_HEADER} must be an event id")
-    return value
+    """The id the client has already seen (header first, then query), or None.
+
+    A blank header counts as none; the query, like every query parameter, is given once
+    and never empty (the route table checks that).
+    """
+    header = request.headers.get(LAST_EVENT_ID_HEADER, "")
+    if header.strip():
+        return _event_id(header, LAST_EVENT_ID_HEADER)
+    query = request.query.get(LAST_EVENT_ID_QUERY)
+    return None if query is None else _event_id(query, LAST_EVENT_ID_QUERY)
+
+
+def _event_id(raw: str, name: str) -> int:
+    if not _EVENT_ID.fullmatch(raw):
+        raise ApiError(
+            400,
+            "Bad request",
+            f"{name} must be an event id: the Last-Event-ID of the last event seen, "
+            "a whole number from 0 (up to 18 digits)",
+        )
+    return int(raw)
 
 
 async def stream_events(

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,3 +222,22 @@ def backend(request, monkeypatch) -> str:
         settings = {"redis_url": request.getfixturevalue("redis_url")}
         monkeypatch.setattr(http_helpers, "BACKEND_SETTINGS", settings)
     return request.param
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def module_backend(request) -> Iterator[str]:
+    """`backend` for a module whose servers live as long as the module: its tests run once
+    on SQLite and memory, then once on Redis (emptied first), with servers made for each.
+
+    A module opts in with `pytest.mark.usefixtures("module_backend")` and makes its servers
+    in fixtures that depend on this one.
+    """
+    from tests.server import http_helpers
+
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "redis":
+            server = request.getfixturevalue("redis_server")
+            with server.client() as client:
+                client.flushall()
+            patch.setattr(http_helpers, "BACKEND_SETTINGS", {"redis_url": server.url})
+        yield request.param

@@ -16,10 +16,11 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server import keys
 from server.app import create_app
 from server.config import Config
 from server.state.models import Session
+from server.web import app_keys as keys
+from server.web.routes import API_ROUTES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HTTP_WORKER = (sys.executable, str(FIXTURES / "http_worker.py"))
@@ -37,23 +38,14 @@ STATUS_KEYS = (
     "queuePosition",
     "webhook",
 )
-# Status checks in tests are short sleeps in a loop; this only bounds a broken test.
-# Every route that takes a session id, with its method ({id} to be filled in).
+# Every route that takes a session id, with its method ({id} to be filled in), from the
+# route table; the thumbnail and export paths with a valid index and format.
 ID_ROUTES = [
-    ("GET", V1 + "/status/{id}"),
-    ("GET", V1 + "/progress/{id}"),
-    ("GET", V1 + "/results/{id}"),
-    ("GET", V1 + "/results/{id}/reel"),
-    ("GET", V1 + "/results/{id}/thumbnails/0"),
-    ("GET", V1 + "/results/{id}/video"),
-    ("GET", V1 + "/results/{id}/chapters.vtt"),
-    ("GET", V1 + "/results/{id}/export/otio"),
-    ("POST", V1 + "/cancel/{id}"),
-    ("DELETE", V1 + "/cleanup/{id}"),
-    ("DELETE", V1 + "/session/{id}"),
-    ("POST", V1 + "/analyze/{id}"),
-    ("GET", V1 + "/events/{id}"),
+    (route.method, route.path.format(sessionId="{id}", n="0", format="otio"))
+    for route in API_ROUTES
+    if "{sessionId}" in route.path
 ]
+# Status checks in tests are short sleeps in a loop; this only bounds a broken test.
 POLL_SECONDS = 0.02
 POLL_LIMIT_SECONDS = 30.0
 

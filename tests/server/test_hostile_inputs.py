@@ -29,10 +29,11 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from yarl import URL
 
-from server import keys
 from server.app import create_app
 from server.state.models import SessionStatus
+from server.web import app_keys as keys
 from server.web.handlers_sessions import MAX_LIST_LIMIT
+from server.web.routes import API_ROUTES
 from tests.media import (
     write_audio_only,
     write_random_bytes,
@@ -41,6 +42,7 @@ from tests.media import (
     write_truncated,
     write_zero_bytes,
 )
+from tests.server import http_helpers
 from tests.server.http_helpers import (
     ID_ROUTES,
     POLL_LIMIT_SECONDS,
@@ -50,7 +52,8 @@ from tests.server.http_helpers import (
 )
 from tests.server.http_helpers import make_config as http_config
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Every case on SQLite, then on Redis (a module's worth of servers for each backend).
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.usefixtures("module_backend")]
 
 KEY = "hostile-test-key"
 BOUNDARY = "hostileboundary"
@@ -59,7 +62,8 @@ UPLOAD = f"{V1}/upload"
 MiB = 1024 * 1024
 # Bounds a raw exchange against a hang; a passing case answers in milliseconds.
 RAW_BOUND_SECONDS = 30.0
-PUBLIC = {"/", "/health", "/api/v1/openapi.json"}
+# API.md: what API_KEY leaves open (the page, its icon, health and the document).
+PUBLIC = {"/", "/favicon.ico", "/health", "/api/v1/openapi.json"}
 
 
 # ---- the servers under attack -----------------------------------------------------------
@@ -149,7 +153,7 @@ async def serve(root: Path, **overrides: Any) -> Target:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def target(tmp_path_factory, sample_video):
+async def target(tmp_path_factory, sample_video, module_backend):
     """The open server (MAX_UPLOAD_MB=1) with one completed and one uploaded session."""
     server = await serve(tmp_path_factory.mktemp("hostile"), max_upload_mb=1)
     try:
@@ -163,9 +167,16 @@ async def target(tmp_path_factory, sample_video):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def keyed(tmp_path_factory):
+async def keyed(tmp_path_factory, module_backend):
     """A server with API_KEY set and nothing in it."""
-    server = await serve(tmp_path_factory.mktemp("keyed"), api_key=KEY)
+    settings: dict[str, Any] = {"api_key": KEY}
+    if module_backend == "redis":
+        # A Redis database of its own: on `target`'s, the two would be one cluster's nodes,
+        # sharing sessions and taking each other's jobs.
+        url = http_helpers.BACKEND_SETTINGS["redis_url"]
+        assert url.endswith("/0")
+        settings["redis_url"] = url.removesuffix("/0") + "/1"
+    server = await serve(tmp_path_factory.mktemp("keyed"), **settings)
     try:
         yield server
     finally:
@@ -785,30 +796,10 @@ async def test_an_unknown_id_is_a_404_on_every_route_in_either_case(target, meth
         assert answer["sessionId"] == unknown.lower() and answer["error"] == "Session not found"
 
 
-# Every path the router serves with the methods it allows; a test below keeps this in step.
-ROUTE_METHODS = {
-    "/": {"GET"},
-    "/health": {"GET"},
-    "/metrics": {"GET"},
-    "/api/v1/openapi.json": {"GET"},
-    f"{V1}/upload": {"POST"},
-    f"{V1}/status/{{sessionId}}": {"GET"},
-    f"{V1}/progress/{{sessionId}}": {"GET"},
-    f"{V1}/results/{{sessionId}}": {"GET"},
-    f"{V1}/results/{{sessionId}}/reel": {"GET"},
-    f"{V1}/results/{{sessionId}}/thumbnails/{{n}}": {"GET"},
-    f"{V1}/results/{{sessionId}}/video": {"GET"},
-    f"{V1}/results/{{sessionId}}/chapters.vtt": {"GET"},
-    f"{V1}/results/{{sessionId}}/export/{{format}}": {"GET"},
-    f"{V1}/cancel/{{sessionId}}": {"POST"},
-    f"{V1}/cleanup/{{sessionId}}": {"DELETE"},
-    f"{V1}/session/{{sessionId}}": {"DELETE"},
-    f"{V1}/analyze/{{sessionId}}": {"POST"},
-    f"{V1}/events/{{sessionId}}": {"GET"},
-    f"{V1}/sessions": {"GET"},
-    "/analyze/highlights": {"POST"},
-    "/analyze/workout": {"POST"},
-}
+# Every path the route table declares, with its methods; a test below checks the router.
+ROUTE_METHODS: dict[str, set[str]] = {}
+for _route in API_ROUTES:
+    ROUTE_METHODS.setdefault(_route.path, set()).add(_route.method)
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND")
 
 
@@ -816,7 +807,7 @@ def concrete(route: str, session_id: str = SOME_UUID4) -> str:
     return route.format(sessionId=session_id, n="0", format="otio")
 
 
-async def test_the_route_list_of_this_module_is_the_routers(target):
+async def test_the_router_serves_exactly_the_route_tables_paths_and_methods(target):
     served: dict[str, set[str]] = {}
     for route in target.app.router.routes():
         if route.method != "HEAD":
@@ -864,6 +855,10 @@ async def test_a_missing_or_wrong_api_key_is_a_401_on_every_protected_route(keye
         # Only EventSource, <video> and <track>, which cannot send headers, may put the key
         # in the query.
         await refused(keyed, 401, method, concrete(route) + f"?access_token={KEY}")
+
+
+async def test_the_route_table_makes_public_exactly_what_api_md_leaves_open():
+    assert {route.path for route in API_ROUTES if route.public} == PUBLIC
 
 
 async def test_the_public_routes_need_no_key_and_the_right_key_opens_metrics(keyed):
@@ -955,7 +950,51 @@ async def test_a_bad_status_or_limit_on_the_list_is_a_400_saying_the_allowed_val
         assert f"from 1 to {MAX_LIST_LIMIT}" in message, message
 
 
-@pytest.mark.parametrize("value", ["abc", "-5", "1e9", "0x10", "1.5", "9" * 5000])
+@pytest.mark.parametrize(
+    "query, named",
+    [
+        ("limit=", "limit"),
+        ("status=", "status"),
+        ("limit=5&limit=abc", "limit"),
+        ("limit=5&limit=5", "limit"),
+        ("status=failed&status=bogus", "status"),
+        ("status=completed&limit=", "limit"),
+    ],
+)
+async def test_an_empty_or_repeated_filter_on_the_list_is_a_400_naming_it(target, query, named):
+    """A schema fuzzer found these taken as a 200: only the first value was checked."""
+    answer = await refused(target, 400, "GET", f"{V1}/sessions?{query}")
+    assert f"Query parameter {named} is" in answer["message"], answer
+
+
+# Every query parameter of the route table, on its route (a known session where it has one).
+QUERY_PARAMETERS = [
+    (route.method, route.path, name) for route in API_ROUTES for name in route.query_names
+]
+
+
+@pytest.mark.parametrize(
+    "method, route, name", QUERY_PARAMETERS, ids=[f"{p} {n}" for _, p, n in QUERY_PARAMETERS]
+)
+@pytest.mark.parametrize("how", ["empty", "repeated"])
+async def test_every_query_parameter_empty_or_repeated_is_a_400_naming_it(
+    target, method, route, name, how
+):
+    path = concrete(route, target.done)
+    query = f"{name}=" if how == "empty" else f"{name}=1&{name}=2"
+    answer = await refused(target, 400, method, f"{path}?{query}")
+    assert f"Query parameter {name} is" in answer["message"], answer
+
+
+async def test_an_unknown_query_parameter_is_ignored(target):
+    """API.md: a query parameter a route does not take changes nothing."""
+    answer = await target.request("GET", f"{V1}/sessions?limit=1&bogus=&bogus=2")
+    assert answer.status == 200 and answer.json()["count"] == 1
+    answer = await target.request("GET", f"{V1}/status/{target.done}?limit=x")
+    assert answer.status == 200 and answer.json()["status"] == "completed"
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1e9", "0x10", "1.5", "1" * 19, "9" * 5000])
 @pytest.mark.parametrize("where", ["header", "query"])
 async def test_a_garbage_last_event_id_is_a_400(target, value, where):
     path, headers = f"{V1}/events/{target.done}", {}

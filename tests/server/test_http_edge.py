@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("backend")
 
 KEY = "s3cret-key"
 ORIGIN = "https://app.example.com"
-PUBLIC = {"/", "/health", "/api/v1/openapi.json"}
+PUBLIC = {"/", "/favicon.ico", "/health", "/api/v1/openapi.json"}
 
 
 def concrete(path: str) -> str:
@@ -257,6 +257,18 @@ async def test_the_index_lists_every_endpoint(aiohttp_client, tmp_path):
     assert ("GET", f"{V1}/results/{{sessionId}}/thumbnails/{{n}}") in listed
     assert ("POST", "/analyze/workout") in listed
     assert all(entry["summary"] for entry in body["endpoints"])
+    # One route table: the index says of each route what the OpenAPI document says.
+    document = await (await client.get("/api/v1/openapi.json")).json()
+    for entry in body["endpoints"]:
+        operation = document["paths"][entry["path"]][entry["method"].lower()]
+        assert entry["summary"] == operation["summary"], entry
+
+
+async def test_the_favicon_is_an_svg_served_without_the_key(aiohttp_client, tmp_path):
+    client = await start(aiohttp_client, tmp_path, api_key=KEY)
+    response = await client.get("/favicon.ico")
+    assert response.status == 200 and response.content_type == "image/svg+xml"
+    assert (await response.text()).startswith('<svg xmlns="http://www.w3.org/2000/svg"')
 
 
 async def test_openapi_describes_every_route(aiohttp_client, tmp_path):
@@ -268,3 +280,10 @@ async def test_openapi_describes_every_route(aiohttp_client, tmp_path):
             continue
         operations = document["paths"][route.resource.canonical]
         assert route.method.lower() in operations, route.resource.canonical
+
+
+async def test_every_get_route_answers_head_as_well(aiohttp_client, tmp_path):
+    client = await start(aiohttp_client, tmp_path)
+    for path in ("/", "/health", "/favicon.ico", "/api/v1/openapi.json", f"{V1}/sessions"):
+        response = await client.head(path)
+        assert response.status == 200, path

@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from server import keys
 from server.state.models import SessionStatus
+from server.web import app_keys as keys
 from tests.media import write_text_file
 from tests.server.http_helpers import (
     POLL_LIMIT_SECONDS,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from server import keys
 from server.jobs import probe
+from server.web import app_keys as keys
 from tests.server.conftest import FAKE_PROBE, dies
 from tests.server.http_helpers import files_under, start, upload
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from server import keys
+from server.web import app_keys as keys
 from tests.server.http_helpers import (
     ID_ROUTES,
     STATUS_KEYS,

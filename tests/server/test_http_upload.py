@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server import keys
+from server.web import app_keys as keys
 from server.web import uploads
 from server.web.uploads import safe_filename, source_name
 from tests.media import (

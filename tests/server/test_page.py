@@ -8,6 +8,8 @@ fails these tests with the command that installs it: they are part of `make test
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import sys
@@ -37,6 +39,8 @@ CHROMIUM_ARGS = [
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 # A page step waits this long at most; the tiny model's jobs take a few seconds.
 STEP_TIMEOUT_MS = 30_000
+# Every test on each backend: SQLite and memory, then Redis.
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 async def test_a_browser_gets_the_page(aiohttp_client, tmp_path):
@@ -152,6 +156,15 @@ async def finished_with_thumbnails_and_reel(page) -> None:
     )
 
 
+async def download(page, label: str) -> tuple[str, str]:
+    """Click the page's download link `label`: the file's suggested name and its text."""
+    async with page.expect_download() as started:
+        await page.locator("#download-list").get_by_role("link", name=label).click()
+    done = await started.value
+    path = Path(await done.path())
+    return done.suggested_filename, await asyncio.to_thread(path.read_text)
+
+
 async def test_a_highlights_job_runs_live_to_thumbnails_and_a_playing_reel(
     aiohttp_client, tmp_path, browser, sample_video, steered_model_dir
 ):
@@ -219,6 +232,67 @@ async def test_with_an_api_key_the_page_sends_it_everywhere(
     await finished_with_thumbnails_and_reel(page)
     assert await page.locator("#status").text_content() == "Done."
     assert not await page.get_by_role("alert").is_visible()
+
+    # The downloads were fetched with the key too; a 10 fps video has no EDL, and says why.
+    await page.locator("#downloads").wait_for()
+    downloads = page.locator("#download-list")
+    assert await downloads.get_by_role("link").all_text_contents() == [
+        "OpenTimelineIO (.otio)",
+        "Final Cut Pro XML (.fcpxml)",
+        "Chapters (WebVTT)",
+    ]
+    refused = await downloads.locator(".unavailable").all_text_contents()
+    assert len(refused) == 1 and refused[0].startswith("CMX 3600 EDL (.edl): not available")
+    assert "SMPTE timecode" in refused[0] and "10 fps" in refused[0]
+    name, text = await download(page, "OpenTimelineIO (.otio)")
+    assert name == "sample-highlights.otio" and json.loads(text)["OTIO_SCHEMA"].startswith(
+        "Timeline."
+    )
+    name, text = await download(page, "Chapters (WebVTT)")
+    assert name == "sample.chapters.vtt" and text.startswith("WEBVTT")
+
+
+async def test_a_finished_highlights_job_offers_the_edl_where_the_rate_allows_and_an_icon(
+    aiohttp_client, tmp_path, browser, make_video, tiny_model_dir
+):
+    """The fixture worker's highlights (one, no judged segments) of a 25 fps video: every
+    editor export, and the chapters listed with the reason they are missing."""
+    _, page = await open_page(
+        aiohttp_client, tmp_path, browser, tiny_model_dir, worker_command=HTTP_WORKER
+    )
+    failed: list[str] = []
+    page.on("response", lambda response: response.status >= 400 and failed.append(response.url))
+
+    await start_job(page, make_video("edit.mp4", seconds=4.0, fps=25), segment_seconds=2)
+    await page.locator("#status", has_text="Done.").wait_for()
+    await page.locator("#downloads").wait_for()
+
+    downloads = page.locator("#download-list")
+    assert await downloads.get_by_role("link").all_text_contents() == [
+        "OpenTimelineIO (.otio)",
+        "CMX 3600 EDL (.edl)",
+        "Final Cut Pro XML (.fcpxml)",
+    ]
+    missing = await downloads.locator(".unavailable").all_text_contents()
+    assert missing == ["Chapters (WebVTT): not availableThese results have no judged segments"]
+    name, text = await download(page, "CMX 3600 EDL (.edl)")
+    assert name == "edit-highlights.edl" and text.startswith("TITLE:")
+    name, text = await download(page, "Final Cut Pro XML (.fcpxml)")
+    assert name == "edit-highlights.fcpxml" and "<fcpxml" in text
+
+    icon = await page.evaluate(
+        """async () => {
+          const link = document.querySelector("link[rel=icon]");
+          const response = await fetch(link.href);
+          const type = response.headers.get("Content-Type");
+          return [new URL(link.href).pathname, response.status, type];
+        }"""
+    )
+    assert icon == ["/favicon.ico", 200, "image/svg+xml"]
+    # No 404 for the icon: the only refused requests are for the chapters this session
+    # lacks (the download list's and the player's chapter track's).
+    assert {url.rsplit("/", 1)[1] for url in failed} == {"chapters.vtt"}
+    await page.screenshot(path="/tmp/page-downloads.png", full_page=True)
 
 
 # ---- the timeline, its chapters and earlier sessions -------------------------------------

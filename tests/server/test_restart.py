@@ -8,9 +8,9 @@ import signal
 import aiohttp
 import pytest
 
-from server import keys
 from server.app import create_app
 from server.jobs.runner import RESTARTED_STEP
+from server.web import app_keys as keys
 from tests.server.conftest import dies
 from tests.server.http_helpers import (
     V1,

@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from standardwebhooks import Webhook
+import redis
 
-from server import keys
 from server.config import Config
-from server.jobs.webhooks import address_allowed
-from server.state.webhook_delivery import WebhookDelivery
+from server.jobs.webhook_claims import CLAIM_KEY, UNFINISHED_KEY, MemoryDeliveryClaims
+from server.jobs.webhooks import WebhookDeliverer, address_allowed
+from server.state.models import SessionStatus, utcnow
+from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+from server.web import app_keys as keys
+from tests.server.conftest import eventually, new_session
 from tests.server.http_helpers import (
     V1,
     finished,
@@ -28,8 +29,10 @@ from tests.server.http_helpers import (
     video_form,
 )
 from tests.server.server_process import ServerProcess
+from tests.server.webhook_receiver import SECRET, receiver
 
-SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+__all__ = ["receiver"]  # the fixture
+
 # Retries in tests come fast; production waits seconds to minutes.
 FAST = {
     "webhook_secret": SECRET,
@@ -39,42 +42,6 @@ FAST = {
 # Bounds against hangs only.
 WAIT_SECONDS = 30.0
 RESTART_WAIT_SECONDS = 60.0
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver on loopback: answers each POST with the next of `answers`
-    (the last one repeats) and keeps what it got, its signature checked by the library."""
-
-    answers: list[int] = field(default_factory=lambda: [204])
-    received: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-    redirected_to: int = 0
-
-    async def hook(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        # Raises WebhookVerificationError (a 500, and no record) on a bad signature.
-        payload = Webhook(SECRET).verify(body, dict(request.headers))
-        self.received.append({"headers": dict(request.headers), "payload": payload})
-        status = self.answers[min(len(self.received), len(self.answers)) - 1]
-        if 300 <= status < 400:
-            raise web.HTTPTemporaryRedirect("/elsewhere")
-        return web.Response(status=status)
-
-    async def elsewhere(self, request: web.Request) -> web.Response:
-        self.redirected_to += 1
-        return web.Response(status=204)
-
-
-@pytest.fixture
-async def receiver(aiohttp_server) -> Receiver:
-    made = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", made.hook)
-    app.router.add_post("/elsewhere", made.elsewhere)
-    server = await aiohttp_server(app)
-    made.url = str(server.make_url("/hook"))
-    return made
 
 
 async def webhook_of(client, session_id: str, *, done: str = "delivered") -> dict[str, Any]:
@@ -89,10 +56,12 @@ async def webhook_of(client, session_id: str, *, done: str = "delivered") -> dic
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.usefixtures("backend")
 async def test_every_end_is_posted_once_with_a_signature_the_library_verifies(
     aiohttp_client, tmp_path, sample_video, receiver
 ):
-    """Completed, failed and cancelled alike; the payload is the session's status body."""
+    """Completed, failed and cancelled alike; the payload is the session's status body.
+    Alone (memory claims) and as a node on Redis (claims in Redis) the same."""
     client = await start(aiohttp_client, tmp_path, **FAST)
     hook = {"webhook_url": receiver.url}
     completed = await upload_id(client, sample_video, analysis_type="highlights", **hook)
@@ -119,8 +88,9 @@ async def test_every_end_is_posted_once_with_a_signature_the_library_verifies(
 
 
 async def test_a_receiver_failing_twice_gets_the_event_once_it_recovers(
-    aiohttp_client, tmp_path, sample_video, receiver
+    aiohttp_client, tmp_path, sample_video, receiver, backend, request
 ):
+    """On Redis, the claim held through the retries is gone once the delivery is over."""
     receiver.answers = [500, 503, 200]
     client = await start(aiohttp_client, tmp_path, **FAST)
     session_id = await upload_id(
@@ -135,6 +105,10 @@ async def test_a_receiver_failing_twice_gets_the_event_once_it_recovers(
     # Delivered means done: the retry delay passes several times and nothing more comes.
     await asyncio.sleep(0.5)
     assert len(receiver.received) == 3
+    if backend == "redis":
+        with redis.Redis.from_url(request.getfixturevalue("redis_url")) as shared:
+            assert await eventually(lambda: not shared.exists(CLAIM_KEY + session_id))
+            assert shared.zcard(UNFINISHED_KEY) == 0
 
 
 async def test_a_redirect_is_not_followed_and_retries_end_with_the_window(
@@ -355,3 +329,51 @@ async def _served_webhook(
             return webhook
         assert loop.time() < deadline, webhook
         await asyncio.sleep(0.1)
+
+
+async def test_closing_waits_for_an_attempt_under_way_and_records_it(
+    make_sessions, data_paths, receiver
+):
+    """A stop (a restart, a rolling deploy) while a POST is out must not leave the receiver's
+    2xx unrecorded: the next owner would send it again."""
+    sessions = make_sessions()
+    pending = WebhookDelivery(receiver.url, DeliveryState.PENDING, pending_since=utcnow())
+    ended = await sessions.create(
+        new_session(data_paths, status=SessionStatus.COMPLETED, webhook=pending)
+    )
+    receiver.gate = asyncio.Event()
+    deliverer = WebhookDeliverer(
+        sessions, SECRET, claims=MemoryDeliveryClaims(), allow_private=True
+    )
+    await deliverer.start()
+    await asyncio.wait_for(receiver.arrived.wait(), WAIT_SECONDS)
+    closing = asyncio.create_task(deliverer.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done(), "close did not wait for the POST under way"
+    receiver.gate.set()
+    await asyncio.wait_for(closing, WAIT_SECONDS)
+    delivery = (await sessions.get(ended.id)).webhook
+    assert delivery is not None and delivery.state is DeliveryState.DELIVERED
+    assert delivery.attempts == 1 and len(receiver.received) == 1
+
+
+async def test_closing_stops_a_delivery_waiting_for_its_retry_and_keeps_it_pending(
+    make_sessions, data_paths, receiver
+):
+    receiver.answers = [503]
+    sessions = make_sessions()
+    pending = WebhookDelivery(receiver.url, DeliveryState.PENDING, pending_since=utcnow())
+    ended = await sessions.create(
+        new_session(data_paths, status=SessionStatus.FAILED, webhook=pending)
+    )
+    claims = MemoryDeliveryClaims()
+    deliverer = WebhookDeliverer(
+        sessions, SECRET, claims=claims, allow_private=True, first_retry_seconds=3600
+    )
+    await deliverer.start()
+    assert await eventually(lambda: len(receiver.received) == 1)
+    await asyncio.wait_for(deliverer.close(), WAIT_SECONDS)
+    delivery = (await sessions.get(ended.id)).webhook
+    assert delivery is not None and delivery.state is DeliveryState.PENDING
+    assert delivery.attempts == 1
+    assert await claims.take(ended.id), "the claim was let go for the next owner"

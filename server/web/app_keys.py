@@ -1,8 +1,12 @@
-"""Every `web.AppKey` of the application, in one place (no module globals hold state)."""
+"""Every `web.AppKey` of the application, in one place (no module globals hold state).
+
+An HTTP-edge concern: the app factory fills them and the handlers read them; `jobs` and
+`state` never see the application.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -13,6 +17,7 @@ from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventLog
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
+from server.web.bodies import Endpoint
 from server.web.uploads import UploadSlots
 
 if TYPE_CHECKING:
@@ -28,3 +33,6 @@ UPLOADS = web.AppKey("uploads", UploadSlots)
 PROBES = web.AppKey("probes", ProbeService)
 WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+# Made from the route table when the routes are registered: the document and the index.
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
