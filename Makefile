@@ -53,10 +53,15 @@ bench-model: $(STAMP)
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m bench.demo
 
+# Style, layers (import-linter's contracts in setup.cfg) and types; CI runs it before the tests.
+LINT_PATHS := server inference_worker protocol client tests bench
+
 lint: $(STAMP)
-	$(PY) -m ruff check server inference_worker protocol tests bench
-	$(PY) -m ruff format --check server inference_worker protocol tests bench
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -101,7 +101,7 @@ def api_error(status: int, reason: str, body: Any, retry_after: str | None = Non
 
 
 @dataclass(frozen=True)
-class ServerEvent:
+class StreamEvent:
     """One server-sent event: its id, name and decoded JSON data."""
 
     id: str | None
@@ -198,7 +198,7 @@ class ApiClient:
     async def cancel(self, session_id: str) -> dict:
         return await self._json("POST", f"{API}/cancel/{_segment(session_id)}")
 
-    async def events(self, session_id: str) -> AsyncIterator[ServerEvent]:
+    async def events(self, session_id: str) -> AsyncIterator[StreamEvent]:
         """The session's events up to its terminal one, resuming a dropped stream without loss."""
         url = f"{self.url}{API}/events/{_segment(session_id)}"
         timeout = aiohttp.ClientTimeout(
@@ -258,14 +258,14 @@ async def _error_from(response: aiohttp.ClientResponse) -> ClientError:
     )
 
 
-async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[ServerEvent]:
+async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[StreamEvent]:
     """Server-sent events from a response body (the WHATWG event-stream format)."""
     event_id, name, data = None, "message", []
     async for raw in stream:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
             if data:
-                yield ServerEvent(event_id, name, json.loads("\n".join(data)))
+                yield StreamEvent(event_id, name, json.loads("\n".join(data)))
             event_id, name, data = None, "message", []
             continue
         field, _, value = line.partition(":")
@@ -349,7 +349,7 @@ class ProgressDisplay:
 async def watch(client: ApiClient, session_id: str, out: TextIO) -> str:
     """Show the session's progress and partial items until it ends; the terminal event's name."""
     display = ProgressDisplay(out)
-    terminal: ServerEvent | None = None
+    terminal: StreamEvent | None = None
     try:
         async with contextlib.aclosing(client.events(session_id)) as events:
             async for event in events:
@@ -367,7 +367,7 @@ async def watch(client: ApiClient, session_id: str, out: TextIO) -> str:
     if terminal is None:
         # The stream said 204: it had already ended; the status route tells how.
         body = await client.status(session_id)
-        terminal = ServerEvent(None, body["status"], body)
+        terminal = StreamEvent(None, body["status"], body)
     if terminal.name == "failed":
         reason = terminal.data.get("error") or "no reason given"
         print(f"Analysis failed: {reason}", file=out, flush=True)

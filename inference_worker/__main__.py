@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import uuid
+from typing import TYPE_CHECKING
 
 from inference_worker.channel import (
     EXIT_TERMINATED,
@@ -45,6 +46,10 @@ from protocol import (
     parse_analysis_type,
     parse_params_json,
 )
+
+if TYPE_CHECKING:
+    # Imported where used: the job's modules bring mlx_vlm, which a probe never needs.
+    from inference_worker.job import ModelSlot
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -133,7 +138,7 @@ def _run(channel: EventChannel, args: argparse.Namespace) -> int:
     return EXIT_OK if isinstance(terminal, Result) else EXIT_FAILED
 
 
-def _preload(channel: EventChannel, models, model: str) -> None:
+def _preload(channel: EventChannel, models: ModelSlot, model: str) -> None:
     """Load the model before the job arrives and tell the server whether it could.
 
     A failure is reported again, as the job's error, when the job runs.

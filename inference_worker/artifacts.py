@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -22,11 +23,12 @@ from av.container import InputContainer, OutputContainer
 from inference_worker.channel import removed_if_killed
 from inference_worker.video import (
     CORRUPT,
-    InvalidVideo,
+    UnusableVideo,
     VideoReader,
     probe,
     scaled_size,
     stream_origin,
+    time_base,
     video_stream,
 )
 from protocol import VideoInfo
@@ -39,7 +41,9 @@ REEL_MAX_EDGE = 1280
 REEL_MAX_FPS = 30
 REEL_KEYFRAME_SECONDS = 2
 # Encoders browsers play in MP4, best first, with settings tuned for speed at good quality.
-REEL_VIDEO_ENCODERS: dict[str, dict[str, str]] = {
+# Named as literals so that PyAV knows the stream added for one is a video stream.
+ReelEncoder = Literal["libx264", "h264_videotoolbox", "libopenh264", "libsvtav1"]
+REEL_VIDEO_ENCODERS: dict[ReelEncoder, dict[str, str]] = {
     "libx264": {"preset": "veryfast", "crf": "23"},
     "h264_videotoolbox": {"b": "4M"},
     "libopenh264": {"b": "4M"},
@@ -116,7 +120,7 @@ def write_reel(
     return float(frames_written / fps)
 
 
-def pick_video_encoder(available: Collection[str]) -> str:
+def pick_video_encoder(available: Collection[str]) -> ReelEncoder:
     """The first of REEL_VIDEO_ENCODERS that `available` (codec names) offers as an encoder."""
     for name in REEL_VIDEO_ENCODERS:
         if name in available:
@@ -193,7 +197,7 @@ def _encode_reel(
 ) -> int:
     """Encode the spans' frames, with audio interleaved in time order; the frame count."""
     audio_frames = _reel_audio_frames(video_path, spans, fps, audio) if audio else iter(())
-    pending_audio = next(audio_frames, None)
+    pending_audio = next(audio_frames, None)  # (its time in the reel, the frame)
     written = 0
     with VideoReader(video_path, max_edge=max(width, height)) as reader:
         for start, count in spans:
@@ -206,13 +210,14 @@ def _encode_reel(
                 out.mux(video.encode(frame))
                 written += 1
                 # Audio up to the end of this frame keeps the file interleaved for streaming.
-                while pending_audio is not None and pending_audio.time < written / fps:
-                    out.mux(audio.encode(pending_audio))
+                while pending_audio is not None and pending_audio[0] < written / fps:
+                    assert audio is not None  # audio frames come only with an audio stream
+                    out.mux(audio.encode(pending_audio[1]))
                     pending_audio = next(audio_frames, None)
     out.mux(video.encode(None))
     if audio is not None:
         while pending_audio is not None:
-            out.mux(audio.encode(pending_audio))
+            out.mux(audio.encode(pending_audio[1]))
             pending_audio = next(audio_frames, None)
         out.mux(audio.encode(None))
     return written
@@ -220,9 +225,9 @@ def _encode_reel(
 
 def _reel_audio_frames(
     video_path: Path | str, spans: list[tuple[float, int]], fps: Fraction, audio: AudioStream
-) -> Iterator[av.AudioFrame]:
+) -> Iterator[tuple[float, av.AudioFrame]]:
     """The spans' sound as AAC-sized frames, each span cut to its video's length, so the
-    picture and the sound of every span start together."""
+    picture and the sound of every span start together; each with its time in the reel."""
     rate, layout = audio.sample_rate, audio.layout.name
     channels = audio.channels
     buffered: list[np.ndarray] = []
@@ -241,7 +246,8 @@ def _reel_audio_frames(
                 buffered_samples += chunk.shape[1]
                 while buffered_samples >= AAC_FRAME_SAMPLES:
                     joined = np.concatenate(buffered, axis=1)
-                    yield _audio_frame(joined[:, :AAC_FRAME_SAMPLES], emitted, rate, layout)
+                    frame = _audio_frame(joined[:, :AAC_FRAME_SAMPLES], emitted, rate, layout)
+                    yield emitted / rate, frame
                     emitted += AAC_FRAME_SAMPLES
                     buffered = [joined[:, AAC_FRAME_SAMPLES:]]
                     buffered_samples -= AAC_FRAME_SAMPLES
@@ -249,7 +255,7 @@ def _reel_audio_frames(
         tail = np.concatenate(buffered, axis=1)
         padded = np.zeros((channels, AAC_FRAME_SAMPLES), np.float32)
         padded[:, : tail.shape[1]] = tail
-        yield _audio_frame(padded, emitted, rate, layout)
+        yield emitted / rate, _audio_frame(padded, emitted, rate, layout)
 
 
 def _span_samples(
@@ -264,7 +270,7 @@ def _span_samples(
     """Exactly `wanted` samples from `start` s on, planar float32, padded with silence."""
     stream = _audio_stream(source)
     try:
-        offset = round((start - _AUDIO_PREROLL_SECONDS + origin) / stream.time_base)
+        offset = round((start - _AUDIO_PREROLL_SECONDS + origin) / time_base(stream))
         source.seek(offset, stream=stream, backward=True)
         resampler = av.AudioResampler(format=_AUDIO_FORMAT, layout=layout, rate=rate)
         cursor: float | None = None  # the time of the next resampled sample
@@ -286,7 +292,7 @@ def _span_samples(
                     if given >= wanted:
                         return
     except av.FFmpegError as error:
-        raise InvalidVideo(CORRUPT) from error
+        raise UnusableVideo(CORRUPT) from error
     if given < wanted:
         yield np.zeros((channels, wanted - given), np.float32)
 

@@ -26,7 +26,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import NoReturn, TextIO
 
 from protocol import Event, encode_event
 
@@ -76,7 +77,7 @@ def install_sigterm_handler() -> threading.Thread:
     os.set_blocking(write_fd, False)  # the C handler must never block on a full pipe
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
-    def on_sigterm(signum, frame):
+    def on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
         # Further SIGTERMs during unwinding must not interrupt the cleanup they asked for.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()

@@ -24,6 +24,11 @@ import os
 import site
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    # Only for annotations: MLX may be imported only after use_fast_blas has run.
+    from mlx import nn
 
 log = logging.getLogger("inference_worker")
 
@@ -110,7 +115,7 @@ def _bundled_openblas() -> list[str]:
     ]
 
 
-def cast_for_host(model) -> str:
+def cast_for_host(model: nn.Module) -> str:
     """Cast `model`'s floating weights to what is fastest on this host; say what was done.
 
     On the CPU, fp32 products go through BLAS and bf16/fp16 ones do not (measured 100 vs
@@ -119,11 +124,9 @@ def cast_for_host(model) -> str:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    floating = {
-        value.dtype
-        for _, value in tree_flatten(model.parameters())
-        if mx.issubdtype(value.dtype, mx.floating)
-    }
+    # tree_flatten is typed as a list or a dict (a dict only into a dict `destination`).
+    parameters = cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters()))
+    floating = {value.dtype for _, value in parameters if mx.issubdtype(value.dtype, mx.floating)}
     shipped = "/".join(sorted(str(dtype).removeprefix("mlx.core.") for dtype in floating))
     if mx.default_device() != mx.cpu:
         return f"GPU, {shipped} weights as shipped"

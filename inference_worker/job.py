@@ -22,7 +22,7 @@ from inference_worker.judging import describe as describe_batching
 from inference_worker.model import ModelUnavailable, SmolVLM, load_model
 from inference_worker.prefetch import prefetched
 from inference_worker.timeline import SegmentFrames, frame_times, overview_times, plan_segments
-from inference_worker.video import InvalidVideo, VideoReader, probe
+from inference_worker.video import UnusableVideo, VideoReader, probe
 from inference_worker.workout import analyze_workout
 from protocol import (
     AnalysisType,
@@ -144,7 +144,7 @@ def run_job(spec: JobSpec, emit: Callable[[Event], None], models: ModelSlot) -> 
         emit(Log(LogLevel.INFO, model.totals.since(totals_before)))
     except ParamsError as exc:
         return Error(ErrorCode.INVALID_PARAMS.value, str(exc))
-    except InvalidVideo as exc:
+    except UnusableVideo as exc:
         return Error(ErrorCode.INVALID_VIDEO.value, str(exc))
     except ModelUnavailable as exc:
         return Error(ErrorCode.MODEL_UNAVAILABLE.value, str(exc))

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from protocol import looks_like_hf_id, model_display_name
 
@@ -107,9 +107,13 @@ class SmolVLM:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         images = list(frames)
-        # One <image> marker per frame: the processor refuses a count mismatch.
-        formatted = apply_chat_template(
-            self._processor, self._model.config, prompt, num_images=len(images)
+        # One <image> marker per frame: the processor refuses a count mismatch. Typed as
+        # text or messages; without return_messages it is the rendered text.
+        formatted = cast(
+            str,
+            apply_chat_template(
+                self._processor, self._model.config, prompt, num_images=len(images)
+            ),
         )
         # mlx_vlm reports the process-wide peak; reset it so the figure is this call's.
         mx.reset_peak_memory()
@@ -118,7 +122,8 @@ class SmolVLM:
             self._model,
             self._processor,
             formatted,
-            image=images or None,
+            # Declared as paths only; mlx_vlm's load_image takes PIL images as they are.
+            image=images or None,  # type: ignore[arg-type]
             max_tokens=max_tokens,
             temperature=0.0,
             verbose=False,

@@ -8,7 +8,7 @@ max(decode, model) instead of their sum.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -16,7 +16,9 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
-def prefetched(produce: Callable[[T], U], items: Iterable[T], ahead: int = 1) -> Iterator[U]:
+def prefetched(
+    produce: Callable[[T], U], items: Iterable[T], ahead: int = 1
+) -> Generator[U, None, None]:
     """Yield `produce(item)` for each item, computing up to `ahead` more while the caller works.
 
     `produce` runs in one background thread, in order, one call at a time (a video reader

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from inference_worker.channel import EventChannel
 
 # Imported as the process starts (PyAV takes a while), not on the first upload.
-from inference_worker.video import InvalidVideo, probe
+from inference_worker.video import UnusableVideo, probe
 from protocol import (
     Error,
     ErrorCode,
@@ -51,7 +51,7 @@ def answer(request: ProbeRequest) -> Result | Error:
     """
     try:
         info = probe(request.path, request.filename or os.path.basename(request.path))
-    except InvalidVideo as exc:
+    except UnusableVideo as exc:
         return Error(ErrorCode.INVALID_VIDEO.value, str(exc))
     except Exception as exc:
         log.exception("probe of %s failed unexpectedly", request.path)

@@ -390,7 +390,7 @@ def _json_strings(text: str) -> list[str] | None:
 
 
 def _list_lines(text: str) -> list[str]:
-    lines = []
+    lines: list[str] = []
     for line in text.splitlines():
         lines.extend(piece for piece in _INLINE_ITEM.split(line) if piece.strip())
     lines = [_BULLET.sub("", line).strip(_BRACKETS) for line in lines]

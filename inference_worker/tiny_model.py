@@ -18,6 +18,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict, cast
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # The real SmolVLM2 chat template (transformers' SmolVLM DEFAULT_CHAT_TEMPLATE).
 CHAT_TEMPLATE = (
@@ -76,7 +80,19 @@ class ModelSize:
 
 # SigLIP-B/16 at 512 px, pixel shuffle 4 (64 tokens per frame), SmolLM2 text models: the
 # dimensions of HuggingFaceTB/SmolVLM2-{256M,500M}-Video-Instruct (507.5 M parameters at 500m).
-_SIGLIP_B16_512 = {
+class _VisionDims(TypedDict):
+    vision_hidden: int
+    vision_intermediate: int
+    vision_heads: int
+    vision_layers: int
+    image_size: int
+    patch_size: int
+    scale_factor: int
+    vocab_size: int | None
+    dtype: str
+
+
+_SIGLIP_B16_512: _VisionDims = {
     "vision_hidden": 768,
     "vision_intermediate": 3072,
     "vision_heads": 12,
@@ -139,7 +155,7 @@ CORPUS = (
 )
 
 
-def _train_tokenizer():
+def _train_tokenizer() -> Tokenizer:
     """A byte-level BPE like SmolLM2's (digits split one by one), trained on `CORPUS`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -163,7 +179,7 @@ def _train_tokenizer():
     return tokenizer
 
 
-def _silenced_token_ids(tokenizer) -> list[int]:
+def _silenced_token_ids(tokenizer: Tokenizer) -> list[int]:
     """Ids a random reply should never contain.
 
     Kept: a space and a whole corpus word, a digit, or punctuation. Silenced: special tokens
@@ -234,7 +250,9 @@ def _random_weights(config: dict, seed: int, silenced_ids: list[int]) -> dict:
     model_config.vision_config = smolvlm.VisionConfig.from_dict(config["vision_config"])
     model = smolvlm.Model(model_config)
 
-    shapes = sorted(tree_flatten(model.parameters()), key=lambda item: item[0])
+    # tree_flatten is typed as a list or a dict (a dict only into a dict `destination`).
+    parameters = cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters()))
+    shapes = sorted(parameters, key=lambda item: item[0])
     keys = mx.random.split(mx.random.key(seed), len(shapes))
     weights = {}
     for key, (name, value) in zip(keys, shapes, strict=True):
@@ -310,8 +328,8 @@ def build_tiny_model(
     tokenizer = _train_tokenizer()
     token_count = tokenizer.get_vocab_size(with_added_tokens=True)
     vocab_size = dims.vocab_size or token_count
-    image_token_id = tokenizer.token_to_id("<image>")
-    eos_token_id = tokenizer.token_to_id("<end_of_utterance>")
+    image_token_id = _special_token_id(tokenizer, "<image>")
+    eos_token_id = _special_token_id(tokenizer, "<end_of_utterance>")
     config = _model_config(dims, vocab_size, image_token_id, eos_token_id)
     # Rows past the tokenizer's tokens (a real-size vocabulary) decode to nothing: silenced.
     silenced = _silenced_token_ids(tokenizer) + list(range(token_count, vocab_size))
@@ -335,7 +353,15 @@ def build_tiny_model(
     return directory
 
 
-def _answer_ids(tokenizer, answer: str) -> list[int]:
+def _special_token_id(tokenizer: Tokenizer, token: str) -> int:
+    """The id of one of SPECIAL_TOKENS, which the training put in the vocabulary."""
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise ValueError(f"the trained tokenizer lacks the special token {token}")
+    return token_id
+
+
+def _answer_ids(tokenizer: Tokenizer, answer: str) -> list[int]:
     """The token ids of a steered answer; ValueError if steering cannot give exactly it."""
     ids = tokenizer.encode(answer).ids
     # The chat template ends every prompt with "Assistant:"; a ":" in the answer would

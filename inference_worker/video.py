@@ -1,7 +1,7 @@
 """Video input with PyAV: probe an upload, and decode the frames shown at chosen times.
 
 `probe` decides whether a file is a usable video and reports its facts; every way a file can
-be unusable ends as `InvalidVideo`, whose message is shown to API clients. `VideoReader`
+be unusable ends as `UnusableVideo`, whose message is shown to API clients. `VideoReader`
 decodes as little as it can: it decodes forward through dense requests and seeks to the
 preceding keyframe across sparse gaps, deciding gap by gap.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +24,7 @@ from PIL import Image
 from protocol import VideoInfo
 
 EMPTY = "the file is empty"
-UNREADABLE = "not a video file, or one too damaged to read"
+NOT_A_VIDEO = "not a video file, or one too damaged to read"
 NO_VIDEO = "not a video file (no video stream)"
 STILL_IMAGE = "a still image, not a video"
 CORRUPT = "the video is truncated or corrupt"
@@ -55,7 +55,7 @@ _TO_UPRIGHT = {
 }
 
 
-class InvalidVideo(Exception):
+class UnusableVideo(Exception):
     """The file cannot be used as a video; the message says why, in words fit for a client."""
 
 
@@ -77,7 +77,7 @@ class DecodedFrame:
 
 
 def probe(path: Path | str, filename: str = "") -> VideoInfo:
-    """The facts of the video at `path`, or InvalidVideo if it is not a usable video.
+    """The facts of the video at `path`, or UnusableVideo if it is not a usable video.
 
     Decodes the first frame, and rejects a truncated upload whose header survived: its index
     (MP4's sample table) points past the end of the file, or its packets stop well short of
@@ -87,20 +87,20 @@ def probe(path: Path | str, filename: str = "") -> VideoInfo:
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
-        raise InvalidVideo(EMPTY)
+        raise UnusableVideo(EMPTY)
     with _open(path) as container:
         stream = video_stream(container)
         try:
             first = next(_decode(container, stream), None)
             if first is None:
-                raise InvalidVideo(CORRUPT)
+                raise UnusableVideo(CORRUPT)
             _check_indexed_data_present(container, size)
             duration = _checked_duration(container, stream)
         except av.FFmpegError as error:
-            raise InvalidVideo(CORRUPT) from error
+            raise UnusableVideo(CORRUPT) from error
         if duration <= 0:
             # One frame and no length: a picture in a video container (a one-frame GIF, say).
-            raise InvalidVideo(STILL_IMAGE)
+            raise UnusableVideo(STILL_IMAGE)
         width, height = _square_pixel_size(first.width, first.height, _pixel_aspect(stream))
         rotation = clockwise_rotation(first)
         if rotation in (90, 270):
@@ -134,7 +134,7 @@ class VideoReader:
         self._closed = False
         self._open()
         self._seekable = True
-        self._decoded: Iterator[av.VideoFrame] | None = None
+        self._decoded: Generator[av.VideoFrame, None, None] | None = None
         self._held: DecodedFrame | None = None  # the latest frame at or before the last target
         self._following: DecodedFrame | None = None  # decoded already, after the last target
         self._at_end = False
@@ -169,7 +169,7 @@ class VideoReader:
             for decoded in self.decoded_at(times)
         ]
 
-    def decoded_at(self, times: Sequence[float]) -> Iterator[DecodedFrame]:
+    def decoded_at(self, times: Sequence[float]) -> Generator[DecodedFrame, None, None]:
         """Like `frames_at`, lazily, as the decoder's own frames: full size, not rotated."""
         previous = -math.inf
         for time in times:
@@ -182,7 +182,7 @@ class VideoReader:
                 try:
                     decoded = self._frame_at(max(0.0, time))
                 except av.FFmpegError as error:
-                    raise InvalidVideo(CORRUPT) from error
+                    raise UnusableVideo(CORRUPT) from error
             yield decoded
 
     def _frame_at(self, time: float) -> DecodedFrame:
@@ -194,7 +194,7 @@ class VideoReader:
             if decoded is None:
                 self._at_end = True
                 if self._held is None:
-                    raise InvalidVideo(CORRUPT)
+                    raise UnusableVideo(CORRUPT)
                 break
             if decoded.time > time + _TIME_EPSILON:
                 if self._held is None:
@@ -236,7 +236,7 @@ class VideoReader:
         index = self._keyframes.search_timestamp(self._pts(time - self._index_lead), backward=True)
         if index < 0:
             return False
-        keyframe_time = float(self._keyframes[index].timestamp * self._stream.time_base)
+        keyframe_time = float(self._keyframes[index].timestamp * self._time_base)
         return keyframe_time - self._origin + self._index_lead - position > _SEEK_MIN_SKIP_SECONDS
 
     def _seek(self, time: float) -> None:
@@ -263,6 +263,7 @@ class VideoReader:
     def _open(self) -> None:
         self._container, self._stream = _open_video(self._path)
         self._origin = stream_origin(self._stream)
+        self._time_base = time_base(self._stream)
         # Kept here: images are made outside the lock, where the stream may be closed under us.
         self._pixel_aspect = _pixel_aspect(self._stream)
         self._frame_step = 1.0 / float(self._stream.guessed_rate or _FALLBACK_FPS)
@@ -273,7 +274,7 @@ class VideoReader:
         # the B-frame reorder delay (its seeks allow for that): the first entry shows how much.
         self._index_lead = 0.0
         if self._keyframes is not None:
-            first = float(entries[0].timestamp * self._stream.time_base)
+            first = float(entries[0].timestamp * self._time_base)
             self._index_lead = max(0.0, self._origin - first)
 
     def _restart(self) -> None:
@@ -300,11 +301,15 @@ class VideoReader:
         else:
             latest = self._following or self._held
             time = 0.0 if latest is None else latest.end or latest.time + self._frame_step
-        end = time + float(frame.duration * frame.time_base) if frame.duration else None
+        end = (
+            time + float(frame.duration * frame.time_base)
+            if frame.duration and frame.time_base
+            else None
+        )
         return DecodedFrame(time, end, frame)
 
     def _pts(self, time: float) -> int:
-        return round((time + self._origin) / self._stream.time_base)
+        return round((time + self._origin) / self._time_base)
 
     def _to_image(self, frame: av.VideoFrame) -> Image.Image:
         size = _square_pixel_size(frame.width, frame.height, self._pixel_aspect)
@@ -334,28 +339,28 @@ def scaled_size(width: int, height: int, max_edge: int) -> tuple[int, int]:
 
 
 def video_stream(container: InputContainer) -> VideoStream:
-    """The container's first real video stream, or InvalidVideo.
+    """The container's first real video stream, or UnusableVideo.
 
     Cover art in an audio file is a video stream too, flagged as an attached picture.
     """
     name = container.format.name
     if name in _STILL_IMAGE_FORMATS or name.endswith("_pipe"):
-        raise InvalidVideo(STILL_IMAGE)
+        raise UnusableVideo(STILL_IMAGE)
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             if stream.codec_context is None:
-                raise InvalidVideo(UNSUPPORTED_CODEC)
+                raise UnusableVideo(UNSUPPORTED_CODEC)
             return stream
-    raise InvalidVideo(NO_VIDEO)
+    raise UnusableVideo(NO_VIDEO)
 
 
 def _open(path: Path) -> InputContainer:
     try:
         return av.open(str(path), metadata_errors="replace")
     except av.error.EOFError as error:
-        raise InvalidVideo(CORRUPT) from error
+        raise UnusableVideo(CORRUPT) from error
     except av.FFmpegError as error:
-        raise InvalidVideo(UNREADABLE) from error
+        raise UnusableVideo(NOT_A_VIDEO) from error
 
 
 def _open_video(path: Path) -> tuple[InputContainer, VideoStream]:
@@ -369,18 +374,18 @@ def _open_video(path: Path) -> tuple[InputContainer, VideoStream]:
     return container, stream
 
 
-def _decode(container: InputContainer, stream: VideoStream) -> Iterator[av.VideoFrame]:
+def _decode(container: InputContainer, stream: VideoStream) -> Generator[av.VideoFrame, None, None]:
     # demux() ends with empty packets that flush the frames the decoder still holds.
     for packet in container.demux(stream):
         yield from packet.decode()
 
 
 def _check_indexed_data_present(container: InputContainer, size: int) -> None:
-    """InvalidVideo if the index (MP4's sample table) points past the end of the file."""
+    """UnusableVideo if the index (MP4's sample table) points past the end of the file."""
     for stream in container.streams:
         for entry in stream.index_entries:
             if entry.pos >= 0 and entry.pos + entry.size > size:
-                raise InvalidVideo(CORRUPT)
+                raise UnusableVideo(CORRUPT)
 
 
 def _declared_duration(container: InputContainer, stream: VideoStream) -> float | None:
@@ -397,7 +402,7 @@ def _checked_duration(container: InputContainer, stream: VideoStream) -> float:
     Only the tail is read: a seek to the last keyframe, then demuxing (no decoding) to the end.
     """
     declared = _declared_duration(container, stream)
-    if declared is not None:
+    if declared is not None and stream.time_base:
         try:
             offset = round((declared + stream_origin(stream)) / stream.time_base)
             container.seek(offset, stream=stream, backward=True)
@@ -407,7 +412,7 @@ def _checked_duration(container: InputContainer, stream: VideoStream) -> float:
     if declared is None:
         return end
     if end < declared - max(_MISSING_TAIL_TOLERANCE_SECONDS, 0.01 * declared):
-        raise InvalidVideo(CORRUPT)
+        raise UnusableVideo(CORRUPT)
     return declared
 
 
@@ -420,7 +425,7 @@ def _packets_end(container: InputContainer, stream: VideoStream) -> float:
     untimed = 0.0
     for packet in container.demux():
         if packet.pts is not None and packet.time_base:
-            end = max(end, float((packet.pts + packet.duration) * packet.time_base))
+            end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
         elif packet.stream is stream and packet.size:
             if packet.duration and packet.time_base:
                 untimed += float(packet.duration * packet.time_base)
@@ -446,6 +451,14 @@ def stream_origin(stream: VideoStream) -> float:
     if stream.start_time is None or not stream.time_base:
         return 0.0
     return float(stream.start_time * stream.time_base)
+
+
+def time_base(stream: av.stream.Stream) -> Fraction:
+    """The stream's unit of timestamps. FFmpeg's demuxers give every stream one, so a
+    stream without it is a damaged file: UnusableVideo."""
+    if not stream.time_base:
+        raise UnusableVideo(CORRUPT)
+    return stream.time_base
 
 
 def _pixel_aspect(stream: VideoStream) -> Fraction:

@@ -28,7 +28,7 @@ from protocol.messages import (
     encode_job,
     is_terminal,
 )
-from protocol.models import looks_like_hf_id, model_display_name
+from protocol.model_names import looks_like_hf_id, model_display_name
 from protocol.params import (
     SCHEMAS,
     ParamsError,

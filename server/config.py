@@ -19,12 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from protocol import DEFAULT_MODEL
-from server.jobs.probe import PROBE_TIMEOUT
-
-SERVICE_NAME = "smolvlm-video-server"
-# Kept equal to setup.cfg's version (a test checks it): the service is often run from a
-# checkout that was never pip-installed, so package metadata cannot be relied on.
-VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -59,7 +53,9 @@ class Config:
     worker_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker")
     # Not settings an operator needs; tests point them at fixture scripts or shorten them.
     probe_command: tuple[str, ...] = (sys.executable, "-m", "inference_worker", "--probe-service")
-    probe_timeout_seconds: float = PROBE_TIMEOUT
+    # Reading a container's headers and one frame takes well under a second; a file that
+    # holds the demuxer longer than this is hostile or broken.
+    probe_timeout_seconds: float = 30.0
     sse_ping_seconds: float = 15.0
     disconnect_poll_seconds: float = 0.5
 

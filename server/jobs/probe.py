@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 
@@ -34,27 +33,27 @@ from server.state.models import InvalidVideo, RunnerClosed
 
 log = logging.getLogger(__name__)
 
-PROBE_COMMAND = (sys.executable, "-m", "inference_worker", "--probe-service")
-# Reading a container's headers and one frame takes well under a second; a file that
-# holds the demuxer longer than this is hostile or broken.
-PROBE_TIMEOUT = 30.0
-# Two, so that one file hanging a probe for PROBE_TIMEOUT does not hold up every other
+# Two, so that one file hanging a probe for its whole timeout does not hold up every other
 # upload; each idle process costs only an interpreter with PyAV imported.
 PROBE_PROCESSES = 2
 # A probe's stdout ended: this lets its exit status and stderr arrive for the log line.
 PROBE_EXIT_GRACE = 2.0
-UNREADABLE = "Could not read the video"
+PROBE_FAILED = "Could not read the video"
 
 
 class ProbeService:
-    """`processes` probe processes; `probe` hands each file to an idle one."""
+    """`processes` probe processes; `probe` hands each file to an idle one.
+
+    `command` starts one probe process and `timeout` bounds its answer to one file (the
+    defaults of both are settings: `Config.probe_command`, `Config.probe_timeout_seconds`).
+    """
 
     def __init__(
         self,
-        command: Sequence[str] = PROBE_COMMAND,
+        command: Sequence[str],
         *,
+        timeout: float,
         processes: int = PROBE_PROCESSES,
-        timeout: float = PROBE_TIMEOUT,
         env: Mapping[str, str] | None = None,
     ) -> None:
         if processes < 1:
@@ -138,7 +137,7 @@ class _Prober:
             answer = await asyncio.wait_for(self._ask(worker, events, request), self._timeout)
         except asyncio.TimeoutError:
             self._replace(f"gave no answer within {self._timeout:g} s")
-            raise InvalidVideo(f"{UNREADABLE}: it took longer than {self._timeout:g} s") from None
+            raise InvalidVideo(f"{PROBE_FAILED}: it took longer than {self._timeout:g} s") from None
         except BaseException:
             # Cancelled mid-request (the client left): its answer would be read as the
             # next file's, so this process goes.
@@ -146,21 +145,21 @@ class _Prober:
             raise
         if isinstance(answer, InvalidLine):
             self._replace(f"printed a line that is not an event ({answer.reason})")
-            raise InvalidVideo(UNREADABLE)
+            raise InvalidVideo(PROBE_FAILED)
         if answer is None:
             await worker.wait(PROBE_EXIT_GRACE)
             self._replace(f"ended on a file: {worker.describe_exit()}")
-            raise InvalidVideo(UNREADABLE)
+            raise InvalidVideo(PROBE_FAILED)
         if isinstance(answer, Error):
             if answer.error == ErrorCode.INVALID_VIDEO.value:
                 raise InvalidVideo(answer.message)
             log.warning("%r could not probe a file: %s: %s", worker, answer.error, answer.message)
-            raise InvalidVideo(UNREADABLE)
+            raise InvalidVideo(PROBE_FAILED)
         try:
             return VideoInfo.from_dict(answer.results["video"])
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("%r answered an unusable result (%s)", worker, exc)
-            raise InvalidVideo(UNREADABLE) from None
+            raise InvalidVideo(PROBE_FAILED) from None
 
     async def close(self) -> None:
         self._closed = True

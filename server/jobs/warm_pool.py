@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
 
 from protocol import ModelReport
 from server.jobs.model_health import ModelHealth
@@ -90,7 +91,7 @@ class WarmPool:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(worker.terminate() for worker in idle))
 
-    def _spawn(self, coroutine, name: str) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

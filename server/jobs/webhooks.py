@@ -38,13 +38,13 @@ from aiohttp.resolver import ThreadedResolver
 from standardwebhooks import Webhook
 from yarl import URL
 
-from server.config import SERVICE_NAME, VERSION
 from server.jobs.webhook_claims import DeliveryClaims
 from server.state.bodies import StatusBody, status_body
 from server.state.models import SessionError, SessionNotFound, utcnow
 from server.state.redis_connection import StateUnavailable, raise_if_cancelling
 from server.state.sessions import Sessions
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+from server.version import SERVICE_NAME, VERSION
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

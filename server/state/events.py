@@ -37,7 +37,8 @@ MAX_BACKLOG = 500
 
 @dataclass(frozen=True)
 class ServerEvent:
-    """One event of a session: `id` is its place in the session's log, `name` the SSE event."""
+    """One event of a session: `id` is its place in the session's log, `name` what it is
+    (`status`, `partial`, or the terminal `completed`, `failed`, `cancelled`)."""
 
     id: int
     name: str
@@ -49,10 +50,9 @@ class ServerEvent:
         return self.name in TERMINAL_EVENT_NAMES
 
     @functools.cached_property
-    def sse_frame(self) -> bytes:
-        """The event as a server-sent-events frame, built once for all its subscribers."""
-        data = json.dumps(self.data, separators=(",", ":"), allow_nan=False)
-        return f"id: {self.id}\r\nevent: {self.name}\r\ndata: {data}\r\n\r\n".encode()
+    def data_json(self) -> bytes:
+        """`data` as compact JSON, encoded once for all of the event's subscribers."""
+        return json.dumps(self.data, separators=(",", ":"), allow_nan=False).encode()
 
 
 class EventLog(Protocol):
@@ -203,9 +203,9 @@ class EventHub:
     ) -> AsyncGenerator[ServerEvent, None]:
         if self._closed:
             return
-        for event in first:
-            yield event
-            if event.is_terminal:
+        for current in first:
+            yield current
+            if current.is_terminal:
                 return
         while not self._closed:
             changed = channel.changed  # taken before looking, so no wake-up is missed

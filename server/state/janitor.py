@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from server.state.models import SessionStatus, utcnow
-from server.state.paths import DataPaths
+from server.state.paths import FileLocations
 from server.state.sessions import Sessions
 
 log = logging.getLogger("server.state.janitor")
@@ -41,7 +41,7 @@ class Janitor:
     def __init__(
         self,
         sessions: Sessions,
-        paths: DataPaths,
+        paths: FileLocations,
         ttl: timedelta,
         *,
         uploading: Callable[[str], bool],

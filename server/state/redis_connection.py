@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -50,7 +51,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def unavailable_as_busy(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def unavailable_as_busy(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn a lost Redis connection into `StateUnavailable` (503 + Retry-After)."""
 
     @functools.wraps(method)
@@ -69,7 +72,10 @@ def raise_if_cancelling() -> None:
     redis-py may turn a cancel that lands during a read into a connection error, and
     asyncio.wait_for (3.10, 3.11) can drop one that lands as its wait ends; a loop that
     only catches errors would then run forever. Loops call this where they go round.
+    Python 3.10 has no `Task.cancelling()`: there a swallowed cancel goes unseen.
     """
+    if sys.version_info < (3, 11):
+        return
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError()
@@ -126,7 +132,9 @@ async def redis_problem(url: str) -> str | None:
     return None
 
 
-def cluster_turn(client: aioredis.Redis, name: str, node_id: str, seconds: float):
+def cluster_turn(
+    client: aioredis.Redis, name: str, node_id: str, seconds: float
+) -> Callable[[], Awaitable[bool]]:
     """`turn()` for a periodic chore done once per cluster: True for one node per period.
 
     The first node to ask in a period takes a key that expires with the period, so if that

@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from protocol import model_display_name
-from server.config import SERVICE_NAME, VERSION
+from server.version import SERVICE_NAME, VERSION
 from server.web import app_keys as keys
 from server.web.bodies import Health, ServiceIndex, json_response
 

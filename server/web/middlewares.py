@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
 from aiohttp import hdrs, web
 
@@ -48,7 +49,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {
+        headers: dict[str, str] = {
             name: exc.headers[name]
             for name in (hdrs.ALLOW, hdrs.RETRY_AFTER, hdrs.WWW_AUTHENTICATE)
             if name in exc.headers
@@ -130,7 +131,9 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
-def api_key_middleware(api_key: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def api_key_middleware(
+    api_key: str,
+) -> Callable[[web.Request, Handler], Coroutine[Any, Any, web.StreamResponse]]:
     """Require `Authorization: Bearer <api_key>` everywhere but PUBLIC_PATHS and preflights."""
     expected = api_key.encode()
 

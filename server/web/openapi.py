@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from protocol import AnalysisType
-from server.config import SERVICE_NAME, VERSION
 from server.state.events import STATUS_EVENT_NAME, TERMINAL_EVENT_NAMES
+from server.version import SERVICE_NAME, VERSION
 from server.web.bodies import component_schemas
 from server.web.inputs import ACCESS_TOKEN_QUERY
 from server.web.sse import EVENT_ID_PATTERN

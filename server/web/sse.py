@@ -1,8 +1,8 @@
 """The events stream of a session: server-sent events over aiohttp-sse.
 
-Each hub event goes out as `id:`, `event:` and one JSON `data:` line (framed once per
-event, in `ServerEvent.sse_frame`); aiohttp-sse sets up the response and adds the comment
-pings that keep idle connections (and proxies) alive. The stream ends after
+Each hub event goes out as `id:`, `event:` and one JSON `data:` line (`sse_frame`, around
+the JSON the event encoded once for all its subscribers); aiohttp-sse sets up the response
+and adds the comment pings that keep idle connections (and proxies) alive. The stream ends after
 the terminal event, when the hub closes (server shutdown), or when the client leaves.
 """
 
@@ -71,10 +71,19 @@ async def stream_events(
     return stream
 
 
+def sse_frame(event: ServerEvent) -> bytes:
+    """The event as one server-sent-events frame: its id, its name and its data as JSON."""
+    return b"id: %d\r\nevent: %b\r\ndata: %b\r\n\r\n" % (
+        event.id,
+        event.name.encode(),
+        event.data_json,
+    )
+
+
 async def _forward(events: AsyncIterator[ServerEvent], stream: EventSourceResponse) -> None:
-    # Each event's frame is built once and written as is to every subscriber: with 1,000
-    # subscribers, EventSourceResponse.send's per-call framing and JSON doubled the delivery
-    # delay. A subscriber that stops reading is still cut off by the TCP user timeout
-    # aiohttp-sse sets on the socket.
+    # Each event's JSON is encoded once and only framed per subscriber (a bytes format, well
+    # under a microsecond), written as is: with 1,000 subscribers, EventSourceResponse.send's
+    # per-call framing and JSON doubled the delivery delay. A subscriber that stops reading
+    # is still cut off by the TCP user timeout aiohttp-sse sets on the socket.
     async for event in events:
-        await stream.write(event.sse_frame)
+        await stream.write(sse_frame(event))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from protocol import DEFAULT_MODEL
-from server.config import VERSION, Config
+from server.config import Config
+from server.version import VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 

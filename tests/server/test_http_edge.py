@@ -11,7 +11,7 @@ from aiohttp import web
 
 from protocol import model_display_name
 from server.app import create_app
-from server.config import VERSION
+from server.version import VERSION
 from tests.server.http_helpers import V1, make_config, start, upload_id, video_form
 
 # The whole v1 HTTP behaviour, on SQLite and on Redis.

@@ -44,7 +44,7 @@ async def test_a_file_that_breaks_the_probe_is_a_415_the_probe_is_replaced_and_u
     assert response.status == 415
     body = await response.json()
     assert body["error"] == "Unsupported media type"
-    assert body["message"].startswith(probe.UNREADABLE)
+    assert body["message"].startswith(probe.PROBE_FAILED)
     assert files_under(tmp_path / "data") == []
 
     broken = before - set(probes.pids)

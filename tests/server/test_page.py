@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import SERVICE_NAME
+from server.version import SERVICE_NAME
 from tests.media import write_text_file
 from tests.server.http_helpers import HTTP_WORKER, V1, start
 

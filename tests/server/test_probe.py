@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from protocol import VideoInfo
-from server.jobs.probe import UNREADABLE, ProbeService
+from server.config import Config
+from server.jobs.probe import PROBE_FAILED, ProbeService
 from server.state.models import InvalidVideo
 from tests.server.conftest import FAKE_PROBE, WAIT, dies, eventually, process_alive
 
@@ -28,6 +29,7 @@ async def make_service():
 
     async def make(**options) -> ProbeService:
         options.setdefault("processes", 1)
+        options.setdefault("timeout", Config.probe_timeout_seconds)
         service = ProbeService(options.pop("command", FAKE_SERVICE), **options)
         made.append(service)
         await service.start()
@@ -68,7 +70,7 @@ async def test_an_error_answer_is_invalid_video_with_the_probes_message(make_ser
 
 async def test_a_result_without_a_usable_video_is_invalid_video(make_service, files):
     service = await make_service()
-    with pytest.raises(InvalidVideo, match=f"^{UNREADABLE}$"):
+    with pytest.raises(InvalidVideo, match=f"^{PROBE_FAILED}$"):
         await service.probe(files("bad_result"), "match.mp4")
 
 
@@ -78,7 +80,7 @@ async def test_a_file_that_breaks_the_probe_is_invalid_video_and_the_probe_is_re
 ):
     service = await make_service()
     [old] = service.pids
-    with pytest.raises(InvalidVideo, match=f"^{UNREADABLE}$"):
+    with pytest.raises(InvalidVideo, match=f"^{PROBE_FAILED}$"):
         await service.probe(files(mode), "match.mp4")
     assert await dies(old)
     assert await service.probe(files("ok"), "match.mp4") == OK
@@ -97,7 +99,7 @@ async def test_a_probe_failure_is_logged_in_detail_and_shown_to_the_client_in_ge
 ):
     """An unforeseen error's text or a crash's stderr tail goes to the log, not the client."""
     service = await make_service()
-    with pytest.raises(InvalidVideo, match=f"^{UNREADABLE}$"):
+    with pytest.raises(InvalidVideo, match=f"^{PROBE_FAILED}$"):
         await service.probe(files(mode), "match.mp4")
     assert logged in caplog.text
 

@@ -13,7 +13,7 @@ import av
 import pytest
 
 from inference_worker import video
-from inference_worker.video import InvalidVideo, VideoReader, probe, sample_frames
+from inference_worker.video import UnusableVideo, VideoReader, probe, sample_frames
 from tests import media
 
 FPS = 10  # write_video's default
@@ -70,18 +70,18 @@ def test_probe_reads_other_containers(sample_video, tmp_path, container_format):
     assert info.has_audio is (container_format != "h264")
 
 
-# probe: every bad file is an InvalidVideo that says what is wrong
+# probe: every bad file is an UnusableVideo that says what is wrong
 
 
 BAD_FILES = {
     "zero bytes": (lambda tmp, src: media.write_zero_bytes(tmp / "empty.mp4"), video.EMPTY),
     "text renamed .mp4": (
         lambda tmp, src: media.write_text_file(tmp / "list.mp4"),
-        video.UNREADABLE,
+        video.NOT_A_VIDEO,
     ),
     "random bytes": (
         lambda tmp, src: media.write_random_bytes(tmp / "noise.mp4"),
-        video.UNREADABLE,
+        video.NOT_A_VIDEO,
     ),
     "audio only, .m4a": (lambda tmp, src: media.write_audio_only(tmp / "song.m4a"), video.NO_VIDEO),
     "audio only, .mp4": (lambda tmp, src: media.write_audio_only(tmp / "song.mp4"), video.NO_VIDEO),
@@ -112,14 +112,14 @@ BAD_FILES = {
 def test_every_bad_file_is_an_invalid_video_saying_why(sample_video, tmp_path, make_bad, message):
     """The message is the plain-words reason, with no server path and no FFmpeg jargon."""
     bad = make_bad(tmp_path, sample_video)
-    with pytest.raises(InvalidVideo) as info:
+    with pytest.raises(UnusableVideo) as info:
         probe(bad, "upload.mp4")
     assert str(info.value) == message
     assert str(tmp_path) not in str(info.value)
 
 
 def test_a_bad_file_is_refused_by_the_reader_too(tmp_path):
-    with pytest.raises(InvalidVideo, match="not a video file"):
+    with pytest.raises(UnusableVideo, match="not a video file"):
         VideoReader(media.write_text_file(tmp_path / "list.mp4"), 64)
 
 
@@ -277,7 +277,7 @@ def test_a_one_frame_gif_is_a_still_image_but_an_animated_gif_is_a_video(tmp_pat
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "one.gif")
-    with pytest.raises(InvalidVideo, match="still image"):
+    with pytest.raises(UnusableVideo, match="still image"):
         probe(tmp_path / "one.gif")
     frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(5)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=200)
