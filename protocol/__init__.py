@@ -4,10 +4,10 @@ Pure data and validation: no I/O, no aiohttp, no mlx. Both sides import this pac
 neither imports the other.
 """
 
+from protocol.analysis_type import AnalysisType
 from protocol.messages import (
     PARTIAL_ITEMS,
     TERMINAL_EVENTS,
-    AnalysisType,
     Error,
     ErrorCode,
     Event,

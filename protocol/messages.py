@@ -18,15 +18,9 @@ from typing import Any
 
 import msgspec
 
+from protocol.analysis_type import AnalysisType
 from protocol.results import HighlightFound, PartialItem, TimelineEntry, WorkoutSegment
 from protocol.video import VideoInfo
-
-
-class AnalysisType(str, Enum):
-    """The analyses a worker can run; the values are the wire strings."""
-
-    HIGHLIGHTS = "highlights"
-    WORKOUT = "workout"
 
 
 class ErrorCode(str, Enum):

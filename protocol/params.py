@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.messages import AnalysisType
+from protocol.analysis_type import AnalysisType
 
 
 class ParamsError(ValueError):

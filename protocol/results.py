@@ -16,12 +16,11 @@ JSON Schema is what the OpenAPI document serves.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
-if TYPE_CHECKING:  # messages imports this module: its enums are only named here
-    from protocol.messages import AnalysisType
+from protocol.analysis_type import AnalysisType
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, description="seconds from the video's start")]
 Clock = Annotated[str, msgspec.Meta(description='"mm:ss" or "hh:mm:ss", for display')]

@@ -6,7 +6,7 @@ An HTTP-edge concern: the app factory fills them and the handlers read them; `jo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -18,11 +18,8 @@ from server.state.events import EventLog
 from server.state.paths import DataPaths
 from server.state.sessions import Sessions
 from server.web.bodies import Endpoint
+from server.web.metrics import Metrics
 from server.web.upload_flow import UploadFlow, UploadSlots
-
-if TYPE_CHECKING:
-    # Typed by annotation only: server.web.metrics imports this module for its handler.
-    from server.web.metrics import Metrics
 
 CONFIG = web.AppKey("config", Config)
 PATHS = web.AppKey("paths", DataPaths)
@@ -33,7 +30,7 @@ UPLOADS = web.AppKey("uploads", UploadSlots)
 UPLOAD_FLOW = web.AppKey("upload_flow", UploadFlow)
 PROBES = web.AppKey("probes", ProbeService)
 WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+METRICS = web.AppKey("metrics", Metrics)
 # Made from the route table when the routes are registered: the document and the index.
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 ENDPOINTS = web.AppKey("endpoints", list[Endpoint])

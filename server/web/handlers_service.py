@@ -1,5 +1,5 @@
-"""Handlers about the service itself: the index (and page), its icon, health and the
-OpenAPI description."""
+"""Handlers about the service itself: the index (and page), its icon, health, metrics and
+the OpenAPI description."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from protocol import model_display_name
 from server.version import SERVICE_NAME, VERSION
 from server.web import app_keys as keys
 from server.web.bodies import Health, ServiceIndex, json_response
+from server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = STATIC / "index.html"
@@ -103,3 +104,10 @@ async def openapi(request: web.Request) -> web.Response:
 async def favicon(request: web.Request) -> web.FileResponse:
     """The service's icon, an SVG (browsers ask for /favicon.ico whatever the page links)."""
     return web.FileResponse(FAVICON, headers=_FAVICON_HEADERS)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: sessions by status, queue, running jobs, job times, upload bytes."""
+    app = request.app
+    body = await app[keys.METRICS].render(app[keys.SESSIONS], app[keys.RUNNER])
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

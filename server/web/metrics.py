@@ -10,12 +10,12 @@ bytes through the upload slots, as each chunk is written.
 
 from __future__ import annotations
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from server.jobs.runner import JobRunner
 from server.state.models import SessionStatus
-from server.web import app_keys as keys
+from server.state.sessions import Sessions
 
 NAMESPACE = "smolvlm"
 # Jobs take from seconds (a short clip) to an hour (MAX_VIDEO_SECONDS of footage).
@@ -73,21 +73,14 @@ class Metrics:
         """`size` more upload bytes were written to disk."""
         self.upload_bytes.inc(size)
 
-    async def render(self, app: web.Application) -> bytes:
-        """The text exposition, with the gauges read from the app's store and runner now."""
-        found = await app[keys.SESSIONS].list()
+    async def render(self, sessions: Sessions, runner: JobRunner) -> bytes:
+        """The text exposition, with the gauges read from the sessions and runner now."""
+        found = await sessions.list()
         counts = dict.fromkeys(SessionStatus, 0)
         for session in found:
             counts[session.status] += 1
         for status, count in counts.items():
             self.sessions.labels(status=status.value).set(count)
-        runner = app[keys.RUNNER]
         self.queue_depth.set(await runner.queue_depth())
         self.running_jobs.set(runner.running_count)
         return generate_latest(self.registry)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics: sessions by status, queue, running jobs, job times, upload bytes."""
-    body = await request.app[keys.METRICS].render(request.app)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

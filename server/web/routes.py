@@ -35,7 +35,6 @@ from server.web.bodies import Endpoint
 from server.web.exports import FORMATS as EXPORT_FORMATS
 from server.web.handlers_sessions import MAX_LIST_LIMIT
 from server.web.inputs import check_query
-from server.web.metrics import metrics
 from server.web.openapi import (
     ACCESS_TOKEN,
     EVENT_ID,
@@ -216,7 +215,7 @@ METRICS = Route(
     "GET",
     "/metrics",
     "metrics",
-    metrics,
+    handlers_service.metrics,
     "Prometheus metrics (text format 0.0.4); needs the API key when one is set",
     {
         "200": {
