@@ -22,7 +22,7 @@ from tests.server.http_helpers import (
     upload_id,
     video_form,
 )
-from tests.server.test_http_events import read_all
+from tests.server.web.test_http_events import read_all
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from inference_worker.judging import (
     judged,
     segments_per_call,
 )
-from tests.worker.scripted import ScriptedModel, segment_frames
+from tests.inference_worker.scripted import ScriptedModel, segment_frames
 
 
 def _run(batch_size, segments=5, pulls=None):

@@ -6,7 +6,7 @@ import subprocess
 
 from protocol import ProbeRequest, decode_event, encode_probe_request
 from tests import media
-from tests.worker.worker_runner import REPO, RUN_TIMEOUT, WORKER, worker_env
+from tests.inference_worker.worker_runner import REPO, RUN_TIMEOUT, WORKER, worker_env
 
 
 def test_one_process_answers_each_request_in_order_and_exits_at_the_end_of_stdin(

@@ -1,11 +1,11 @@
 """A worker stuck in one long native call, with a half-written artifact: SIGTERM's worst case.
 
-Run as `python tests/worker/stuck_in_native_call.py PART_FILE [--watch-stdin]`. It installs
-the worker's SIGTERM handling (and with --watch-stdin the worker's stdin watch, as a warm
-worker does before loading its model), starts writing PART_FILE the way artifacts are
-written, prints "ready", then evaluates a bf16 matrix product that takes MLX minutes on a
-CPU (bf16 products use no BLAS there). Python's own SIGTERM handler cannot run until that
-native call returns.
+Run as `python tests/inference_worker/stuck_in_native_call.py PART_FILE [--watch-stdin]`.
+It installs the worker's SIGTERM handling (and with --watch-stdin the worker's stdin
+watch, as a warm worker does before loading its model), starts writing PART_FILE the way
+artifacts are written, prints "ready", then evaluates a bf16 matrix product that takes
+MLX minutes on a CPU (bf16 products use no BLAS there). Python's own SIGTERM handler
+cannot run until that native call returns.
 """
 
 import sys

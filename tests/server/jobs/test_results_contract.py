@@ -8,7 +8,7 @@ import logging
 
 from protocol import WorkerHighlightsResults
 from server.state.models import SessionStatus
-from tests.server.test_runner import replay
+from tests.server.jobs.test_runner import replay
 
 
 async def test_a_result_that_breaks_the_contract_fails_the_job_saying_what_and_where(

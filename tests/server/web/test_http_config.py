@@ -11,7 +11,7 @@ from protocol import DEFAULT_MODEL
 from server.config import Config
 from server.version import VERSION
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_defaults_match_api_md():

@@ -12,7 +12,12 @@ from inference_worker.workout import (
     analyze_workout,
 )
 from protocol import AnalysisType, PartialKind, results_json, validate_params
-from tests.worker.scripted import OrderReporter, RecordingReporter, ScriptedModel, segment_frames
+from tests.inference_worker.scripted import (
+    OrderReporter,
+    RecordingReporter,
+    ScriptedModel,
+    segment_frames,
+)
 
 
 def params(**given):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from inference_worker.compute import FAST_PATH_ENV, cast_for_host
-from tests.worker.worker_runner import REPO, worker_env
+from tests.inference_worker.worker_runner import REPO, worker_env
 
 # Loads the model the way the worker does (BLAS chosen before mlx is imported), then
 # answers a few prompts about frames and prints the replies and what it chose.

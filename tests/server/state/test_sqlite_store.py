@@ -12,6 +12,7 @@ import sys
 import textwrap
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -25,7 +26,7 @@ from server.state.store import MemoryStore
 from tests.protocol.test_results import HIGHLIGHTS
 from tests.server.http_helpers import V1, start
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = str(Path(__file__).resolve().parents[3])
 
 
 def make_session(**changes) -> Session:
@@ -224,7 +225,7 @@ async def test_an_unreadable_row_is_skipped_not_fatal_and_logged(tmp_path, caplo
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
-    from tests.server.test_sqlite_store import make_session
+    from tests.server.state.test_sqlite_store import make_session
     from server.state.sqlite_store import SqliteStore
 
     async def main():

@@ -20,7 +20,7 @@ import pytest
 
 from protocol import AnalysisType, JobSpec, PartialKind, decode_event, encode_job, results_json
 from tests import media
-from tests.worker.worker_runner import (
+from tests.inference_worker.worker_runner import (
     REPO,
     WORKER,
     assert_clean_channel,
@@ -29,6 +29,8 @@ from tests.worker.worker_runner import (
     run_spec,
     worker_env,
 )
+
+STUCK_IN_NATIVE_CALL = REPO / "tests" / "inference_worker" / "stuck_in_native_call.py"
 
 pytestmark = pytest.mark.slow
 
@@ -365,7 +367,7 @@ NATIVE_CALL_STARTED = 1.0
 def _start_stuck_worker(part, *flags):
     """The stuck_in_native_call fixture, once it is inside its long native call."""
     proc = subprocess.Popen(
-        [WORKER[0], str(REPO / "tests" / "worker" / "stuck_in_native_call.py"), str(part), *flags],
+        [WORKER[0], str(STUCK_IN_NATIVE_CALL), str(part), *flags],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ from inference_worker.highlights import (
 )
 from inference_worker.judging import Batching
 from protocol import AnalysisType, PartialKind, results_json, validate_params
-from tests.worker.scripted import (
+from tests.inference_worker.scripted import (
     OrderReporter,
     RecordingReporter,
     ScriptedModel,
