@@ -182,7 +182,7 @@ def _params_struct(kind: AnalysisType) -> type[msgspec.Struct]:
 
 
 def _param_type(spec: ParamSpec) -> Any:
-    # A string is bounded by its length, a number by its range (msgspec.Meta takes one or the other).
+    # A string is bounded by its length, a number by its range: msgspec.Meta takes one kind.
     if spec.kind is str:
         meta = msgspec.Meta(max_length=spec.max_length, description=spec.help)
     else:
