@@ -28,7 +28,7 @@ import mimetypes
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -198,7 +198,7 @@ class ApiClient:
     async def cancel(self, session_id: str) -> dict:
         return await self._json("POST", f"{API}/cancel/{_segment(session_id)}")
 
-    async def events(self, session_id: str) -> AsyncIterator[StreamEvent]:
+    async def events(self, session_id: str) -> AsyncGenerator[StreamEvent, None]:
         """The session's events up to its terminal one, resuming a dropped stream without loss."""
         url = f"{self.url}{API}/events/{_segment(session_id)}"
         timeout = aiohttp.ClientTimeout(
@@ -258,9 +258,11 @@ async def _error_from(response: aiohttp.ClientResponse) -> ClientError:
     )
 
 
-async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[StreamEvent]:
+async def parse_sse(stream: aiohttp.StreamReader) -> AsyncGenerator[StreamEvent, None]:
     """Server-sent events from a response body (the WHATWG event-stream format)."""
-    event_id, name, data = None, "message", []
+    event_id: str | None = None
+    name = "message"
+    data: list[str] = []
     async for raw in stream:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
@@ -647,11 +649,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # asyncio's strerror repeats the address: the errno's own text reads better. Name
         # lookup errors (negative errno) carry theirs in strerror.
         error = exc.os_error
-        reason = os.strerror(error.errno) if (error.errno or 0) > 0 else error.strerror or error
+        if error.errno is not None and error.errno > 0:
+            reason = os.strerror(error.errno)
+        else:
+            reason = error.strerror or str(error)
         print(f"error: cannot connect to {args.url}: {reason}", file=sys.stderr)
         return EXIT_ERROR
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        print(f"error: talking to {args.url} failed: {exc or type(exc).__name__}", file=sys.stderr)
+        print(
+            f"error: talking to {args.url} failed: {str(exc) or type(exc).__name__}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,13 @@ from inference_worker.judging import Batching, segments_per_call
 from inference_worker.judging import describe as describe_batching
 from inference_worker.model import ModelUnavailable, SmolVLM, load_model
 from inference_worker.prefetch import prefetched
-from inference_worker.timeline import SegmentFrames, frame_times, overview_times, plan_segments
+from inference_worker.timeline import (
+    Segment,
+    SegmentFrames,
+    frame_times,
+    overview_times,
+    plan_segments,
+)
 from inference_worker.video import UnusableVideo, VideoReader, probe
 from inference_worker.workout import analyze_workout
 from protocol import (
@@ -178,7 +184,7 @@ def _segment_frames(
     params: dict[str, Any],
     batching: Batching | None,
     decoded: dict[float, Image.Image] | None = None,
-) -> tuple[int, Iterator[SegmentFrames]]:
+) -> tuple[int, Generator[SegmentFrames, None, None]]:
     """The segment count, and their frames decoded one segment (one batch) ahead of the model.
 
     Frames already in `decoded` (by time) are used as they are, not decoded again.
@@ -186,7 +192,7 @@ def _segment_frames(
     segments = plan_segments(info.duration_seconds, params["segment_seconds"])
     known = decoded or {}
 
-    def decode(segment):
+    def decode(segment: Segment) -> SegmentFrames:
         times = frame_times(segment.start, segment.end, params["frames_per_segment"])
         missing = [time for time in times if time not in known]
         images = [frame.image for frame in reader.frames_at(missing)]

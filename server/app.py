@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
 from server.config import Config
@@ -55,7 +56,7 @@ ORPHAN_GRACE = timedelta(hours=1)
 def create_app(config: Config) -> web.Application:
     """The application for `config`; its services start with it and stop with it."""
     cors = Cors(config.cors_origins)
-    middlewares = [errors, cors.preflight]
+    middlewares: list[Middleware] = [errors, cors.preflight]
     if config.api_key:
         middlewares.append(api_key_middleware(config.api_key))
     app = web.Application(middlewares=middlewares)
@@ -111,7 +112,8 @@ async def open_state(config: Config) -> AsyncIterator[State]:
         store = await SqliteStore(paths.root / STORE_FILE).open()
         hub = EventHub()
         try:
-            queue = MemoryJobQueue(config.max_queued_jobs)
+            # A JobQueue, as State takes it; the Redis branch assigns its own class below.
+            queue: JobQueue = MemoryJobQueue(config.max_queued_jobs)
             yield State(paths, store, hub, queue, LocalCancelChannel())
         finally:
             await hub.close()

@@ -9,13 +9,16 @@ known until the first job has run, and the state says so (`unknown`).
 from __future__ import annotations
 
 import logging
+from typing import Final, Literal
 
 from protocol import ModelState, model_display_name
 
 log = logging.getLogger("server.jobs.model_health")
 
 # Only without warm workers, until a job has shown whether the model loads.
-UNKNOWN = "unknown"
+UNKNOWN: Final = "unknown"
+# The model's state as /health names it: a worker's ModelState, or UNKNOWN.
+ModelStateName = Literal["loading", "ready", "unavailable", "unknown"]
 
 
 class ModelHealth:
@@ -28,7 +31,7 @@ class ModelHealth:
     def __init__(self, model: str, *, warm: bool) -> None:
         """`warm`: warm workers are loading the model now; else nothing is known yet."""
         self._model = model
-        self.state: str = ModelState.LOADING.value if warm else UNKNOWN
+        self.state: ModelStateName = ModelState.LOADING.value if warm else UNKNOWN
         self.reason: str | None = None
 
     @property

@@ -79,7 +79,7 @@ from server.state.models import (
     SessionNotFound,
     SessionStatus,
 )
-from server.state.paths import DataPaths
+from server.state.paths import FileLocations
 from server.state.patience import PatienceExhausted, outlast
 from server.state.redis_connection import raise_if_cancelling
 from server.state.sessions import Sessions
@@ -155,7 +155,7 @@ class JobRunner:
         sessions: Sessions,
         queue: JobQueue,
         *,
-        paths: DataPaths,
+        paths: FileLocations,
         model: str,
         cancels: CancelChannel | None = None,
         node_id: str = "local",

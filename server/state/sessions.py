@@ -24,7 +24,7 @@ from protocol import PartialItem, PartialKind
 from server.state.bodies import PartialData, StatusBody, status_body
 from server.state.events import EventLog
 from server.state.models import Session, SessionStatus, utcnow
-from server.state.paths import DataPaths
+from server.state.paths import FileLocations
 from server.state.store import SessionStore, SnapshotRefused
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
 
@@ -45,7 +45,7 @@ class Sessions:
         self,
         store: SessionStore,
         hub: EventLog,
-        paths: DataPaths,
+        paths: FileLocations,
         queue_position: Callable[[str], Awaitable[int | None]],
     ) -> None:
         self._store = store
@@ -120,16 +120,17 @@ class Sessions:
                 changes["progress"] = 1.0
             if status in STATUS_STEPS and changes.get("current_step", current.current_step) is None:
                 changes["current_step"] = STATUS_STEPS[status]
-            webhook = changes.get("webhook", current.webhook)
-            due = (
+            webhook: WebhookDelivery | None = changes.get("webhook", current.webhook)
+            due = False
+            if (
                 webhook is not None
                 and status.is_terminal
                 and webhook.state is DeliveryState.WAITING
-            )
-            if due:
+            ):
                 changes["webhook"] = webhook.replace(
                     state=DeliveryState.PENDING, pending_since=utcnow()
                 )
+                due = True
             session = current.replace(**changes)
             try:
                 await self._store.put(session)

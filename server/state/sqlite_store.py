@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from server.state.models import Session, SessionNotFound
 from server.state.patience import StoreUnavailable
@@ -24,6 +26,8 @@ from server.state.session_codec import session_from_json, session_to_json
 from server.state.store import MemoryStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -81,7 +85,7 @@ class SqliteStore(MemoryStore):
         self._db = db
         return [row[0] for row in db.execute("SELECT data FROM sessions")]
 
-    async def _run(self, function, *args):
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         except sqlite3.OperationalError as exc:
@@ -89,8 +93,15 @@ class SqliteStore(MemoryStore):
                 raise StoreUnavailable() from exc
             raise
 
+    @property
+    def _connection(self) -> sqlite3.Connection:
+        """The open database; only the store's thread uses it."""
+        if self._db is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return self._db
+
     def _write(self, session: Session) -> None:
-        self._db.execute(
+        self._connection.execute(
             "INSERT INTO sessions (id, status, created_at, updated_at, data) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET status = excluded.status,"
             " updated_at = excluded.updated_at, data = excluded.data",
@@ -104,7 +115,7 @@ class SqliteStore(MemoryStore):
         )
 
     def _remove(self, session_id: str) -> None:
-        self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        self._connection.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
     # The commit comes first and the memory copy follows it, so a failed write (disk full,
     # I/O error) leaves readers seeing what is really stored. The single-thread executor keeps
@@ -127,11 +138,17 @@ class SqliteStore(MemoryStore):
         if stored:
             await self._run(self._remove, session_id)
 
+    # The connection closes on the store's thread, behind every write already asked for:
+    # a write in flight when the store closes commits instead of finding no connection.
     async def close(self) -> None:
         if self._db is not None:
-            db, self._db = self._db, None
-            await self._run(db.close)
+            await self._run(self._close)
         self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self._path.name} sessions={len(self._sessions)}>"

@@ -15,14 +15,14 @@ from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventLog
-from server.state.paths import DataPaths
+from server.state.paths import FileLocations
 from server.state.sessions import Sessions
 from server.web.bodies import Endpoint
 from server.web.metrics import Metrics
 from server.web.upload_flow import UploadFlow, UploadSlots
 
 CONFIG = web.AppKey("config", Config)
-PATHS = web.AppKey("paths", DataPaths)
+PATHS = web.AppKey("paths", FileLocations)
 HUB = web.AppKey("hub", EventLog)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)

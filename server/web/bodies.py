@@ -39,6 +39,7 @@ from protocol import (
     WorkoutResults,
     WorkoutSegment,
 )
+from server.jobs.model_health import ModelStateName
 from server.state.bodies import SCHEMA_REF, PartialData, StatusBody
 from server.state.models import SessionStatus
 
@@ -140,7 +141,7 @@ class Health(msgspec.Struct, rename="camel"):
 
     status: Literal["healthy", "unhealthy"]
     model: str
-    model_state: Literal["loading", "ready", "unavailable", "unknown"]
+    model_state: ModelStateName
     model_error: str | None
     running: int
     queued: int
@@ -181,10 +182,15 @@ def _params_struct(kind: AnalysisType) -> type[msgspec.Struct]:
 
 
 def _param_type(spec: ParamSpec) -> Any:
-    meta = msgspec.Meta(
-        ge=spec.minimum, le=spec.maximum, max_length=spec.max_length, description=spec.help
-    )
-    kind = Annotated[spec.kind, meta]
+    # A string is bounded by its length, a number by its range: msgspec.Meta takes one kind.
+    if spec.kind is str:
+        meta = msgspec.Meta(max_length=spec.max_length, description=spec.help)
+    else:
+        meta = msgspec.Meta(ge=spec.minimum, le=spec.maximum, description=spec.help)
+    # A type made at run time: with an Any base, mypy does not read Annotated[...] as a
+    # type written in the source.
+    base: Any = spec.kind
+    kind = Annotated[base, meta]
     return kind | None if spec.default is None else kind
 
 
@@ -202,6 +208,9 @@ WebhookUrl = Annotated[
 ]
 
 
+# HighlightsParams and WorkoutParams are made at run time from protocol.SCHEMAS (one source),
+# so a type checker cannot read them as annotations (the two `type: ignore[valid-type]`
+# below); msgspec reads them at run time when it writes the OpenAPI schemas.
 class HighlightsAnalyzeRequest(
     msgspec.Struct, tag_field="analysis_type", tag="highlights", omit_defaults=True
 ):

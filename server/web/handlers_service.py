@@ -21,7 +21,7 @@ FAVICON = STATIC / "favicon.svg"
 _FAVICON_HEADERS = {hdrs.CONTENT_TYPE: "image/svg+xml", hdrs.CACHE_CONTROL: "max-age=86400"}
 # The same URL answers JSON or the page, so caches must key on Accept; and a browser
 # should revalidate the page (cheap: FileResponse sends an ETag) to see a new version.
-_INDEX_HEADERS = {hdrs.VARY: hdrs.ACCEPT}
+_INDEX_HEADERS: dict[str, str] = {hdrs.VARY: hdrs.ACCEPT}
 _PAGE_HEADERS = {**_INDEX_HEADERS, hdrs.CACHE_CONTROL: "no-cache"}
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from server.web.disconnect import client_gone
 from server.web.inputs import ACCESS_TOKEN_QUERY
@@ -133,7 +133,7 @@ def is_preflight(request: web.Request) -> bool:
 
 def api_key_middleware(
     api_key: str,
-) -> Callable[[web.Request, Handler], Coroutine[Any, Any, web.StreamResponse]]:
+) -> Middleware:
     """Require `Authorization: Bearer <api_key>` everywhere but PUBLIC_PATHS and preflights."""
     expected = api_key.encode()
 

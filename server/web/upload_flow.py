@@ -37,7 +37,7 @@ from server.state.models import (
     SessionStatus,
     TooManyUploads,
 )
-from server.state.paths import DataPaths
+from server.state.paths import FileLocations
 from server.state.sessions import Sessions
 from server.web.multipart import ReceivedForm, receive_form, too_large
 from server.web.responses import ApiError
@@ -97,7 +97,7 @@ class UploadFlow:
         *,
         sessions: Sessions,
         runner: JobRunner,
-        paths: DataPaths,
+        paths: FileLocations,
         limits: UploadLimits,
         slots: UploadSlots,
         probes: ProbeService,

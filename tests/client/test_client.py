@@ -242,6 +242,18 @@ def test_nothing_listening_is_a_connection_error_exit_2(capsys):
     assert capsys.readouterr().err == f"error: cannot connect to {url}: Connection refused\n"
 
 
+def test_an_error_without_text_is_named_by_its_type(capsys, monkeypatch):
+    """A bare timeout (aiohttp's own `total` timer raises one) has no text of its own."""
+
+    async def times_out(args, out):
+        raise asyncio.TimeoutError()
+
+    monkeypatch.setattr(cli_module, "run", times_out)
+    url = "http://127.0.0.1:9"
+    assert cli_module.main(["--url", url, "status", str(uuid.uuid4())]) == 2
+    assert capsys.readouterr().err == f"error: talking to {url} failed: TimeoutError\n"
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -167,6 +168,26 @@ async def test_a_failed_write_leaves_the_memory_copy_as_stored(tmp_path):
             await store.get(newcomer.id)
     finally:
         await store.close()
+
+
+async def test_a_write_in_flight_when_the_store_closes_is_committed(tmp_path):
+    """close() waits for the writes already asked for instead of pulling their connection."""
+    store = await SqliteStore(tmp_path / "sessions.db").open()
+    session = make_session()
+    await store.add(session)
+    gate = threading.Event()
+    holding = asyncio.ensure_future(store._run(gate.wait))  # the store's one thread waits
+    put = asyncio.ensure_future(store.put(session.replace(status=SessionStatus.PROCESSING)))
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # one turn of the loop: the put and the close queue behind it
+    gate.set()
+    await asyncio.gather(holding, put, closing)
+
+    reopened = await SqliteStore(tmp_path / "sessions.db").open()
+    try:
+        assert (await reopened.get(session.id)).status is SessionStatus.PROCESSING
+    finally:
+        await reopened.close()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
