@@ -11,7 +11,6 @@ import pytest
 
 from protocol import (
     AnalysisType,
-    ExerciseTotal,
     Highlight,
     HighlightFound,
     PartialKind,
@@ -20,12 +19,12 @@ from protocol import (
     VideoInfo,
     WorkoutResults,
     WorkoutSegment,
-    WorkoutSummary,
 )
 from server.state.bodies import PartialData, StatusBody
 from server.state.models import SessionStatus
 from server.web import bodies
 from server.web.exports import FORMATS, export_text
+from tests.protocol.test_results import WORKOUT  # one workout example for both suites
 from tests.server.http_helpers import STATUS_KEYS, start
 
 SID = "550e8400-e29b-41d4-a716-446655440000"
@@ -79,28 +78,6 @@ HIGHLIGHTS = bodies.HighlightsResults(
             description=None,
         ),
     ],
-)
-WORKOUT = WorkoutResults(
-    processing_time_seconds=80.1,
-    model="smolvlm-local",
-    video=VIDEO,
-    segments=[
-        WorkoutSegment(
-            start=0.0,
-            end=30.0,
-            start_time="00:00",
-            end_time="00:30",
-            exercise="squat",
-            reps=12,
-            form_notes="steady",
-        )
-    ],
-    summary=WorkoutSummary(
-        exercises=["squat"],
-        total_reps=12,
-        active_seconds=30.0,
-        exercise_totals=[ExerciseTotal(exercise="squat", reps=12, seconds=30.0)],
-    ),
 )
 # One example of every declared body, as a handler would build it.
 EXAMPLES: dict[type, Any] = {
