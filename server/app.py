@@ -32,7 +32,7 @@ from server.jobs.webhook_claims import DeliveryClaims, MemoryDeliveryClaims, Red
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub, EventLog
 from server.state.janitor import Janitor
-from server.state.paths import DataPaths, FileLocations
+from server.storage.paths import DataPaths, FileLocations
 from server.state.redis_connection import check_durable, cluster_turn, connect
 from server.state.redis_events import RedisEventLog
 from server.state.redis_store import RedisStore

@@ -79,7 +79,7 @@ from server.state.models import (
     SessionNotFound,
     SessionStatus,
 )
-from server.state.paths import FileLocations
+from server.storage.paths import FileLocations
 from server.state.patience import PatienceExhausted, outlast
 from server.state.redis_connection import raise_if_cancelling
 from server.state.sessions import Sessions

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from server.state.models import SessionStatus, utcnow
-from server.state.paths import FileLocations
+from server.storage.paths import FileLocations
 from server.state.sessions import Sessions
 
 log = logging.getLogger("server.state.janitor")

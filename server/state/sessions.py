@@ -24,7 +24,7 @@ from protocol import PartialItem, PartialKind
 from server.state.bodies import PartialData, StatusBody, status_body
 from server.state.events import EventLog
 from server.state.models import Session, SessionStatus, utcnow
-from server.state.paths import FileLocations
+from server.storage.paths import FileLocations
 from server.state.store import SessionStore, SnapshotRefused
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
 

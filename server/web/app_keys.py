@@ -15,7 +15,7 @@ from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventLog
-from server.state.paths import FileLocations
+from server.storage.paths import FileLocations
 from server.state.sessions import Sessions
 from server.web.bodies import Endpoint
 from server.web.metrics import Metrics

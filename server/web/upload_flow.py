@@ -37,7 +37,7 @@ from server.state.models import (
     SessionStatus,
     TooManyUploads,
 )
-from server.state.paths import FileLocations
+from server.storage.paths import FileLocations
 from server.state.sessions import Sessions
 from server.web.multipart import ReceivedForm, receive_form, too_large
 from server.web.responses import ApiError

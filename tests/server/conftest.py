@@ -23,7 +23,7 @@ from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.runner import JobRunner
 from server.state.events import EventHub
 from server.state.models import Session, SessionStatus
-from server.state.paths import DataPaths
+from server.storage.paths import DataPaths
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
 

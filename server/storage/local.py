@@ -1,0 +1,183 @@
+"""`SessionFiles` on this node's disk: DATA_DIR/uploads/<id>/ and DATA_DIR/artifacts/<id>/.
+
+The embedded default, and what a cluster sharing one volume uses. A location is an
+absolute path, so nothing is copied: the worker reads the upload where it landed and
+writes its artifacts where they are served from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from server.storage.files import StoredFile, inside, source_name
+from server.storage.paths import DataPaths
+
+READ_CHUNK_BYTES = 256 * 1024
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    """The disk has no room for this file."""
+
+
+class LocalUpload:
+    """A file written in a thread chunk by chunk; `abort` removes it and its folder."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A plain open, not aiofiles': an open run in a thread cannot be cancelled half-way,
+        # so a client leaving at that moment would leak the handle.
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by finish or abort
+        self._size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._file.write, chunk)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise DiskFull(str(exc)) from None
+            raise
+        self._size += len(chunk)
+
+    async def finish(self) -> int:
+        # Closing a buffered file waits for a write still running in its thread.
+        self._file.close()
+        return self._size
+
+    async def abort(self) -> None:
+        # Not in a thread: this runs while the task may be cancelled, and it is one file.
+        self._file.close()
+        shutil.rmtree(self._path.parent, ignore_errors=True)
+
+
+class LocalFiles:
+    """`SessionFiles` whose locations are paths under DATA_DIR."""
+
+    def __init__(self, paths: DataPaths) -> None:
+        self._paths = paths
+
+    @property
+    def description(self) -> str:
+        return f"DATA_DIR {self._paths.root}"
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    def upload_location(self, session_id: str, filename: str) -> str:
+        return str(self._paths.upload_dir(session_id) / source_name(filename))
+
+    def artifacts_location(self, session_id: str) -> str:
+        return str(self._paths.output_dir(session_id))
+
+    def artifact(self, artifacts: str, name: str) -> str | None:
+        relative = inside(name)
+        if relative is None:
+            return None
+        folder = Path(artifacts).resolve()
+        path = (folder / relative).resolve()  # a symlink out of the folder is refused too
+        return str(path) if path.is_relative_to(folder) else None
+
+    async def check(self) -> None:
+        self._paths.create()
+        probe = self._paths.root / ".write-check"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+    async def start_upload(self, location: str) -> LocalUpload:
+        return LocalUpload(Path(location))
+
+    async def probe_source(self, location: str) -> str:
+        return location
+
+    async def bring_local(self, location: str, scratch: Path) -> Path:
+        return Path(location)
+
+    def worker_output(self, artifacts: str, scratch: Path) -> Path:
+        return Path(artifacts)
+
+    async def keep_artifacts(self, folder: Path, artifacts: str) -> None:
+        return None  # the worker wrote them where they stay
+
+    async def discard_artifacts(self, artifacts: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, artifacts, True)
+
+    async def stat(self, location: str) -> StoredFile | None:
+        path = Path(location)
+        try:
+            info = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not path.is_file():
+            return None
+        modified = datetime.fromtimestamp(info.st_mtime, UTC)
+        return StoredFile(location, info.st_size, last_modified=modified, path=path)
+
+    async def read(self, location: str, start: int, end: int) -> AsyncIterator[bytes]:
+        with open(location, "rb") as source:  # noqa: ASYNC230 - one open; reads in a thread
+            source.seek(start)
+            left = end - start
+            while left > 0:
+                chunk = await asyncio.to_thread(source.read, min(READ_CHUNK_BYTES, left))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+
+    async def signed_url(self, location: str, seconds: int) -> str | None:
+        return None
+
+    async def remove_session(self, upload: str, artifacts: str) -> None:
+        await asyncio.to_thread(_remove, Path(upload).parent, Path(artifacts))
+
+    async def holders(self) -> dict[str, datetime]:
+        return await asyncio.to_thread(self._holders)
+
+    async def remove_orphan(self, session_id: str) -> None:
+        await asyncio.to_thread(
+            _remove, self._paths.upload_dir(session_id), self._paths.output_dir(session_id)
+        )
+
+    async def abort_stale_uploads(self, started_before: datetime) -> int:
+        return 0  # an unfinished upload here is a folder of no session: `holders` has it
+
+    async def close(self) -> None:
+        return None
+
+    def _holders(self) -> dict[str, datetime]:
+        found: dict[str, datetime] = {}
+        for parent in (self._paths.uploads, self._paths.artifacts):
+            for entry in parent.iterdir() if parent.is_dir() else ():
+                changed = _last_change(entry)
+                if changed is None:
+                    continue
+                found[entry.name] = max(changed, found.get(entry.name, changed))
+        return found
+
+    def __repr__(self) -> str:
+        return f"<LocalFiles {self._paths.root}>"
+
+
+def _remove(*entries: Path) -> None:
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _last_change(entry: Path) -> datetime | None:
+    """When `entry` or whatever lies directly in it last changed; None if it is gone."""
+    try:
+        paths = [entry, *(entry.iterdir() if entry.is_dir() and not entry.is_symlink() else ())]
+        latest = max(os.lstat(path).st_mtime for path in paths)
+    except FileNotFoundError:
+        return None
+    return datetime.fromtimestamp(latest, UTC)
