@@ -13,6 +13,8 @@ from aiohttp.abc import AbstractAccessLogger
 from server.app import create_app
 from server.config import Config
 from server.state.redis_connection import redis_problem
+from server.storage.opening import storage_problem
+from server.storage.paths import DataPaths
 
 # Requests waiting on a job or streaming events are released by the app's on_shutdown,
 # so a shutdown only waits this long for ordinary requests still in flight.
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         problem = asyncio.run(redis_problem(config.redis_url))
         if problem:
             sys.exit(f"Not starting: {problem}")
+    problem = asyncio.run(storage_problem(config.storage_url, DataPaths(config.data_dir)))
+    if problem:
+        sys.exit(f"Not starting: {problem}")
     web.run_app(
         create_app(config),
         host=config.host,

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from server.config import Config
 from server.jobs.cancel_channel import CancelChannel, LocalCancelChannel
+from server.jobs.job_files import JobFiles
 from server.jobs.job_queue import JobQueue, MemoryJobQueue
 from server.jobs.probe import ProbeService
 from server.jobs.redis_cancel_channel import RedisCancelChannel
@@ -32,13 +33,15 @@ from server.jobs.webhook_claims import DeliveryClaims, MemoryDeliveryClaims, Red
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventHub, EventLog
 from server.state.janitor import Janitor
-from server.storage.paths import DataPaths, FileLocations
 from server.state.redis_connection import check_durable, cluster_turn, connect
 from server.state.redis_events import RedisEventLog
 from server.state.redis_store import RedisStore
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
 from server.state.store import SessionStore
+from server.storage.files import SessionFiles
+from server.storage.opening import open_files
+from server.storage.paths import DataPaths
 from server.web import app_keys as keys
 from server.web import routes
 from server.web.metrics import Metrics
@@ -90,7 +93,8 @@ class State:
     """The implementations this service runs on: where sessions, queue, events and files live,
     and how cancels reach the runner holding a job."""
 
-    paths: FileLocations
+    paths: DataPaths  # this node's DATA_DIR: the files themselves, or only scratch
+    files: SessionFiles
     store: SessionStore
     events: EventLog
     queue: JobQueue
@@ -103,18 +107,29 @@ async def open_state(config: Config) -> AsyncIterator[State]:
     """The one place that picks the implementations.
 
     With a Redis URL: sessions and events in Redis (checked to persist every write and
-    never evict), shared by every node on the same Redis and DATA_DIR. Without: SQLite in
-    DATA_DIR, memory for queue and events, and cancels that stay in this process.
+    never evict), shared by every node on the same Redis and the same files (a bucket, or
+    one shared DATA_DIR). Without: SQLite in DATA_DIR, memory for queue and events, and
+    cancels that stay in this process. Files: in the bucket of STORAGE_URL, else under
+    DATA_DIR.
     """
     paths = DataPaths(config.data_dir)
     paths.create()
+    async with open_files(config.storage_url, paths) as files:
+        async with _open_sessions(config, paths, files) as state:
+            yield state
+
+
+@contextlib.asynccontextmanager
+async def _open_sessions(
+    config: Config, paths: DataPaths, files: SessionFiles
+) -> AsyncIterator[State]:
     if config.redis_url is None:
         store = await SqliteStore(paths.root / STORE_FILE).open()
         hub = EventHub()
         try:
             # A JobQueue, as State takes it; the Redis branch assigns its own class below.
             queue: JobQueue = MemoryJobQueue(config.max_queued_jobs)
-            yield State(paths, store, hub, queue, LocalCancelChannel())
+            yield State(paths, files, store, hub, queue, LocalCancelChannel())
         finally:
             await hub.close()
             await store.close()
@@ -129,7 +144,7 @@ async def open_state(config: Config) -> AsyncIterator[State]:
         events = await RedisEventLog(client).start()
         try:
             cancels = RedisCancelChannel(client, queue)
-            yield State(paths, RedisStore(client), events, queue, cancels, client)
+            yield State(paths, files, RedisStore(client), events, queue, cancels, client)
         finally:
             await events.close()
     finally:
@@ -146,7 +161,7 @@ def make_runner(app: web.Application, state: State, sessions: Sessions) -> JobRu
         node_id=config.node_id,
         runs_jobs=config.runs_jobs,
         max_attempts=config.max_job_attempts,
-        paths=state.paths,
+        files=JobFiles(state.files, state.paths.scratch),
         model=config.model,
         max_concurrent=config.max_concurrent_jobs,
         job_timeout=config.job_timeout_seconds,
@@ -160,8 +175,8 @@ def make_runner(app: web.Application, state: State, sessions: Sessions) -> JobRu
 async def run_services(app: web.Application, state: State) -> AsyncIterator[None]:
     """Sessions, runner, webhooks, uploads and the sweep over `state`, while the app runs."""
     config = app[keys.CONFIG]
-    paths, hub, queue = state.paths, state.events, state.queue
-    sessions = Sessions(state.store, hub, paths, queue.position)
+    files, hub, queue = state.files, state.events, state.queue
+    sessions = Sessions(state.store, hub, files, queue.position)
     runner = make_runner(app, state, sessions)
     webhooks = app[keys.WEBHOOKS] = WebhookDeliverer(
         sessions,
@@ -171,7 +186,8 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         first_retry_seconds=config.webhook_first_retry_seconds,
         retry_window_seconds=config.webhook_retry_seconds,
     )
-    app[keys.PATHS] = paths
+    app[keys.PATHS] = state.paths
+    app[keys.FILES] = files
     app[keys.HUB] = hub
     app[keys.SESSIONS] = sessions
     app[keys.RUNNER] = runner
@@ -182,7 +198,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         app[keys.UPLOAD_FLOW] = UploadFlow(
             sessions=sessions,
             runner=runner,
-            paths=paths,
+            files=files,
             limits=UploadLimits(config.max_upload_bytes, config.max_video_seconds),
             slots=uploads,
             probes=app[keys.PROBES],
@@ -190,7 +206,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         )
     janitor = Janitor(
         sessions,
-        paths,
+        files,
         timedelta(hours=config.session_ttl_hours),
         uploading=uploads.__contains__,
         **cluster_sweep(config, state),

@@ -45,6 +45,10 @@ class Config:
     webhook_first_retry_seconds: float = 5.0
     # Many nodes, one service: with a Redis URL, sessions, queue and events live there.
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    # Files in a bucket (s3://bucket/prefix) instead of DATA_DIR, which is then only scratch.
+    storage_url: str | None = None
+    # 0: the node streams stored files to clients; N: it redirects to a URL signed for N s.
+    storage_redirect_seconds: int = 0
     role: str = "all"
     node_id: str = field(default_factory=lambda: default_node_id())
     node_lease_seconds: float = 15.0
@@ -223,6 +227,19 @@ def _webhook_secret(raw: str) -> str | None:
     return text
 
 
+def _storage_url(raw: str) -> str | None:
+    url = raw.strip()
+    if not url:
+        return None  # set but empty: files under DATA_DIR, as when unset
+    scheme, _, rest = url.partition("://")
+    if scheme != "s3" or not rest.split("/", 1)[0]:
+        raise ValueError(
+            f"use s3://bucket or s3://bucket/prefix (any S3-compatible store; Google Cloud "
+            f"Storage through its S3 API with AWS_ENDPOINT_URL), got {url!r}"
+        )
+    return url.rstrip("/")
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
     for origin in origins:
@@ -267,6 +284,13 @@ _SETTINGS = (
     ),
     _Setting("worker_command", "WORKER_COMMAND", _command, "command that runs one job"),
     _Setting("redis_url", "REDIS_URL", _redis_url, "run as a node of a cluster on this Redis"),
+    _Setting("storage_url", "STORAGE_URL", _storage_url, "s3://bucket/prefix for files"),
+    _Setting(
+        "storage_redirect_seconds",
+        "STORAGE_REDIRECT_SECONDS",
+        _non_negative_int,
+        "N = file routes redirect to a URL signed for N s; 0 = stream",
+    ),
     _Setting("role", "NODE_ROLE", _role, "all, api (HTTP only) or worker (jobs only)"),
     _Setting("node_id", "NODE_ID", _text, "this node's name in the cluster"),
     _Setting("node_lease_seconds", "NODE_LEASE_SECONDS", _positive_number, "job lease"),

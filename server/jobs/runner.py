@@ -41,11 +41,9 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from protocol import (
@@ -65,6 +63,7 @@ from protocol import (
     decode_results,
 )
 from server.jobs.cancel_channel import CancelChannel, LocalCancelChannel
+from server.jobs.job_files import JobFiles, JobFilesLost
 from server.jobs.job_queue import Claim, JobQueue
 from server.jobs.model_health import ModelHealth
 from server.jobs.warm_pool import WarmPool
@@ -79,7 +78,6 @@ from server.state.models import (
     SessionNotFound,
     SessionStatus,
 )
-from server.storage.paths import FileLocations
 from server.state.patience import PatienceExhausted, outlast
 from server.state.redis_connection import raise_if_cancelling
 from server.state.sessions import Sessions
@@ -155,7 +153,7 @@ class JobRunner:
         sessions: Sessions,
         queue: JobQueue,
         *,
-        paths: FileLocations,
+        files: JobFiles,
         model: str,
         cancels: CancelChannel | None = None,
         node_id: str = "local",
@@ -186,7 +184,7 @@ class JobRunner:
         self._sessions = sessions
         self._queue = queue
         self._cancels = cancels or LocalCancelChannel()
-        self._paths = paths
+        self._files = files
         self._model = model
         self._node_id = node_id
         self._runs_jobs = runs_jobs
@@ -221,7 +219,7 @@ class JobRunner:
         self._accepting = True
         self._tasks.append(asyncio.create_task(self._sweep(), name="orphan sweep"))
         if self._runs_jobs:
-            self._paths.create()
+            await asyncio.to_thread(self._files.sweep_scratch)
             self._tasks.append(asyncio.create_task(self._dispatch(), name="job dispatcher"))
             self._warm.fill()
 
@@ -264,7 +262,7 @@ class JobRunner:
                 changes: dict[str, Any] = {}
                 if session.status is SessionStatus.PROCESSING:
                     # Its taker waits for `pending`: the old artifacts are gone before it starts.
-                    await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
+                    await self._files.discard(session.output_dir)
                     changes["status"] = SessionStatus.PENDING
                 await self._sessions.update(
                     session_id,
@@ -617,7 +615,7 @@ class JobRunner:
         step = STARTING_STEP
         if claim.deliveries > 1:
             # Each attempt starts over: what the lost one wrote goes first.
-            await asyncio.to_thread(shutil.rmtree, session.output_dir, True)
+            await self._files.discard(session.output_dir)
             step = LOST_NODE_STEP.format(n=claim.deliveries)
             log.warning("session %s taken over (attempt %d)", session_id, claim.deliveries)
         processing = functools.partial(
@@ -789,6 +787,13 @@ class JobRunner:
         except asyncio.TimeoutError:
             await job.worker.terminate()
             outcome = _Outcome(error=f"Job exceeded the time limit of {self._job_timeout:g} s")
+        except JobFilesLost as exc:
+            await job.worker.terminate()
+            outcome = _Outcome(error=str(exc))
+        finally:
+            # However the job ended (also cancelled, or stopped by a shutdown): its scratch
+            # goes. Shielded, so that a second cancel cannot cut the removal short.
+            await asyncio.shield(self._files.release(session_id))
         await self._record(session_id, outcome, asyncio.get_running_loop().time() - started)
         if job.worker.pid is not None:
             await job.worker.wait(EXIT_AFTER_RESULT_SECONDS)
@@ -796,20 +801,21 @@ class JobRunner:
     async def _work(self, job: _Job, session: Session) -> _Outcome:
         """Hand the job to its worker (warm, or started now) and follow its events to the end."""
         assert session.analysis_type is not None
+        warm = job.worker.pid is not None
+        # A cold worker loads its model while the video is brought to this node.
+        if not warm and not await self._start_worker(job.worker):
+            return _Outcome(error="Could not start the worker process")
+        local = await self._files.prepare(session.id, session.upload_path, session.output_dir)
         spec = JobSpec(
             session_id=session.id,
             analysis_type=session.analysis_type,
-            video_path=session.upload_path,
-            output_dir=session.output_dir,
+            video_path=str(local.video),
+            output_dir=str(local.output),
             model=self._model,
             params=session.params,
             filename=session.video.filename,
             video_info=session.video,  # probed at upload: the worker need not probe again
         )
-        await asyncio.to_thread(Path(session.output_dir).mkdir, parents=True, exist_ok=True)
-        warm = job.worker.pid is not None
-        if not warm and not await self._start_worker(job.worker):
-            return _Outcome(error="Could not start the worker process")
         log.info(
             "session %s started (attempt %d, pid %d%s)",
             session.id,
@@ -840,6 +846,8 @@ class JobRunner:
                     error=f"The worker's results broke the contract: {exc}",
                     detail=f"results that break the contract ({exc}): {terminal.results!r:.2000}",
                 )
+            # What the results link to is stored before the session may say `completed`.
+            await self._files.keep(local.output, session.output_dir)
             return _Outcome(results=results)
         if isinstance(terminal, Error):
             if terminal.error == ErrorCode.MODEL_UNAVAILABLE.value:

@@ -1,38 +1,41 @@
 """The periodic sweep: expired sessions go with their files, and so do files of no session.
 
 A session expires SESSION_TTL_HOURS after its last update, unless it is live (pending or
-processing): a long queue or a long job never loses its upload. After a crash, DATA_DIR
-can hold folders no session owns (an upload cut off mid-stream, a session deleted while
-its files were being removed); those go too, except the ones an upload is writing now.
+processing): a long queue or a long job never loses its upload. After a crash, the file
+store can hold files no session owns (an upload cut off mid-stream, a session deleted
+while its files were being removed, a session deleted while the bucket was away); those
+go too, except the ones an upload is writing now. In a bucket, unfinished multipart
+uploads (a node killed mid-upload) are ended once older than `orphan_grace`.
 
 On a cluster, one node sweeps per round (whoever takes the sweep lock), and an upload
-another node is receiving is invisible here: a folder of no session goes only once
-nothing in it has changed for `orphan_grace`.
+another node is receiving is invisible here: files of no session go only once nothing
+of them has changed for `orphan_grace`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from server.state.models import SessionStatus, utcnow
-from server.storage.paths import FileLocations
 from server.state.sessions import Sessions
+from server.storage.files import SessionFiles
 
 log = logging.getLogger("server.state.janitor")
 
 LIVE = (SessionStatus.PENDING, SessionStatus.PROCESSING)
+# Even alone, an unfinished multipart upload may be another process's upload in progress.
+MIN_UPLOAD_AGE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
 class SweepReport:
     expired_sessions: int
-    orphan_paths: int
+    orphan_paths: int  # session ids whose files belonged to no session
+    stale_uploads: int = 0  # unfinished multipart uploads ended
 
 
 class Janitor:
@@ -41,7 +44,7 @@ class Janitor:
     def __init__(
         self,
         sessions: Sessions,
-        paths: FileLocations,
+        files: SessionFiles,
         ttl: timedelta,
         *,
         uploading: Callable[[str], bool],
@@ -51,7 +54,7 @@ class Janitor:
     ) -> None:
         """`turn()`, when given, says whether this process sweeps this round (a cluster lock)."""
         self._sessions = sessions
-        self._paths = paths
+        self._files = files
         self._ttl = ttl
         self._uploading = uploading  # True for an id whose upload is being received now
         self._clock = clock
@@ -59,7 +62,7 @@ class Janitor:
         self._turn = turn
 
     async def sweep(self) -> SweepReport:
-        """One pass over every session and every folder under DATA_DIR."""
+        """One pass over every session and every file of the store."""
         cutoff = self._clock() - self._ttl
         expired = 0
         for session in await self._sessions.list():
@@ -68,22 +71,22 @@ class Janitor:
                 expired += 1
                 log.info("session %s expired (last update %s)", session.id, session.updated_at)
         known = {session.id for session in await self._sessions.list()}
+        untouched_since = self._clock() - self._orphan_grace
         orphans = 0
-        for parent in (self._paths.uploads, self._paths.artifacts):
-            for entry in parent.iterdir() if parent.is_dir() else ():
-                if entry.name in known or self._uploading(entry.name):
-                    continue
-                if self._orphan_grace and not await asyncio.to_thread(
-                    _untouched_since, entry, self._clock() - self._orphan_grace
-                ):
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    await asyncio.to_thread(shutil.rmtree, entry, True)
-                else:
-                    entry.unlink(missing_ok=True)
-                orphans += 1
-                log.info("removed orphan %s/%s", parent.name, entry.name)
-        return SweepReport(expired, orphans)
+        for session_id, changed in (await self._files.holders()).items():
+            if session_id in known or self._uploading(session_id):
+                continue
+            if self._orphan_grace and changed >= untouched_since:
+                continue
+            await self._files.remove_orphan(session_id)
+            orphans += 1
+            log.info("removed the files of %s, which belong to no session", session_id)
+        # An upload in progress writes a part every few seconds; one older than the grace
+        # (an hour on a cluster) whose node died is never finished.
+        stale = await self._files.abort_stale_uploads(
+            self._clock() - max(self._orphan_grace, MIN_UPLOAD_AGE)
+        )
+        return SweepReport(expired, orphans, stale)
 
     async def run(self, interval_seconds: float) -> None:
         """Sweep now and every `interval_seconds`; a failed pass is logged, not fatal."""
@@ -91,22 +94,14 @@ class Janitor:
             try:
                 if self._turn is None or await self._turn():
                     report = await self.sweep()
-                    if report.expired_sessions or report.orphan_paths:
+                    if report != SweepReport(0, 0, 0):
                         log.info(
-                            "sweep removed %d expired session(s) and %d orphan path(s)",
+                            "sweep removed %d expired session(s), the files of %d unknown "
+                            "one(s) and %d unfinished upload(s)",
                             report.expired_sessions,
                             report.orphan_paths,
+                            report.stale_uploads,
                         )
             except Exception:
                 log.exception("sweep failed; trying again in %s s", interval_seconds)
             await asyncio.sleep(interval_seconds)
-
-
-def _untouched_since(entry: Path, moment: datetime) -> bool:
-    """Whether `entry` and whatever lies directly in it last changed before `moment`."""
-    limit = moment.timestamp()
-    try:
-        paths = [entry, *(entry.iterdir() if entry.is_dir() and not entry.is_symlink() else ())]
-        return all(path.lstat().st_mtime < limit for path in paths)
-    except FileNotFoundError:
-        return False  # going or gone already

@@ -14,6 +14,7 @@ that hold for every caller live here:
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,9 +25,9 @@ from protocol import PartialItem, PartialKind
 from server.state.bodies import PartialData, StatusBody, status_body
 from server.state.events import EventLog
 from server.state.models import Session, SessionStatus, utcnow
-from server.storage.paths import FileLocations
 from server.state.store import SessionStore, SnapshotRefused
 from server.state.webhook_delivery import DeliveryState, WebhookDelivery
+from server.storage.files import SessionFiles, StorageUnavailable
 
 # The step a session shows when it reaches a status with no step of its own (API.md allows
 # null only while uploaded or pending): e.g. a job that fails before its worker started.
@@ -38,6 +39,9 @@ STATUS_STEPS = {
 }
 
 
+log = logging.getLogger("server.state.sessions")
+
+
 class Sessions:
     """Reads and changes sessions; every change is stored, then published."""
 
@@ -45,12 +49,12 @@ class Sessions:
         self,
         store: SessionStore,
         hub: EventLog,
-        paths: FileLocations,
+        files: SessionFiles,
         queue_position: Callable[[str], Awaitable[int | None]],
     ) -> None:
         self._store = store
         self._hub = hub
-        self._paths = paths
+        self._files = files
         self._queue_position = queue_position
         # Weak values: a session's lock lives only while someone holds or waits for it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -188,12 +192,16 @@ class Sessions:
         Raises SessionNotFound. Stopping a live job first is the caller's business.
         """
         async with self._lock(session_id):
-            await self._store.get(session_id)
+            session = await self._store.get(session_id)
             await self._store.delete(session_id)
             await self._hub.forget(session_id)
             self._bodies.pop(session_id, None)
-        # rmtree of a big upload or many thumbnails must not stall the event loop.
-        await asyncio.to_thread(self._paths.remove_session_files, session_id)
+        try:
+            await self._files.remove_session(session.upload_path, session.output_dir)
+        except StorageUnavailable as exc:
+            # The session is gone; its files now belong to no session, and the sweep
+            # removes those once the store is back.
+            log.warning("session %s: files left for the sweep (%s)", session_id, exc)
 
     async def status_of(self, session: Session) -> StatusBody:
         """The status body of API.md, with the session's current queue position."""

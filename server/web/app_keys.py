@@ -15,14 +15,16 @@ from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventLog
-from server.storage.paths import FileLocations
 from server.state.sessions import Sessions
+from server.storage.files import SessionFiles
+from server.storage.paths import DataPaths
 from server.web.bodies import Endpoint
 from server.web.metrics import Metrics
 from server.web.upload_flow import UploadFlow, UploadSlots
 
 CONFIG = web.AppKey("config", Config)
-PATHS = web.AppKey("paths", FileLocations)
+PATHS = web.AppKey("paths", DataPaths)
+FILES = web.AppKey("files", SessionFiles)
 HUB = web.AppKey("hub", EventLog)
 SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)

@@ -3,12 +3,11 @@ uploaded video and the WebVTT chapters (`/api/v1/video/results/{sessionId}...`).
 
 The results rules hold for all but the video: unknown 404, not finished 400, failed 500,
 cancelled 400 (`finished_session_error`); a file named by the worker is served only from
-inside the session's own output folder.
+inside the session's own artifacts. Files come from wherever the store keeps them
+(`file_responses`).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from aiohttp import web
 
@@ -16,6 +15,7 @@ from server.state.models import Session
 from server.web import app_keys as keys
 from server.web.bodies import ResultsBody, json_response
 from server.web.chapters import VTT_CONTENT_TYPE, chapters_vtt, session_chapters
+from server.web.file_responses import serve_stored
 from server.web.inputs import natural, session_id_of
 from server.web.responses import (
     ApiError,
@@ -39,16 +39,16 @@ async def results(request: web.Request) -> web.Response:
     )
 
 
-async def reel(request: web.Request) -> web.FileResponse:
+async def reel(request: web.Request) -> web.StreamResponse:
     """The highlight reel MP4 (Range requests work, so a <video> tag can seek)."""
     session = await _finished(request)
     name = reel_name(session.results)
     if name is None:
         raise ApiError(404, "No reel", "This session has no highlight reel", session_id=session.id)
-    return web.FileResponse(_artifact(session, name), headers={"Content-Type": "video/mp4"})
+    return await _artifact(request, session, name, "video/mp4")
 
 
-async def thumbnail(request: web.Request) -> web.FileResponse:
+async def thumbnail(request: web.Request) -> web.StreamResponse:
     """The thumbnail JPEG of the n-th highlight."""
     session = await _finished(request)
     raw = request.match_info["n"]
@@ -63,13 +63,20 @@ async def thumbnail(request: web.Request) -> web.FileResponse:
     name = thumbnail_name(session.results, index)
     if name is None:
         raise ApiError(404, "No thumbnail", f"There is no thumbnail {raw}", session_id=session.id)
-    return web.FileResponse(_artifact(session, name), headers={"Content-Type": "image/jpeg"})
+    return await _artifact(request, session, name, "image/jpeg")
 
 
-async def video(request: web.Request) -> web.FileResponse:
+async def video(request: web.Request) -> web.StreamResponse:
     """The uploaded video itself, in any state until cleanup (Range requests work)."""
     session = await request.app[keys.SESSIONS].get(session_id_of(request))
-    return web.FileResponse(_upload(session))
+    return await serve_stored(
+        request,
+        request.app[keys.FILES],
+        session.upload_path,
+        redirect_seconds=request.app[keys.CONFIG].storage_redirect_seconds,
+        missing="The uploaded video is gone",
+        session_id=session.id,
+    )
 
 
 async def chapters(request: web.Request) -> web.Response:
@@ -92,18 +99,17 @@ async def _finished(request: web.Request) -> Session:
     return session
 
 
-def _upload(session: Session) -> Path:
-    """The session's uploaded video, while its file is there."""
-    path = Path(session.upload_path)
-    if not path.is_file():
-        raise ApiError(404, "Not found", "The uploaded video is gone", session_id=session.id)
-    return path
-
-
-def _artifact(session: Session, name: str) -> Path:
-    """A worker-named artifact, only if it really lies inside the session's output dir."""
-    folder = Path(session.output_dir).resolve()
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder) or not path.is_file():
-        raise ApiError(404, "Not found", "The artifact is missing", session_id=session.id)
-    return path
+async def _artifact(
+    request: web.Request, session: Session, name: str, content_type: str
+) -> web.StreamResponse:
+    """A worker-named artifact, only if it really lies inside the session's artifacts."""
+    files = request.app[keys.FILES]
+    return await serve_stored(
+        request,
+        files,
+        files.artifact(session.output_dir, name),
+        content_type=content_type,
+        redirect_seconds=request.app[keys.CONFIG].storage_redirect_seconds,
+        missing="The artifact is missing",
+        session_id=session.id,
+    )

@@ -1,26 +1,25 @@
-"""Reading a multipart upload: the file streamed to a path the server picks, the text fields.
+"""Reading a multipart upload: the file streamed into the file store, the text fields.
 
-The body is read part by part with `read_chunk` and written in a thread, so a 2 GiB
+The body is read part by part with `read_chunk` and handed to the store's `Upload` as it
+arrives (a file written in a thread, or a multipart upload into a bucket), so a 2 GiB
 upload never sits in memory and never stalls the event loop; the size limit is enforced
-while streaming. The server picks the path (`<folder>/source.<ext>`); the client's
-filename is only metadata, made harmless by `safe_filename`.
+while streaming. The store picks the name (`source.<ext>`); the client's filename is
+only metadata, made harmless by `safe_filename`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from server.storage.files import Upload
+from server.storage.local import DiskFull
 from server.web.responses import ApiError
 
 FILE_FIELDS = ("file", "video")
@@ -29,8 +28,6 @@ CHUNK_BYTES = 1024 * 1024
 # Text fields are small JSON or words; anything bigger is a mistake, not a parameter.
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FILENAME_CHARS = 120
-_EXTENSION = re.compile(r"[a-z0-9]{1,5}")
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # What aiohttp's multipart reader raises for a body it cannot parse: a part header line
 # over 8 KiB or with a NUL in it is a BadHttpMessage, the client's fault like the others.
 _MALFORMED = (ValueError, AssertionError, RuntimeError, BadHttpMessage)
@@ -38,9 +35,10 @@ _MALFORMED = (ValueError, AssertionError, RuntimeError, BadHttpMessage)
 
 @dataclass
 class ReceivedForm:
-    """A multipart body once read: where the file went and the text fields."""
+    """A multipart body once read: the file's upload (finished) and the text fields."""
 
-    video_path: Path | None = None
+    upload: Upload | None = None
+    size: int = 0
     filename: str = ""
     fields: dict[str, str] = field(default_factory=dict)
 
@@ -54,17 +52,18 @@ def too_large(max_bytes: int) -> ApiError:
 
 async def receive_form(
     request: web.Request,
-    folder: Path,
+    open_upload: Callable[[str], Awaitable[Upload]],
     *,
     max_bytes: int,
     before_file: Callable[[dict[str, str]], object] = lambda fields: None,
     on_bytes: Callable[[int], None] = lambda size: None,
 ) -> ReceivedForm:
-    """Read a multipart body: exactly one file (field `file` or `video`) goes to `folder`.
+    """Read a multipart body: exactly one file (field `file` or `video`) goes to the
+    upload that `open_upload(safe filename)` starts.
 
     Text fields may come before or after the file. `before_file` sees the fields read so
     far just before the file is streamed, to refuse bad input early; `on_bytes` is told of
-    every chunk written. The caller removes `folder` if this raises.
+    every chunk written. If this raises, the upload it started has been aborted.
     """
     if request.content_type != "multipart/form-data":
         raise ApiError(400, "No file", "Send the video as multipart/form-data in a `file` field")
@@ -73,33 +72,54 @@ async def receive_form(
         reader = await request.multipart()
     except (ValueError, AssertionError, KeyError) as exc:
         raise _malformed(exc) from None
-    while (part := await _next_part(reader)) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise ApiError(400, "Bad request", "Nested multipart bodies are not accepted")
-        if part.name in FILE_FIELDS:
-            if form.video_path is not None:
-                raise ApiError(400, "More than one file", "Send exactly one video per upload")
-            before_file(form.fields)
-            path = folder / source_name(safe_filename(part.filename))
-            size = await _save(part, path, max_bytes, on_bytes)
-            if size == 0 and not part.filename:
-                # What a browser form sends when no file was chosen: no file, not a bad one.
-                path.unlink()
-                continue
-            form.video_path, form.filename = path, safe_filename(part.filename)
-        elif part.filename is not None or not part.name:
-            # safe_filename(None) is "video", an accepted field: name the nameless part as such.
-            what = f"file field {safe_filename(part.name)!r}" if part.name else "nameless form part"
-            raise ApiError(
-                400, "Bad request", f"Unexpected {what}; send the video as `{FILE_FIELDS[0]}`"
-            )
-        elif part.name in form.fields:
-            raise ApiError(400, "Bad request", f"Field {part.name!r} was given twice")
-        else:
-            form.fields[part.name] = await _read_text(part)
-    if form.video_path is None:
+    try:
+        while (part := await _next_part(reader)) is not None:
+            await _receive_part(part, form, open_upload, max_bytes, before_file, on_bytes)
+    except BaseException:
+        if form.upload is not None:
+            await form.upload.abort()
+        raise
+    if form.upload is None:
         raise ApiError(400, "No file", "Send the video in a `file` (or `video`) field")
     return form
+
+
+async def _receive_part(
+    part: Any,
+    form: ReceivedForm,
+    open_upload: Callable[[str], Awaitable[Upload]],
+    max_bytes: int,
+    before_file: Callable[[dict[str, str]], object],
+    on_bytes: Callable[[int], None],
+) -> None:
+    """One part of the body: the file streamed into a finished upload, or a text field."""
+    if not isinstance(part, BodyPartReader):
+        raise ApiError(400, "Bad request", "Nested multipart bodies are not accepted")
+    if part.name in FILE_FIELDS:
+        if form.upload is not None:
+            raise ApiError(400, "More than one file", "Send exactly one video per upload")
+        before_file(form.fields)
+        upload = await open_upload(safe_filename(part.filename))
+        try:
+            size = await _save(part, upload, max_bytes, on_bytes)
+            if size == 0 and not part.filename:
+                # What a browser form sends when no file was chosen: no file, not a bad one.
+                await upload.abort()
+                return
+        except BaseException:
+            await upload.abort()
+            raise
+        form.upload, form.size, form.filename = upload, size, safe_filename(part.filename)
+    elif part.filename is not None or not part.name:
+        # safe_filename(None) is "video", an accepted field: name the nameless part as such.
+        what = f"file field {safe_filename(part.name)!r}" if part.name else "nameless form part"
+        raise ApiError(
+            400, "Bad request", f"Unexpected {what}; send the video as `{FILE_FIELDS[0]}`"
+        )
+    elif part.name in form.fields:
+        raise ApiError(400, "Bad request", f"Field {part.name!r} was given twice")
+    else:
+        form.fields[part.name] = await _read_text(part)
 
 
 async def _next_part(reader: Any) -> Any:
@@ -116,29 +136,23 @@ def _malformed(exc: Exception) -> ApiError:
 
 
 async def _save(
-    part: BodyPartReader, path: Path, max_bytes: int, on_bytes: Callable[[int], None]
+    part: BodyPartReader, upload: Upload, max_bytes: int, on_bytes: Callable[[int], None]
 ) -> int:
-    """Stream one part to `path`; 413 the moment it passes `max_bytes`, 507 on a full disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Stream one part into `upload` and finish it; 413 the moment it passes `max_bytes`,
+    507 on a full disk."""
     size = 0
     try:
-        # A plain open, not aiofiles': an open run in a thread cannot be cancelled half-way,
-        # so a client leaving at that moment would leak the handle. Closing a buffered file
-        # waits for a write still running in its thread, so the file is never cut short.
-        with open(path, "wb") as out:  # noqa: ASYNC230 - creating one file is one syscall
-            while chunk := await _read_chunk(part):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_large(max_bytes)
-                await asyncio.to_thread(out.write, chunk)
-                on_bytes(len(chunk))
-    except OSError as exc:
-        if exc.errno in _DISK_FULL:
-            raise ApiError(
-                507, "Insufficient storage", "The server has no room for this upload"
-            ) from None
-        raise
-    return size
+        while chunk := await _read_chunk(part):
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large(max_bytes)
+            await upload.write(chunk)
+            on_bytes(len(chunk))
+        return await upload.finish()
+    except DiskFull:
+        raise ApiError(
+            507, "Insufficient storage", "The server has no room for this upload"
+        ) from None
 
 
 async def _read_chunk(part: BodyPartReader) -> bytes:
@@ -180,10 +194,3 @@ def safe_filename(raw: str | None) -> str:
         keep = f"{dot}{ext}" if dot and stem and len(ext) <= 10 else ""
         name = name[: MAX_FILENAME_CHARS - len(keep)].rstrip() + keep
     return name or "video"
-
-
-def source_name(filename: str) -> str:
-    """The server's name for an upload: "source" plus a short, plain extension if any."""
-    _, dot, ext = filename.rpartition(".")
-    ext = ext.lower()
-    return f"source.{ext}" if dot and _EXTENSION.fullmatch(ext) else "source"

@@ -33,6 +33,7 @@ from server.state.models import (
     SessionNotFound,
     SessionStatus,
 )
+from server.storage.files import StorageUnavailable
 from server.web.bodies import ErrorBody, HighlightsResults, Reel, Results, json_response
 
 API_PREFIX = "/api/v1/video"
@@ -118,6 +119,13 @@ def api_error_for(exc: Exception) -> ApiError | None:
             str(exc),
             session_id=exc.session.id,
             status=exc.session.status,
+        )
+    if isinstance(exc, StorageUnavailable):
+        return ApiError(
+            503,
+            "Storage unavailable",
+            "The file store cannot be reached now; nothing was kept, try again shortly",
+            headers={"Retry-After": str(exc.retry_after_seconds)},
         )
     if isinstance(exc, ServerBusy):
         return ApiError(

@@ -5,11 +5,13 @@ Without an analysis type the session is `uploaded` (the two-step flow); with one
 handed to the runner already `pending`, which queues and stores it in one step, so its
 first status is `pending` with its queue position (or, a moment later, `processing`).
 Whatever rejects an upload - size, params, probe, length, a full queue, a vanished
-client - the session's directory goes with it, so a rejected upload leaves nothing behind.
+client, a store that went away - its file goes with it (a local file, or an object and
+its unfinished multipart upload), so a rejected upload leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,8 +39,8 @@ from server.state.models import (
     SessionStatus,
     TooManyUploads,
 )
-from server.storage.paths import FileLocations
 from server.state.sessions import Sessions
+from server.storage.files import SessionFiles, Upload
 from server.web.multipart import ReceivedForm, receive_form, too_large
 from server.web.responses import ApiError
 
@@ -97,7 +99,7 @@ class UploadFlow:
         *,
         sessions: Sessions,
         runner: JobRunner,
-        paths: FileLocations,
+        files: SessionFiles,
         limits: UploadLimits,
         slots: UploadSlots,
         probes: ProbeService,
@@ -105,7 +107,7 @@ class UploadFlow:
     ) -> None:
         self._sessions = sessions
         self._runner = runner
-        self._paths = paths
+        self._files = files
         self._limits = limits
         self._slots = slots
         self._probes = probes
@@ -128,24 +130,41 @@ class UploadFlow:
             raise too_large(self._limits.max_bytes)  # refused before a byte is read
         session_id = str(uuid.uuid4())
         with self._slots.claim(session_id):
-            try:
-                return await self._accept(request, session_id, legacy_type)
-            except BaseException:
-                # Also on cancellation: the client went away, and so does everything it sent.
-                # Not in a thread: this runs while the task may be cancelled, and it is one file.
-                self._paths.remove_session_files(session_id)
-                raise
+            return await self._accept(request, session_id, legacy_type)
 
     async def _accept(
         self, request: web.Request, session_id: str, legacy_type: AnalysisType | None
     ) -> Session:
-        form = await receive_form(
+        locations: list[str] = []
+
+        async def open_upload(filename: str) -> Upload:
+            locations.append(self._files.upload_location(session_id, filename))
+            return await self._files.start_upload(locations[-1])
+
+        form = await receive_form(  # on any error it has aborted the upload it began
             request,
-            self._paths.upload_dir(session_id),
+            open_upload,
             max_bytes=self._limits.max_bytes,
             before_file=lambda fields: _job_of(fields, legacy_type, complete=False),
             on_bytes=self._slots.on_bytes,
         )
+        assert form.upload is not None  # receive_form raises without a file
+        try:
+            return await self._create(session_id, form, locations[-1], legacy_type)
+        except BaseException:
+            # Also on cancellation: the client went away, and so does everything it sent.
+            # Shielded: a second cancel must not leave the file half-removed.
+            await asyncio.shield(form.upload.abort())
+            raise
+
+    async def _create(
+        self,
+        session_id: str,
+        form: ReceivedForm,
+        location: str,
+        legacy_type: AnalysisType | None,
+    ) -> Session:
+        """The session of a received upload at `location`, stored, or queued with its job."""
         analysis_type, params = _job_of(form.fields, legacy_type, complete=True)
         webhook = None
         if legacy_type is None:
@@ -153,9 +172,9 @@ class UploadFlow:
         session = Session(
             id=session_id,
             status=SessionStatus.UPLOADED,
-            video=await self._probe(form),
-            upload_path=str(form.video_path),
-            output_dir=str(self._paths.output_dir(session_id)),
+            video=await self._probe(form, location),
+            upload_path=location,
+            output_dir=self._files.artifacts_location(session_id),
             webhook=webhook,
         )
         if analysis_type is not None:
@@ -172,10 +191,10 @@ class UploadFlow:
                 await self._sessions.delete(session_id)
             raise
 
-    async def _probe(self, form: ReceivedForm) -> VideoInfo:
-        """The video's info, probed; 422 if it is longer than allowed."""
-        assert form.video_path is not None  # receive_form raises without a file
-        info = await self._probes.probe(form.video_path, form.filename)
+    async def _probe(self, form: ReceivedForm, location: str) -> VideoInfo:
+        """The video's info, probed where it is stored; 422 if it is longer than allowed."""
+        source = await self._files.probe_source(location)
+        info = await self._probes.probe(source, form.filename, size=form.size)
         if info.duration_seconds > self._limits.max_video_seconds:
             raise ApiError(
                 422,

@@ -19,19 +19,26 @@ from typing import Any
 import pytest
 
 from protocol import AnalysisType, VideoInfo
+from server.jobs.job_files import JobFiles
 from server.jobs.job_queue import MemoryJobQueue
 from server.jobs.runner import JobRunner
 from server.state.events import EventHub
 from server.state.models import Session, SessionStatus
-from server.storage.paths import DataPaths
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
+from server.storage.local import LocalFiles
+from server.storage.paths import DataPaths
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FAKE_WORKER = (sys.executable, str(FIXTURES / "fake_worker.py"))
 FAKE_PROBE = FIXTURES / "fake_probe.py"
 # Only a bound against hangs: a passing test never comes near it.
 WAIT = 30.0
+
+
+def local_job_files(paths: DataPaths) -> JobFiles:
+    """A runner's job files under DATA_DIR, as a node without STORAGE_URL has them."""
+    return JobFiles(LocalFiles(paths), paths.scratch)
 
 
 def new_session(paths: DataPaths, **fields: Any) -> Session:
@@ -100,7 +107,7 @@ async def make_sessions(data_paths):
         async def position(session_id: str) -> int | None:
             return queue_position(session_id)
 
-        return Sessions(store, hub, data_paths, position)
+        return Sessions(store, hub, LocalFiles(data_paths), position)
 
     yield make
     for store, hub in made:
@@ -171,11 +178,11 @@ async def make_runner(data_paths):
     ) -> Harness:
         queue = MemoryJobQueue(max_queued)
         store, hub = MemoryStore(), EventHub()
-        sessions = Sessions(store, hub, data_paths, queue.position)
+        sessions = Sessions(store, hub, LocalFiles(data_paths), queue.position)
         runner = JobRunner(
             sessions,
             queue,
-            paths=data_paths,
+            files=local_job_files(data_paths),
             model="test-model",
             max_concurrent=max_concurrent,
             job_timeout=job_timeout,

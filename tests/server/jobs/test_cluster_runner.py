@@ -19,7 +19,8 @@ from server.state.redis_connection import connect
 from server.state.redis_events import RedisEventLog
 from server.state.redis_store import RedisStore
 from server.state.sessions import Sessions
-from tests.server.conftest import FAKE_WORKER, WAIT, new_session
+from server.storage.local import LocalFiles
+from tests.server.conftest import FAKE_WORKER, WAIT, local_job_files, new_session
 
 LEASE_SECONDS = 2.0
 
@@ -33,13 +34,13 @@ async def make_node(redis_url, data_paths):
         client = connect(redis_url)
         queue = await RedisJobQueue(client, 10, lease_seconds=LEASE_SECONDS).open()
         events = await RedisEventLog(client).start()
-        sessions = Sessions(RedisStore(client), events, data_paths, queue.position)
+        sessions = Sessions(RedisStore(client), events, LocalFiles(data_paths), queue.position)
         runner = JobRunner(
             sessions,
             queue,
             cancels=RedisCancelChannel(client, queue),
             node_id=name,
-            paths=data_paths,
+            files=local_job_files(data_paths),
             model="test-model",
             worker_command=FAKE_WORKER,
             orphan_sweep_seconds=orphan_sweep_seconds,

@@ -25,10 +25,12 @@ from server.state.models import (
 )
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
+from server.storage.local import LocalFiles
 from tests.server.conftest import (
     FAKE_WORKER,
     WAIT,
     eventually,
+    local_job_files,
     new_session,
     process_alive,
 )
@@ -487,8 +489,10 @@ async def test_waiters_are_released_when_the_server_shuts_down(make_runner):
 
 def test_repr_shows_node_state_and_slots(data_paths):
     queue = MemoryJobQueue(3)
-    sessions = Sessions(MemoryStore(), EventHub(), data_paths, queue.position)
-    runner = JobRunner(sessions, queue, paths=data_paths, model="m", max_concurrent=2)
+    sessions = Sessions(MemoryStore(), EventHub(), LocalFiles(data_paths), queue.position)
+    runner = JobRunner(
+        sessions, queue, files=local_job_files(data_paths), model="m", max_concurrent=2
+    )
     assert repr(runner) == "<JobRunner local not started running=0/2>"
 
 
@@ -496,11 +500,11 @@ async def test_on_finished_is_told_of_every_job_that_ran_with_its_outcome(data_p
     """The metrics hook: analysis type, final status and duration of each job that ran."""
     told: list[tuple[str, str, float]] = []
     queue, hub = MemoryJobQueue(10), EventHub()
-    sessions = Sessions(MemoryStore(), hub, data_paths, queue.position)
+    sessions = Sessions(MemoryStore(), hub, LocalFiles(data_paths), queue.position)
     runner = JobRunner(
         sessions,
         queue,
-        paths=data_paths,
+        files=local_job_files(data_paths),
         model="m",
         worker_command=FAKE_WORKER,
         on_finished=lambda *args: told.append(args),

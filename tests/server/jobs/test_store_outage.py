@@ -24,8 +24,9 @@ from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
 from server.state.store import MemoryStore
 from server.state.webhook_delivery import WebhookDelivery
+from server.storage.local import LocalFiles
 from tests.server.cluster import CLUSTER_WORKER, V1, read_events, read_to_the_end
-from tests.server.conftest import FAKE_WORKER, WAIT, Harness, dies, new_session
+from tests.server.conftest import FAKE_WORKER, WAIT, Harness, dies, local_job_files, new_session
 from tests.server.http_helpers import video_form
 from tests.server.server_process import ServerProcess
 
@@ -135,11 +136,11 @@ class AwayStore(MemoryStore):
 
 async def test_a_store_away_longer_than_the_patience_queues_the_job_again(data_paths):
     store, hub, queue = AwayStore(), EventHub(), MemoryJobQueue(10)
-    sessions = Sessions(store, hub, data_paths, queue.position)
+    sessions = Sessions(store, hub, LocalFiles(data_paths), queue.position)
     runner = JobRunner(
         sessions,
         queue,
-        paths=data_paths,
+        files=local_job_files(data_paths),
         model="test-model",
         worker_command=FAKE_WORKER,
         store_patience=0.5,
@@ -183,7 +184,7 @@ async def no_position(session_id: str) -> None:
 
 
 def sessions_over(hub: EventHub, data_paths) -> Sessions:
-    return Sessions(MemoryStore(), hub, data_paths, no_position)
+    return Sessions(MemoryStore(), hub, LocalFiles(data_paths), no_position)
 
 
 async def names(hub: EventHub, session_id: str) -> list[str]:

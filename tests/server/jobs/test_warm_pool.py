@@ -16,7 +16,15 @@ from server.state.events import EventHub
 from server.state.models import SessionStatus
 from server.state.sessions import Sessions
 from server.state.store import MemoryStore
-from tests.server.conftest import FIXTURES, WAIT, eventually, new_session, process_alive
+from server.storage.local import LocalFiles
+from tests.server.conftest import (
+    FIXTURES,
+    WAIT,
+    eventually,
+    local_job_files,
+    new_session,
+    process_alive,
+)
 
 REAL_WORKER = (sys.executable, "-m", "inference_worker")
 
@@ -27,11 +35,11 @@ async def make_warm_runner(data_paths):
 
     async def make(command, model: str, warm_workers: int = 1):
         queue, hub = MemoryJobQueue(10), EventHub()
-        sessions = Sessions(MemoryStore(), hub, data_paths, queue.position)
+        sessions = Sessions(MemoryStore(), hub, LocalFiles(data_paths), queue.position)
         runner = JobRunner(
             sessions,
             queue,
-            paths=data_paths,
+            files=local_job_files(data_paths),
             model=model,
             worker_command=command,
             warm_workers=warm_workers,

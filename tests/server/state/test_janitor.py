@@ -11,6 +11,7 @@ import pytest
 
 from server.state.janitor import Janitor, SweepReport
 from server.state.models import SessionNotFound, SessionStatus, utcnow
+from server.storage.local import LocalFiles
 from tests.server.conftest import eventually, new_session
 
 TTL = timedelta(hours=24)
@@ -43,7 +44,9 @@ async def test_sessions_expire_a_ttl_after_their_last_update_with_their_files(
     make_sessions, data_paths, clock
 ):
     sessions = make_sessions()
-    janitor = Janitor(sessions, data_paths, TTL, uploading=lambda _id: False, clock=clock)
+    janitor = Janitor(
+        sessions, LocalFiles(data_paths), TTL, uploading=lambda _id: False, clock=clock
+    )
     old = await add(
         sessions, data_paths, SessionStatus.COMPLETED, age=TTL + timedelta(1), clock=clock
     )
@@ -67,7 +70,9 @@ async def test_sessions_expire_a_ttl_after_their_last_update_with_their_files(
 @pytest.mark.parametrize("status", [SessionStatus.PENDING, SessionStatus.PROCESSING])
 async def test_live_sessions_never_expire_nor_lose_files(make_sessions, data_paths, clock, status):
     sessions = make_sessions()
-    janitor = Janitor(sessions, data_paths, TTL, uploading=lambda _id: False, clock=clock)
+    janitor = Janitor(
+        sessions, LocalFiles(data_paths), TTL, uploading=lambda _id: False, clock=clock
+    )
     live = await add(sessions, data_paths, status, age=TTL * 10, clock=clock)
 
     assert await janitor.sweep() == SweepReport(expired_sessions=0, orphan_paths=0)
@@ -91,7 +96,11 @@ async def test_files_of_no_session_are_swept_but_not_an_upload_in_progress(
     receiving = data_paths.upload_dir("2f0e0d0c-0000-4000-8000-000000000000")
     receiving.mkdir()
     janitor = Janitor(
-        sessions, data_paths, TTL, uploading=lambda sid: sid == receiving.name, clock=clock
+        sessions,
+        LocalFiles(data_paths),
+        TTL,
+        uploading=lambda sid: sid == receiving.name,
+        clock=clock,
     )
 
     report = await janitor.sweep()
@@ -105,7 +114,9 @@ async def test_files_of_no_session_are_swept_but_not_an_upload_in_progress(
 async def test_each_pass_of_run_logs_what_it_removed(make_sessions, data_paths, clock, caplog):
     caplog.set_level(logging.INFO, logger="server.state.janitor")
     sessions = make_sessions()
-    janitor = Janitor(sessions, data_paths, TTL, uploading=lambda _id: False, clock=clock)
+    janitor = Janitor(
+        sessions, LocalFiles(data_paths), TTL, uploading=lambda _id: False, clock=clock
+    )
     await add(sessions, data_paths, SessionStatus.COMPLETED, age=TTL * 2, clock=clock)
     (data_paths.uploads / "stray").mkdir(parents=True)
 
@@ -116,4 +127,7 @@ async def test_each_pass_of_run_logs_what_it_removed(make_sessions, data_paths, 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert "sweep removed 1 expired session(s) and 1 orphan path(s)" in caplog.text
+    assert (
+        "sweep removed 1 expired session(s), the files of 1 unknown one(s) and 0 unfinished "
+        "upload(s)" in caplog.text
+    )

@@ -10,9 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from server.storage.files import source_name
 from server.web import app_keys as keys
 from server.web import upload_flow
-from server.web.multipart import safe_filename, source_name
+from server.web.multipart import safe_filename
 from tests.media import (
     write_audio_only,
     write_still_image,
