@@ -67,7 +67,8 @@ def process_alive(pid: int) -> bool:
         return True  # no /proc (macOS): the signal got through, so it exists
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        # Reaped between the open and the read: the read itself fails with ESRCH.
         return False
     return state != "Z"
 
