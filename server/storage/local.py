@@ -13,7 +13,7 @@ import os
 import shutil
 import stat
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from server.storage.files import StoredFile, inside, source_name
@@ -118,7 +118,7 @@ class LocalFiles:
             return None
         if not stat.S_ISREG(info.st_mode):
             return None
-        modified = datetime.fromtimestamp(info.st_mtime, UTC)
+        modified = datetime.fromtimestamp(info.st_mtime, timezone.utc)
         return StoredFile(location, info.st_size, last_modified=modified, path=Path(location))
 
     async def read(self, location: str, start: int, end: int) -> AsyncIterator[bytes]:
@@ -181,4 +181,4 @@ def _last_change(entry: Path) -> datetime | None:
         latest = max(os.lstat(path).st_mtime for path in paths)
     except FileNotFoundError:
         return None
-    return datetime.fromtimestamp(latest, UTC)
+    return datetime.fromtimestamp(latest, timezone.utc)

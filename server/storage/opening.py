@@ -11,11 +11,10 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
-from server.storage.s3 import S3Files, parse_storage_url
-
 from server.storage.files import SessionFiles, StorageMisconfigured, StorageUnavailable
 from server.storage.local import LocalFiles
 from server.storage.paths import DataPaths
+from server.storage.s3 import S3Files, parse_storage_url
 
 
 @contextlib.asynccontextmanager

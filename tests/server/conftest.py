@@ -28,12 +28,21 @@ from server.state.sessions import Sessions
 from server.state.store import MemoryStore
 from server.storage.local import LocalFiles
 from server.storage.paths import DataPaths
+from tests.server.s3_server import S3Server, running_s3_server
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FAKE_WORKER = (sys.executable, str(FIXTURES / "fake_worker.py"))
 FAKE_PROBE = FIXTURES / "fake_probe.py"
 # Only a bound against hangs: a passing test never comes near it.
 WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3 server (SeaweedFS's `weed mini`) for the test module, on free loopback
+    ports, with its bucket."""
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 def local_job_files(paths: DataPaths) -> JobFiles:

@@ -1,21 +1,15 @@
-"""A real S3 server (SeaweedFS) per test module, and `S3Files` on it under a fresh prefix."""
+"""`S3Files` on the module's real S3 server (`s3_server`, tests/server/conftest.py) under
+a fresh prefix."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from server.storage.s3 import MIN_PART_BYTES, S3Files
-from tests.server.s3_server import S3Server, running_s3_server
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One `weed mini` for the test module, on free loopback ports, with its bucket."""
-    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
-        yield server
+from tests.server.s3_server import S3Server
 
 
 def s3_files(
