@@ -6,18 +6,19 @@ that crashes or hangs it takes down only this process, which the server then rep
 
 Each stdin line is a `ProbeRequest`; each is answered with exactly one terminal event on
 the event channel. The end of stdin (the server closed it, or is gone) ends the process.
+A request's path may be an http(s) URL (an object in a bucket): a URL that cannot be read
+is answered `internal_error`, for it is no fault of the file.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 
 from inference_worker.channel import EventChannel
 
 # Imported as the process starts (PyAV takes a while), not on the first upload.
-from inference_worker.video import UnusableVideo, probe
+from inference_worker.video import UnusableVideo, VideoSourceUnreachable, probe, redacted
 from protocol import (
     Error,
     ErrorCode,
@@ -46,14 +47,19 @@ def serve(channel: EventChannel, requests: Iterable[bytes]) -> None:
 def answer(request: ProbeRequest) -> Result | Error:
     """The terminal event for one request: {"video": VideoInfo} or why the file is unusable.
 
-    An error nobody foresaw is answered too (and logged with its traceback): this process
-    serves the next upload, so one odd file must not end it.
+    A URL that cannot be read (an HTTP error, a network failure) is an internal error, not
+    an invalid video. An error nobody foresaw is answered too (and logged with its
+    traceback): this process serves the next upload, so one odd file must not end it.
     """
     try:
-        info = probe(request.path, request.filename or os.path.basename(request.path))
+        info = probe(request.path, request.filename, request.size)
     except UnusableVideo as exc:
         return Error(ErrorCode.INVALID_VIDEO.value, str(exc))
+    except VideoSourceUnreachable as exc:
+        log.warning("%s", exc)
+        return Error(ErrorCode.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
     except Exception as exc:
-        log.exception("probe of %s failed unexpectedly", request.path)
+        # A presigned URL's query is its signature: never in a log line.
+        log.exception("probe of %s failed unexpectedly", redacted(request.path))
         return Error(ErrorCode.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
     return Result({"video": info.to_dict()})

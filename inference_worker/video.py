@@ -1,20 +1,27 @@
 """Video input with PyAV: probe an upload, and decode the frames shown at chosen times.
 
 `probe` decides whether a file is a usable video and reports its facts; every way a file can
-be unusable ends as `UnusableVideo`, whose message is shown to API clients. `VideoReader`
+be unusable ends as `UnusableVideo`, whose message is shown to API clients. It reads a local
+path or an http(s) URL (an object in a bucket, through a presigned URL); a URL that cannot be
+read is `VideoSourceUnreachable`, never the file's fault. `VideoReader`
 decodes as little as it can: it decodes forward through dense requests and seeks to the
 preceding keyframe across sparse gaps, deciding gap by gap.
 """
 
 from __future__ import annotations
 
+import http.client
 import math
+import posixpath
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import unquote, urlsplit
 
 import av
 from av.container import InputContainer
@@ -47,6 +54,31 @@ _MISSING_TAIL_TOLERANCE_SECONDS = 1.0
 _FALLBACK_FPS = 30.0
 # Image formats FFmpeg can open as a one-frame "video" (besides the "*_pipe" ones).
 _STILL_IMAGE_FORMATS = {"image2"}
+_URL_SCHEMES = ("http", "https")
+# FFmpeg's http protocol options for reading a video through a URL with Range requests. PyAV's
+# own `timeout` argument is left alone: it has known bugs (PyAV issues #1155, #1243).
+_URL_OPTIONS = {
+    # A connection dropped mid-read is opened again at the same offset (a Range request).
+    # Not `reconnect_streamed`: an object store answers Range requests, and a server that
+    # does not could only start again from byte 0, which FFmpeg would take for the offset.
+    "reconnect": "1",
+    # A connect that fails (refused, reset, TLS, timed out) is tried again, as is a store's
+    # 5xx; a 4xx (an expired signature, a missing object) is final, so it is not.
+    "reconnect_on_network_error": "1",
+    "reconnect_on_http_error": "5xx",
+    # Two retries, after 0 and 1 s: a store that stalls every attempt costs 3 x rw_timeout
+    # + 1 s = 13 s, well within the server's probe timeout (30 s by default). The delay cap
+    # bounds the retries too (0, 1, 3 s) where an older FFmpeg ignores the retry count.
+    "reconnect_max_retries": "2",
+    "reconnect_delay_max": "3",
+    # A connect or read with no progress for this long fails instead of hanging (microseconds).
+    "rw_timeout": str(4_000_000),
+}
+# What FFmpeg raises when a URL fails rather than the bytes it gave: an HTTP error status,
+# or an errno (refused, reset, timed out, EIO...); bad bytes are InvalidDataError or EOFError.
+_TRANSPORT_ERRORS = (av.error.HTTPError, av.error.HTTPClientError, OSError)
+# The one request that asks a URL whether it still answers, after FFmpeg found bad data.
+_REACHABLE_TIMEOUT_SECONDS = 4.0
 
 _TO_UPRIGHT = {
     90: Image.Transpose.ROTATE_270,  # PIL's ROTATE_n turn counter-clockwise
@@ -57,6 +89,14 @@ _TO_UPRIGHT = {
 
 class UnusableVideo(Exception):
     """The file cannot be used as a video; the message says why, in words fit for a client."""
+
+
+class VideoSourceUnreachable(Exception):
+    """The video's URL could not be read: an HTTP error status or a network failure.
+
+    An expired signature or a store that is down is no fault of the file, so this is never
+    UnusableVideo. The message names the URL without its query, which holds the signature.
+    """
 
 
 @dataclass(frozen=True)
@@ -76,19 +116,52 @@ class DecodedFrame:
     frame: av.VideoFrame
 
 
-def probe(path: Path | str, filename: str = "") -> VideoInfo:
-    """The facts of the video at `path`, or UnusableVideo if it is not a usable video.
+def probe(source: Path | str, filename: str = "", size: int | None = None) -> VideoInfo:
+    """The facts of the video at `source`, or UnusableVideo if it is not a usable video.
 
-    Decodes the first frame, and rejects a truncated upload whose header survived: its index
-    (MP4's sample table) points past the end of the file, or its packets stop well short of
-    the duration it declares. `filename` is the client's name for the file (default: the
-    file's own). A missing path raises FileNotFoundError: the caller's fault, not the client's.
+    `source` is a local path or an http(s) URL, read with Range requests. Decodes the first
+    frame, and rejects a truncated upload whose header survived: its index (MP4's sample
+    table) points past the end of the file, or its packets stop well short of the duration it
+    declares. `size` is the URL's object size in bytes, which the truncation check needs and
+    a URL does not tell without a request: a URL without it is a ValueError; a local file's
+    own size is used. `filename` is the client's name for the file (default: the file's own,
+    or the last part of the URL's path). A missing path raises FileNotFoundError, a URL that
+    cannot be read VideoSourceUnreachable: the caller's or the store's fault, not the client's.
     """
-    path = Path(path)
-    size = path.stat().st_size
+    if is_url(source):
+        url = str(source)
+        if size is None:
+            raise ValueError(f"probing a URL needs the object's size in bytes: {redacted(url)}")
+        try:
+            return _probe(url, filename or _url_filename(url), size)
+        except UnusableVideo:
+            # FFmpeg's demuxers report a read that failed after the first bytes (a signature
+            # expired mid-probe, a store gone down) as bad data: blame the file only if its
+            # URL still answers.
+            _check_reachable(url)
+            raise
+    path = Path(source)
+    return _probe(path, filename or path.name, path.stat().st_size)
+
+
+def is_url(source: Path | str) -> bool:
+    """Whether `source` is an http(s) URL rather than a local path."""
+    return isinstance(source, str) and urlsplit(source).scheme.lower() in _URL_SCHEMES
+
+
+def redacted(source: Path | str) -> str:
+    """`source` fit for a log line: a URL loses its query and credentials (a signature)."""
+    if not is_url(source):
+        return str(source)
+    parts = urlsplit(str(source))
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def _probe(source: Path | str, filename: str, size: int) -> VideoInfo:
     if size == 0:
         raise UnusableVideo(EMPTY)
-    with _open(path) as container:
+    with _open(source) as container:
         stream = video_stream(container)
         try:
             first = next(_decode(container, stream), None)
@@ -97,7 +170,7 @@ def probe(path: Path | str, filename: str = "") -> VideoInfo:
             _check_indexed_data_present(container, size)
             duration = _checked_duration(container, stream)
         except av.FFmpegError as error:
-            raise UnusableVideo(CORRUPT) from error
+            raise _read_failure(source, error, CORRUPT) from error
         if duration <= 0:
             # One frame and no length: a picture in a video container (a one-frame GIF, say).
             raise UnusableVideo(STILL_IMAGE)
@@ -106,7 +179,7 @@ def probe(path: Path | str, filename: str = "") -> VideoInfo:
         if rotation in (90, 270):
             width, height = height, width
         return VideoInfo(
-            filename=filename or path.name,
+            filename=filename,
             duration_seconds=round(duration, 3),
             width=width,
             height=height,
@@ -114,6 +187,31 @@ def probe(path: Path | str, filename: str = "") -> VideoInfo:
             rotation=rotation,
             has_audio=any(s.codec_context is not None for s in container.streams.audio),
         )
+
+
+def _check_reachable(url: str) -> None:
+    """VideoSourceUnreachable unless a GET of the URL's first byte succeeds.
+
+    A GET, not a HEAD: a presigned URL is signed for one method.
+    """
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(request, timeout=_REACHABLE_TIMEOUT_SECONDS):
+            pass
+    except urllib.error.HTTPError as error:
+        error.close()  # it holds the response, and its socket
+        raise VideoSourceUnreachable(
+            f"could not read {redacted(url)}: HTTP {error.code} {error.reason}"
+        ) from error
+    except (OSError, http.client.HTTPException) as error:
+        # URLError's reason is the socket error, which never names the URL.
+        reason = getattr(error, "reason", error)
+        raise VideoSourceUnreachable(f"could not read {redacted(url)}: {reason}") from error
+
+
+def _url_filename(url: str) -> str:
+    """The last component of the URL's path, before any query, percent-decoded."""
+    return unquote(posixpath.basename(urlsplit(url).path))
 
 
 class VideoReader:
@@ -354,16 +452,25 @@ def video_stream(container: InputContainer) -> VideoStream:
     raise UnusableVideo(NO_VIDEO)
 
 
-def _open(path: Path) -> InputContainer:
+def _open(source: Path | str) -> InputContainer:
+    options = _URL_OPTIONS if is_url(source) else {}
     try:
-        return av.open(str(path), metadata_errors="replace")
+        return av.open(str(source), metadata_errors="replace", container_options=options)
     except av.error.EOFError as error:
         raise UnusableVideo(CORRUPT) from error
     except av.FFmpegError as error:
-        raise UnusableVideo(NOT_A_VIDEO) from error
+        raise _read_failure(source, error, NOT_A_VIDEO) from error
 
 
-def _open_video(path: Path) -> tuple[InputContainer, VideoStream]:
+def _read_failure(source: Path | str, error: av.FFmpegError, unusable: str) -> Exception:
+    """What a PyAV error while reading `source` means: for a URL whose transport failed,
+    VideoSourceUnreachable; else the file is unusable, for the reason `unusable`."""
+    if is_url(source) and isinstance(error, _TRANSPORT_ERRORS):
+        return VideoSourceUnreachable(f"could not read {redacted(source)}: {error.strerror}")
+    return UnusableVideo(unusable)
+
+
+def _open_video(path: Path | str) -> tuple[InputContainer, VideoStream]:
     container = _open(path)
     try:
         stream = video_stream(container)

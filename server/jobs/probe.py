@@ -69,9 +69,11 @@ class ProbeService:
             prober.launch()
         await asyncio.gather(*(prober.started() for prober in self._probers))
 
-    async def probe(self, path: str | Path, filename: str) -> VideoInfo:
+    async def probe(self, path: str | Path, filename: str, size: int | None = None) -> VideoInfo:
         """What a probe process finds in the video at `path`; `filename` is the client's name.
 
+        `path` is a server path, or an http(s) URL (a presigned URL of an object in a bucket)
+        whose object is `size` bytes long: a URL needs its size, a path's is measured.
         Raises InvalidVideo with the probe's message for an `error` answer, and with a
         generic message when the probe crashes, answers garbage or runs out of time (the
         process is then replaced). Failing to start a probe process at all (a broken
@@ -79,7 +81,7 @@ class ProbeService:
         """
         prober = await self._idle.get()
         try:
-            return await prober.probe(ProbeRequest(str(path), filename))
+            return await prober.probe(ProbeRequest(str(path), filename, size))
         finally:
             self._idle.put_nowait(prober)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import struct
 from pathlib import Path
 
 import av
@@ -15,6 +14,7 @@ from inference_worker import artifacts
 from inference_worker.artifacts import pick_video_encoder, write_reel, write_thumbnails
 from inference_worker.video import VideoReader, probe
 from tests import media
+from tests.inference_worker.mp4_boxes import top_level_boxes
 
 FPS = 10  # write_video's default
 
@@ -27,18 +27,6 @@ def reel_frames(path: Path) -> list[av.VideoFrame]:
 def upright_index(frame: av.VideoFrame) -> int:
     # PIL turns counter-clockwise, as the display matrix angle is measured.
     return media.read_frame_index(frame.to_image().rotate(frame.rotation, expand=True))
-
-
-def top_level_boxes(path: Path) -> list[str]:
-    """The MP4 box types at the top level of the file, in file order."""
-    boxes, data, offset = [], path.read_bytes(), 0
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        if size == 1:
-            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
-        boxes.append(kind.decode("ascii"))
-        offset += size if size else len(data)
-    return boxes
 
 
 def leftovers(directory: Path) -> list[str]:

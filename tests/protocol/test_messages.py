@@ -260,6 +260,27 @@ def test_model_reports_round_trip_with_their_state():
 def test_probe_requests_round_trip_and_bad_ones_say_what_is_wrong():
     request = ProbeRequest("/data/uploads/x/source.mp4", "match.mp4")
     assert decode_probe_request(encode_probe_request(request)) == request
-    for bad in ("nope", "[]", '{"filename": "a"}', '{"path": "/p", "filename": 3}'):
+    for bad in (
+        "nope",
+        "[]",
+        '{"filename": "a"}',
+        '{"path": "/p", "filename": 3}',
+        '{"path": "/p", "size": -1}',
+        '{"path": "/p", "size": 1.5}',
+        '{"path": "/p", "size": true}',
+    ):
         with pytest.raises(ProtocolError, match="probe request"):
             decode_probe_request(bad)
+
+
+def test_a_probe_request_for_a_url_carries_the_objects_size():
+    request = ProbeRequest("https://bucket.example/uploads/x/source.mp4?X-Amz-Signature=s", "", 123)
+    assert decode_probe_request(encode_probe_request(request)) == request
+
+
+def test_a_probe_request_without_a_size_reads_and_writes_as_before_sizes_existed():
+    """Lines of the two versions mean the same: no `size` key is a size of None."""
+    line = '{"path":"/data/uploads/x/source.mp4","filename":"match.mp4"}\n'
+    request = decode_probe_request(line)
+    assert request == ProbeRequest("/data/uploads/x/source.mp4", "match.mp4", None)
+    assert encode_probe_request(request) == line

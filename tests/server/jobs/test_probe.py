@@ -16,6 +16,7 @@ from protocol import VideoInfo
 from server.config import Config
 from server.jobs.probe import PROBE_FAILED, ProbeService
 from server.state.models import InvalidVideo
+from tests.inference_worker.http_files import SIGNATURE_QUERY, serve_files
 from tests.server.conftest import FAKE_PROBE, WAIT, dies, eventually, process_alive
 
 FAKE_SERVICE = (sys.executable, str(FAKE_PROBE))
@@ -162,3 +163,41 @@ async def test_close_ends_every_probe_process(make_service):
     assert len(pids) == 2
     await service.close()
     assert not any(process_alive(pid) for pid in pids)
+
+
+# The real probe process, reading uploads through URLs as from a bucket.
+
+
+@pytest.fixture
+async def bucket(aiohttp_server, tmp_path, sample_video):
+    """`sample_video` as match.mp4, served on 127.0.0.1 with Range support."""
+    directory = tmp_path / "bucket"
+    directory.mkdir()
+    (directory / "match.mp4").write_bytes(sample_video.read_bytes())
+    return await serve_files(aiohttp_server, directory)
+
+
+async def test_the_real_probe_reads_a_video_at_a_url_with_the_size_it_is_given(
+    make_service, bucket, sample_video
+):
+    service = await make_service(command=Config.probe_command)
+    size = sample_video.stat().st_size
+    info = await service.probe(bucket.url("match.mp4"), "upload.mp4", size)
+    assert info.filename == "upload.mp4"
+    assert info.duration_seconds == pytest.approx(12.0, abs=0.05) and info.has_audio
+    # The size reaches the probe: told the object is half as big, its index overruns it.
+    with pytest.raises(InvalidVideo, match="truncated"):
+        await service.probe(bucket.url("match.mp4"), "upload.mp4", size // 2)
+
+
+async def test_a_url_the_real_probe_cannot_read_is_a_general_failure_and_logged_in_detail(
+    make_service, bucket, caplog
+):
+    """A 404 is the store's or the server's doing: not the file's message, nor its process."""
+    service = await make_service(command=Config.probe_command)
+    [pid] = service.pids
+    with pytest.raises(InvalidVideo, match=f"^{PROBE_FAILED}$"):
+        await service.probe(bucket.url("missing.mp4"), "match.mp4", 1000)
+    assert "internal_error: VideoSourceUnreachable" in caplog.text and "404" in caplog.text
+    assert SIGNATURE_QUERY not in caplog.text
+    assert service.pids == [pid]
