@@ -83,7 +83,7 @@ async def test_a_highlights_job_keeps_every_file_in_the_bucket_and_none_on_the_n
     assert body["status"] == "completed", body
     stored = keys(bucket_env, prefix)
     assert f"{prefix}/artifacts/{session_id}/reel.mp4" in stored
-    assert f"{prefix}/artifacts/{session_id}/thumbnails/0.jpg" in stored
+    assert f"{prefix}/artifacts/{session_id}/thumbnails/000.jpg" in stored
     assert files_on_disk(tmp_path / "data") == []  # the job's scratch went with it
 
     reel = await client.get(body["results"]["reel"]["url"])
@@ -141,12 +141,11 @@ async def test_a_rejected_upload_leaves_no_object_and_no_unfinished_upload(
 async def test_an_upload_over_the_limit_is_aborted_in_the_bucket(
     aiohttp_client, tmp_path, bucket_env, prefix
 ):
-    client = await bucket_client(aiohttp_client, tmp_path, bucket_env, prefix, max_upload_mb=6)
+    """Past the first 8 MiB part, so a multipart upload had begun when the limit struck."""
+    client = await bucket_client(aiohttp_client, tmp_path, bucket_env, prefix, max_upload_mb=9)
     big = tmp_path / "big.mp4"
-    big.write_bytes(b"\0" * (7 * 1024 * 1024))
-    response = await client.post(
-        f"{V1}/upload", data=video_form(big, "big.mp4"), headers={"Transfer-Encoding": "chunked"}
-    )
+    big.write_bytes(b"\0" * (9 * 1024 * 1024 + 512 * 1024))
+    response = await client.post(f"{V1}/upload", data=video_form(big, "big.mp4"))
     assert response.status == 413, await response.text()
     assert keys(bucket_env, prefix) == [] and unfinished_uploads(bucket_env, prefix) == []
 
