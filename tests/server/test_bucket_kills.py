@@ -147,3 +147,54 @@ async def test_a_node_killed_mid_job_sweeps_its_scratch_at_its_next_start(
             assert "left by a previous process" in again.log()
         finally:
             again.stop()
+
+
+async def test_two_nodes_that_share_only_redis_and_a_bucket_serve_one_job(
+    tmp_path, bucket_env, redis_url, sample_video, steered_model_dir
+):
+    """Upload to an API node, the job runs on a worker node with a DATA_DIR of its own,
+    and the API node serves the reel the worker node stored."""
+    prefix = f"pair-{uuid.uuid4().hex}"
+    shared = {"storage_url": f"s3://{bucket_env.bucket}/{prefix}", "redis_url": redis_url}
+    api = ServerProcess(
+        tmp_path / "api", steered_model_dir, log_path=tmp_path / "api.log", role="api", **shared
+    )
+    worker = ServerProcess(
+        tmp_path / "worker",
+        steered_model_dir,
+        log_path=tmp_path / "worker.log",
+        role="worker",
+        **shared,
+    )
+    async with aiohttp.ClientSession() as http:
+        try:
+            await api.ready(http)
+            await worker.ready(http)
+            form = aiohttp.FormData()
+            form.add_field("file", sample_video.read_bytes(), filename="match.mp4")
+            form.add_field("analysis_type", "highlights")
+            form.add_field("params", '{"segment_seconds": 4}')
+            async with http.post(f"{api.url}{V1}/upload", data=form) as response:
+                assert response.status == 202, await response.text()
+                session_id = (await response.json())["sessionId"]
+            deadline = asyncio.get_running_loop().time() + BOUND
+            while True:
+                async with http.get(f"{api.url}{V1}/status/{session_id}") as response:
+                    status = await response.json()
+                if status["status"] in ("completed", "failed", "cancelled"):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, status
+                await asyncio.sleep(0.1)
+            assert status["status"] == "completed", status
+            async with http.get(f"{api.url}{V1}/results/{session_id}/reel") as reel:
+                assert reel.status == 200 and reel.content_type == "video/mp4"
+                assert len(await reel.read()) > 1000
+        finally:
+            api.stop()
+            worker.stop()
+    assert f"session {session_id} started (attempt 1" in worker.log()
+    assert "started (attempt" not in api.log()
+    # Neither node kept the video or an artifact on its own disk.
+    for data_dir in (tmp_path / "api", tmp_path / "worker"):
+        kept = [path for path in data_dir.rglob("*") if path.is_file()]
+        assert not [path for path in kept if path.suffix in (".mp4", ".jpg")], kept
