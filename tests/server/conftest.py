@@ -39,8 +39,8 @@ WAIT = 30.0
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One real S3 server (SeaweedFS's `weed mini`) for the test module, on free loopback
-    ports, with its bucket."""
+    """One real S3 server for the test module (SeaweedFS, started by s3_server.py), on
+    free loopback ports, with its bucket."""
     with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
         yield server
 

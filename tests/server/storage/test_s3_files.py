@@ -1,4 +1,4 @@
-"""`S3Files` against a real S3 server (SeaweedFS `weed mini`, checking SigV4)."""
+"""`S3Files` against a real S3 server (SeaweedFS from tests/server/s3_server.py, checking SigV4)."""
 
 from __future__ import annotations
 
