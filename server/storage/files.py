@@ -12,7 +12,10 @@ What runs where:
   the worker writes into a local folder whose files are kept before the job says
   `completed` (`worker_output`, `keep_artifacts`);
 - cleanup, expiry and the sweep remove what belongs to no session (`remove_session`,
-  `holders`, `abort_stale_uploads`).
+  `holders`, `abort_stale_uploads`);
+- a resumable (tus) upload grows request by request, on any node, from a `Resumable` its
+  record keeps (`begin_resumable`, `append_resumable`, `finish_resumable`,
+  `abort_resumable`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,18 @@ class StoredFile:
     etag: str | None = None
     last_modified: datetime | None = None
     path: Path | None = None  # set when the file is on this node's disk
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """How far a resumable upload's bytes are kept, as its record stores it: enough for any
+    node to append the next request's bytes or to finish it. `handle` is the store's own
+    (JSON text: a multipart upload's id and parts, and where the bytes short of a whole
+    part wait; empty for a local file)."""
+
+    location: str
+    offset: int
+    handle: str = ""
 
 
 class SessionFiles(Protocol):
@@ -129,6 +144,26 @@ class SessionFiles(Protocol):
 
     async def abort_stale_uploads(self, started_before: datetime) -> int:
         """End unfinished uploads begun before `started_before`; how many were ended."""
+
+    async def begin_resumable(self, location: str) -> Resumable:
+        """A new, empty resumable upload at `location` (offset 0)."""
+
+    async def append_resumable(self, upload: Resumable, chunks: AsyncIterator[bytes]) -> Resumable:
+        """Keep the bytes of `chunks` after `upload.offset`; the new state.
+
+        Every byte the iterator gave is kept when this returns (also bytes short of a
+        store's minimum part: they wait where any node finds them). Memory stays bounded
+        (about a part) however much the iterator gives. `upload` stays valid until the
+        caller has stored the returned state: a node that dies mid-append loses nothing
+        that was acknowledged. Raises StorageUnavailable if the store fails; then `upload`
+        is still the truth.
+        """
+
+    async def finish_resumable(self, upload: Resumable) -> None:
+        """Make the file at `upload.location` whole, as `finish` does for an `Upload`."""
+
+    async def abort_resumable(self, upload: Resumable) -> None:
+        """Remove every byte of the upload (file, multipart upload, waiting bytes)."""
 
     async def close(self) -> None:
         """Release connections."""
