@@ -241,7 +241,9 @@ class TusUploads:
         """The whole upload becomes a session. Refused as a file (not a video, too long),
         it goes; refused for now (queue full, store away, client gone), it stays whole
         and the client's next PATCH or HEAD... tries again."""
-        await self._files.finish_resumable(record.upload)
+        whole = await self._files.stat(record.upload.location)
+        if whole is None or whole.size != record.length:  # not finished by an earlier try
+            await self._files.finish_resumable(record.upload)
         try:
             job = await self._flow.job_of(_fields_of(record))
             session = await self._flow.become_session(
