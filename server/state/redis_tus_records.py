@@ -179,6 +179,17 @@ class RedisTusRecords:
                     found.append(record)
         return found
 
+    @unavailable_as_busy
+    async def unfinished(self) -> set[str]:
+        """Every record with no session yet, the whole ones too (the index has only those
+        that can expire): a scan, as the sweep calls this once a round."""
+        found: set[str] = set()
+        async for key in self._client.scan_iter(match=RECORD_KEY + "*", count=500):
+            text = await self._client.get(key)
+            if text is not None and tus_record_from_json(text).session_id is None:
+                found.add(str(key.decode() if isinstance(key, bytes) else key)[len(RECORD_KEY) :])
+        return found
+
     @asynccontextmanager
     async def writing(self, upload_id: str) -> AsyncIterator[None]:
         """Hold the upload's write lock, renewed every lease/RENEWALS_PER_LEASE.

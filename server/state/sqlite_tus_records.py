@@ -207,6 +207,13 @@ class SqliteTusRecords:
         )
         return [str(row[0]) for row in rows]
 
+    async def unfinished(self) -> set[str]:
+        return set(await self._run(self._unfinished))
+
+    def _unfinished(self) -> list[str]:
+        rows = self._connection.execute("SELECT id FROM tus_uploads WHERE session_id IS NULL")
+        return [str(row[0]) for row in rows]
+
     @asynccontextmanager
     async def writing(self, upload_id: str) -> AsyncIterator[None]:
         """Hold the upload's write lock (a name in this process) while the block runs."""

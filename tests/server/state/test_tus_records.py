@@ -265,3 +265,12 @@ async def test_sqlite_records_survive_a_reopen_beside_the_sessions(tmp_path, dat
     finally:
         await records.close()
         await sessions.close()
+
+
+async def test_unfinished_names_every_upload_without_a_session_whole_or_not(nodes):
+    first, second = nodes
+    for upload_id, offset in (("partial", 3), ("whole", 100), ("done", 100)):
+        upload = Resumable(f"uploads/{upload_id}/video.mp4", offset)
+        await first.create(make_record(upload_id, upload=upload))
+    await first.set_session("done", "session-1")
+    assert await second.unfinished() == {"partial", "whole"}
