@@ -130,7 +130,8 @@ async def _open_sessions(
 ) -> AsyncIterator[State]:
     if config.redis_url is None:
         store = await SqliteStore(paths.root / STORE_FILE).open()
-        resumable = await SqliteTusRecords(paths.root / STORE_FILE).open()
+        sqlite_records = await SqliteTusRecords(paths.root / STORE_FILE).open()
+        resumable: TusRecords = sqlite_records
         hub = EventHub()
         try:
             # A JobQueue, as State takes it; the Redis branch assigns its own class below.
@@ -138,7 +139,7 @@ async def _open_sessions(
             yield State(paths, files, store, resumable, hub, queue, LocalCancelChannel())
         finally:
             await hub.close()
-            await resumable.close()
+            await sqlite_records.close()
             await store.close()
         return
     client = connect(config.redis_url)

@@ -76,8 +76,8 @@ class Janitor:
                 log.info("session %s expired (last update %s)", session.id, session.updated_at)
         expired_uploads = await self._expire_resumable()
         known = {session.id for session in await self._sessions.list()}
-        if self._resumable is not None:
-            known |= await self._resumable.unfinished()
+        resuming = await self._resumable.unfinished() if self._resumable is not None else set()
+        known |= resuming
         untouched_since = self._clock() - self._orphan_grace
         orphans = 0
         for session_id, changed in (await self._files.holders()).items():
@@ -91,7 +91,7 @@ class Janitor:
         # An upload in progress writes a part every few seconds; one older than the grace
         # (an hour on a cluster) whose node died is never finished.
         stale = await self._files.abort_stale_uploads(
-            self._clock() - max(self._orphan_grace, MIN_UPLOAD_AGE)
+            self._clock() - max(self._orphan_grace, MIN_UPLOAD_AGE), keep=resuming
         )
         return SweepReport(expired, orphans, stale, expired_uploads)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -142,8 +142,11 @@ class SessionFiles(Protocol):
     async def remove_orphan(self, session_id: str) -> None:
         """Delete every file stored for a session id the sweep found no session for."""
 
-    async def abort_stale_uploads(self, started_before: datetime) -> int:
-        """End unfinished uploads begun before `started_before`; how many were ended."""
+    async def abort_stale_uploads(
+        self, started_before: datetime, keep: Collection[str] = ()
+    ) -> int:
+        """End unfinished uploads begun before `started_before`, but those of the session
+        ids in `keep` (resumable uploads still going); how many were ended."""
 
     async def begin_resumable(self, location: str) -> Resumable:
         """A new, empty resumable upload at `location` (offset 0)."""

@@ -12,7 +12,7 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -144,7 +144,9 @@ class LocalFiles:
             _remove, self._paths.upload_dir(session_id), self._paths.output_dir(session_id)
         )
 
-    async def abort_stale_uploads(self, started_before: datetime) -> int:
+    async def abort_stale_uploads(
+        self, started_before: datetime, keep: Collection[str] = ()
+    ) -> int:
         return 0  # an unfinished upload here is a folder of no session: `holders` has it
 
     async def begin_resumable(self, location: str) -> Resumable:

@@ -30,7 +30,7 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -613,6 +613,14 @@ class S3Files:
                 found[session_id] = max(changed, found.get(session_id, changed))
         return found
 
+    def _session_of(self, key: str, kind: str) -> str | None:
+        """The session id in `key` if it lies under `{prefix}/{kind}<id>/`."""
+        base = f"{self._root}{kind}"
+        if not key.startswith(base):
+            return None
+        session_id, slash, _ = key[len(base) :].partition("/")
+        return session_id if slash else None
+
     async def remove_orphan(self, session_id: str) -> None:
         await self._bucket.delete_under(
             self._upload_folder(session_id),
@@ -620,13 +628,17 @@ class S3Files:
             f"{self._root}tus/{_plain(session_id)}/",
         )
 
-    async def abort_stale_uploads(self, started_before: datetime) -> int:
+    async def abort_stale_uploads(
+        self, started_before: datetime, keep: Collection[str] = ()
+    ) -> int:
         """End the unfinished multipart uploads under the prefix begun before
-        `started_before` (timezone-aware); how many were ended.
+        `started_before` (timezone-aware), but those of the session ids in `keep`; how
+        many were ended.
 
-        Resumable uploads are multipart uploads too, so they end the same way; their tail
-        objects written before `started_before` go as well (a tail is written after its
-        upload began, so its upload is among those ended; they are not counted)."""
+        Resumable uploads are multipart uploads too: a live one (its id in `keep`) may
+        well be older than the bound, and stays. Those that go take their tail objects
+        written before `started_before` (a tail is written after its upload began, so its
+        upload is among those ended; they are not counted)."""
         bucket = self._bucket
         pages = bucket.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=bucket.name, Prefix=self._root
@@ -636,6 +648,8 @@ class S3Files:
             async for page in pages:
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"] >= started_before:
+                        continue
+                    if self._session_of(upload["Key"], "uploads/") in keep:
                         continue
                     try:
                         await bucket.client.abort_multipart_upload(
@@ -651,6 +665,7 @@ class S3Files:
                 entry["Key"]
                 async for entry in bucket.keys_under(f"{self._root}tus/")
                 if entry["LastModified"] < started_before
+                and self._session_of(entry["Key"], "tus/") not in keep
             ]
         )
         return ended

@@ -250,7 +250,7 @@ class TusUploads:
                 record.id, record.upload.location, record.filename, record.length, job
             )
         except (InvalidVideo, ApiError) as exc:
-            if isinstance(exc, ApiError) and exc.status >= 500:
+            if isinstance(exc, ApiError) and exc.code >= 500:
                 raise
             await asyncio.shield(self._forget(record))
             raise

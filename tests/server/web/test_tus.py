@@ -53,12 +53,14 @@ async def test_tuspy_uploads_in_chunks_and_the_upload_becomes_a_queued_session(
 ):
     client = await start(aiohttp_client, tmp_path)
     tus = TusClient(str(client.make_url(UPLOADS)))
-    uploader = tus.async_uploader(
-        file_path=str(sample_video),
-        chunk_size=16 * 1024,
-        metadata={"filename": "match.mp4", "analysis_type": "highlights"},
-    )
-    await uploader.upload()
+    # A stream of ours: with a path, tuspy opens the file and never closes it.
+    with sample_video.open("rb") as stream:
+        uploader = tus.async_uploader(
+            file_stream=stream,
+            chunk_size=16 * 1024,
+            metadata={"filename": "match.mp4", "analysis_type": "highlights"},
+        )
+        await uploader.upload()
     assert uploader.offset == sample_video.stat().st_size
     upload_path = uploader.url.split(str(client.make_url("")).rstrip("/"), 1)[-1]
 
@@ -78,19 +80,25 @@ async def test_a_new_tuspy_uploader_resumes_where_the_server_stands(
     """As a client whose connection or process died: it HEADs and goes on from there."""
     client = await start(aiohttp_client, tmp_path)
     tus = TusClient(str(client.make_url(UPLOADS)))
-    first = tus.async_uploader(
-        file_path=str(sample_video), chunk_size=8 * 1024, metadata={"filename": "a.mp4"}
-    )
-    first.url = await first.create_url()
-    first.offset = 0
-    for _ in range(3):
-        await first.upload_chunk()
+    with sample_video.open("rb") as stream:
+        first = tus.async_uploader(
+            file_stream=stream, chunk_size=8 * 1024, metadata={"filename": "a.mp4"}
+        )
+        first.url = await first.create_url()
+        first.offset = 0
+        for _ in range(3):
+            await first.upload_chunk()
     upload_path = str(aiohttp.client.URL(first.url).path)
     assert await offset_of(client, upload_path) == 3 * 8 * 1024
 
-    resumed = tus.async_uploader(file_path=str(sample_video), url=first.url, chunk_size=8 * 1024)
-    assert resumed.offset == 3 * 8 * 1024  # it asked the server
-    await resumed.upload()
+    with sample_video.open("rb") as stream:
+        # Given a URL, tuspy asks the server for the offset at once, with a blocking HEAD:
+        # in a thread, so the server in this event loop can answer it.
+        resumed = await asyncio.to_thread(
+            tus.async_uploader, file_stream=stream, url=first.url, chunk_size=8 * 1024
+        )
+        assert resumed.offset == 3 * 8 * 1024  # it asked the server
+        await resumed.upload()
     session_id = (await client.head(upload_path, headers=TUS)).headers["Session-Id"]
     status = await (await client.get(f"{V1}/status/{session_id}")).json()
     assert status["status"] == "uploaded"  # no analysis_type: the two-step flow
