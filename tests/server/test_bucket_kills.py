@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import shlex
 import sys
 import uuid
@@ -206,7 +207,7 @@ async def test_a_resumable_upload_whose_node_is_killed_resumes_on_another_node(
 ):
     """tus on a cluster with a bucket: node A takes the first bytes and dies mid-request;
     node B, which shares only Redis and the bucket with it, takes the rest."""
-    video = make_video("big.mp4", seconds=8.0, width=640, height=480, grain=60)
+    video = make_video("big.mp4", seconds=18.0, width=640, height=480, grain=60)
     data = video.read_bytes()
     assert len(data) > 12 * MIB, len(data)  # more than one part of the bucket
     prefix = f"tus-{uuid.uuid4().hex}"
@@ -241,7 +242,9 @@ async def test_a_resumable_upload_whose_node_is_killed_resumes_on_another_node(
             assert created.status == 201, await created.text()
             path = created.headers["Location"]
             async with http.patch(
-                f"{a.url}{path}", data=data[:first], headers={**stream, "Upload-Offset": "0"}
+                f"{a.url}{path}",
+                data=io.BytesIO(data[:first]),
+                headers={**stream, "Upload-Offset": "0"},
             ) as answer:
                 assert answer.status == 204, await answer.text()
             cut = asyncio.ensure_future(
@@ -266,7 +269,7 @@ async def test_a_resumable_upload_whose_node_is_killed_resumes_on_another_node(
             while True:  # 423 while A's lock has not lapsed yet
                 async with http.patch(
                     f"{b.url}{path}",
-                    data=data[offset:],
+                    data=io.BytesIO(data[offset:]),
                     headers={**stream, "Upload-Offset": str(offset)},
                 ) as answer:
                     if answer.status != 423:
