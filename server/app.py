@@ -36,9 +36,12 @@ from server.state.janitor import Janitor
 from server.state.redis_connection import check_durable, cluster_turn, connect
 from server.state.redis_events import RedisEventLog
 from server.state.redis_store import RedisStore
+from server.state.redis_tus_records import RedisTusRecords
 from server.state.sessions import Sessions
 from server.state.sqlite_store import SqliteStore
+from server.state.sqlite_tus_records import SqliteTusRecords
 from server.state.store import SessionStore
+from server.state.tus_records import TusRecords
 from server.storage.files import SessionFiles
 from server.storage.opening import open_files
 from server.storage.paths import DataPaths
@@ -46,6 +49,7 @@ from server.web import app_keys as keys
 from server.web import routes
 from server.web.metrics import Metrics
 from server.web.middlewares import Cors, api_key_middleware, errors
+from server.web.tus import TusLimits, TusUploads
 from server.web.upload_flow import UploadFlow, UploadLimits, UploadSlots
 
 STORE_FILE = "sessions.db"
@@ -96,6 +100,7 @@ class State:
     paths: DataPaths  # this node's DATA_DIR: the files themselves, or only scratch
     files: SessionFiles
     store: SessionStore
+    resumable: TusRecords  # the records of resumable (tus) uploads, beside the sessions
     events: EventLog
     queue: JobQueue
     cancels: CancelChannel
@@ -125,13 +130,15 @@ async def _open_sessions(
 ) -> AsyncIterator[State]:
     if config.redis_url is None:
         store = await SqliteStore(paths.root / STORE_FILE).open()
+        resumable = await SqliteTusRecords(paths.root / STORE_FILE).open()
         hub = EventHub()
         try:
             # A JobQueue, as State takes it; the Redis branch assigns its own class below.
             queue: JobQueue = MemoryJobQueue(config.max_queued_jobs)
-            yield State(paths, files, store, hub, queue, LocalCancelChannel())
+            yield State(paths, files, store, resumable, hub, queue, LocalCancelChannel())
         finally:
             await hub.close()
+            await resumable.close()
             await store.close()
         return
     client = connect(config.redis_url)
@@ -144,7 +151,8 @@ async def _open_sessions(
         events = await RedisEventLog(client).start()
         try:
             cancels = RedisCancelChannel(client, queue)
-            yield State(paths, files, RedisStore(client), events, queue, cancels, client)
+            resumable = RedisTusRecords(client, lock_lease_seconds=config.node_lease_seconds)
+            yield State(paths, files, RedisStore(client), resumable, events, queue, cancels, client)
         finally:
             await events.close()
     finally:
@@ -195,7 +203,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
         config.max_concurrent_uploads, on_bytes=app[keys.METRICS].uploaded
     )
     if config.serves_api:  # only then are there probes (and uploads)
-        app[keys.UPLOAD_FLOW] = UploadFlow(
+        flow = app[keys.UPLOAD_FLOW] = UploadFlow(
             sessions=sessions,
             runner=runner,
             files=files,
@@ -204,11 +212,19 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
             probes=app[keys.PROBES],
             webhooks=webhooks,
         )
+        app[keys.TUS] = TusUploads(
+            state.resumable,
+            files,
+            flow,
+            TusLimits(config.max_upload_bytes, timedelta(hours=config.upload_expires_hours)),
+            on_bytes=app[keys.METRICS].uploaded,
+        )
     janitor = Janitor(
         sessions,
         files,
         timedelta(hours=config.session_ttl_hours),
         uploading=uploads.__contains__,
+        resumable=state.resumable,
         **cluster_sweep(config, state),
     )
     await webhooks.start()  # first: a job may end as soon as the runner starts

@@ -35,6 +35,8 @@ class Config:
     max_video_seconds: float = 3600.0
     job_timeout_seconds: float | None = None
     session_ttl_hours: float = 24.0
+    # A resumable upload left unfinished this long expires (tus Upload-Expires).
+    upload_expires_hours: float = 24.0
     api_key: str | None = field(default=None, repr=False)  # a secret stays out of logs
     cors_origins: tuple[str, ...] = ()
     warm_workers: int = 1
@@ -259,6 +261,12 @@ _SETTINGS = (
     _Setting("max_video_seconds", "MAX_VIDEO_SECONDS", _positive_number, "longest video"),
     _Setting("job_timeout_seconds", "JOB_TIMEOUT_SECONDS", _timeout, "0 = no limit"),
     _Setting("session_ttl_hours", "SESSION_TTL_HOURS", _positive_number, "session expiry"),
+    _Setting(
+        "upload_expires_hours",
+        "UPLOAD_EXPIRES_HOURS",
+        _positive_number,
+        "an unfinished resumable upload expires",
+    ),
     _Setting("api_key", "API_KEY", _optional_text, "require Authorization: Bearer <key>"),
     _Setting("cors_origins", "CORS_ORIGINS", _origins, "comma-separated allowed origins"),
     _Setting("warm_workers", "WARM_WORKERS", _non_negative_int, "idle workers kept loaded"),

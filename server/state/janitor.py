@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from server.state.models import SessionStatus, utcnow
 from server.state.sessions import Sessions
+from server.state.tus_records import TusRecords
 from server.storage.files import SessionFiles
 
 log = logging.getLogger("server.state.janitor")
@@ -36,6 +37,7 @@ class SweepReport:
     expired_sessions: int
     orphan_paths: int  # session ids whose files belonged to no session
     stale_uploads: int = 0  # unfinished multipart uploads ended
+    expired_uploads: int = 0  # resumable uploads past their Upload-Expires
 
 
 class Janitor:
@@ -51,6 +53,7 @@ class Janitor:
         clock: Callable[[], datetime] = utcnow,
         orphan_grace: timedelta = timedelta(0),
         turn: Callable[[], Awaitable[bool]] | None = None,
+        resumable: TusRecords | None = None,
     ) -> None:
         """`turn()`, when given, says whether this process sweeps this round (a cluster lock)."""
         self._sessions = sessions
@@ -60,6 +63,7 @@ class Janitor:
         self._clock = clock
         self._orphan_grace = orphan_grace
         self._turn = turn
+        self._resumable = resumable  # their unfinished uploads' bytes are no orphans
 
     async def sweep(self) -> SweepReport:
         """One pass over every session and every file of the store."""
@@ -70,7 +74,10 @@ class Janitor:
                 await self._sessions.delete(session.id)
                 expired += 1
                 log.info("session %s expired (last update %s)", session.id, session.updated_at)
+        expired_uploads = await self._expire_resumable()
         known = {session.id for session in await self._sessions.list()}
+        if self._resumable is not None:
+            known |= await self._resumable.unfinished()
         untouched_since = self._clock() - self._orphan_grace
         orphans = 0
         for session_id, changed in (await self._files.holders()).items():
@@ -86,7 +93,18 @@ class Janitor:
         stale = await self._files.abort_stale_uploads(
             self._clock() - max(self._orphan_grace, MIN_UPLOAD_AGE)
         )
-        return SweepReport(expired, orphans, stale)
+        return SweepReport(expired, orphans, stale, expired_uploads)
+
+    async def _expire_resumable(self) -> int:
+        """Remove the bytes and records of resumable uploads past their Upload-Expires."""
+        if self._resumable is None:
+            return 0
+        for record in (expired := await self._resumable.expired(self._clock())):
+            await self._files.abort_resumable(record.upload)
+            await self._resumable.delete(record.id)
+            log.info("resumable upload %s expired at %d of %d bytes", record.id,
+                     record.offset, record.length)  # fmt: skip
+        return len(expired)
 
     async def run(self, interval_seconds: float) -> None:
         """Sweep now and every `interval_seconds`; a failed pass is logged, not fatal."""
@@ -94,13 +112,14 @@ class Janitor:
             try:
                 if self._turn is None or await self._turn():
                     report = await self.sweep()
-                    if report != SweepReport(0, 0, 0):
+                    if report != SweepReport(0, 0, 0, 0):
                         log.info(
                             "sweep removed %d expired session(s), the files of %d unknown "
-                            "one(s) and %d unfinished upload(s)",
+                            "one(s), %d unfinished upload(s) and %d expired resumable one(s)",
                             report.expired_sessions,
                             report.orphan_paths,
                             report.stale_uploads,
+                            report.expired_uploads,
                         )
             except Exception:
                 log.exception("sweep failed; trying again in %s s", interval_seconds)

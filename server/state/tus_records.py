@@ -67,6 +67,9 @@ class TusRecords(Protocol):
     async def expired(self, now: datetime) -> list[TusRecord]:
         """Records of unfinished uploads whose `expires_at` is before `now`."""
 
+    async def unfinished(self) -> set[str]:
+        """The ids of every upload with no session yet (their files are no orphans)."""
+
     def writing(self, upload_id: str) -> AbstractAsyncContextManager[None]:
         """Hold the upload's write lock while the block runs; raises UploadBusy at once if
         another holder has it. On a cluster the lock is leased and renewed while held,

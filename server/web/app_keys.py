@@ -20,6 +20,7 @@ from server.storage.files import SessionFiles
 from server.storage.paths import DataPaths
 from server.web.bodies import Endpoint
 from server.web.metrics import Metrics
+from server.web.tus import TusUploads
 from server.web.upload_flow import UploadFlow, UploadSlots
 
 CONFIG = web.AppKey("config", Config)
@@ -30,6 +31,7 @@ SESSIONS = web.AppKey("sessions", Sessions)
 RUNNER = web.AppKey("runner", JobRunner)
 UPLOADS = web.AppKey("uploads", UploadSlots)
 UPLOAD_FLOW = web.AppKey("upload_flow", UploadFlow)
+TUS = web.AppKey("tus", TusUploads)
 PROBES = web.AppKey("probes", ProbeService)
 WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS = web.AppKey("metrics", Metrics)

@@ -24,6 +24,7 @@ the API's highlights results differ only in naming the reel by URL (below).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -69,6 +70,17 @@ class SessionAnswer(msgspec.Struct, rename="camel"):
     session_id: str
     status: SessionStatus
     message: str
+
+
+class TusUploadBody(msgspec.Struct, rename="camel"):
+    """A resumable upload (`GET /api/v1/video/uploads/{uploadId}`): how far it got, and
+    the session it became once whole (null until then)."""
+
+    upload_id: str
+    offset: int
+    length: int
+    expires_at: datetime
+    session_id: str | None
 
 
 class Cleanup(msgspec.Struct, rename="camel"):
@@ -248,6 +260,7 @@ class AnalyzeForm(msgspec.Struct, omit_defaults=True):
 DECLARED: tuple[Any, ...] = (
     ErrorBody,
     SessionAnswer,
+    TusUploadBody,
     Cleanup,
     StatusBody,
     SessionList,

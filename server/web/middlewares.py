@@ -19,6 +19,7 @@ from server.web.disconnect import client_gone
 from server.web.inputs import ACCESS_TOKEN_QUERY
 from server.web.responses import api_error_for, error_response
 from server.web.routes import API_ROUTES
+from server.web.tus import REQUEST_HEADERS, RESPONSE_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,10 @@ TOKEN_QUERY_ROUTES = frozenset(
     route.name for route in API_ROUTES if ACCESS_TOKEN_QUERY in route.query_names
 )
 
-ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
-ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID"
-EXPOSED_HEADERS = "Location, Retry-After"
+ALLOWED_METHODS = "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
+# Browsers may send and read the resumable upload's (tus) headers too.
+ALLOWED_HEADERS = ", ".join(("Authorization", "Content-Type", "Last-Event-ID", *REQUEST_HEADERS))
+EXPOSED_HEADERS = ", ".join(("Location", "Retry-After", *RESPONSE_HEADERS))
 # Browsers cache a preflight at most this long anyway (Chromium caps at 2 hours).
 PREFLIGHT_MAX_AGE_SECONDS = 7200
 # nginx's status for a request whose client left before the answer (never sent to anyone).

@@ -30,6 +30,7 @@ from server.web import (
     handlers_results,
     handlers_service,
     handlers_sessions,
+    handlers_tus,
 )
 from server.web.bodies import Endpoint
 from server.web.exports import FORMATS as EXPORT_FORMATS
@@ -411,6 +412,79 @@ RESULT_ROUTES = [
     ),
 ]
 
+# Resumable uploads (tus 1.0.0). Their headers are the protocol's (see docs/API.md).
+UPLOAD_ID = {"name": "uploadId", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _tus_header(name: str, required: bool = True, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "schema": schema}
+
+
+TUS_RESUMABLE = _tus_header("Tus-Resumable", enum=["1.0.0"])
+OFFSET_BODY = {
+    "required": True,
+    "content": {"application/offset+octet-stream": {"schema": {"type": "string"}}},
+}
+TUS_ROUTES = [
+    Route(
+        "OPTIONS",
+        f"{V1}/uploads/",
+        "tus_options",
+        handlers_tus.options,
+        "Resumable uploads: the tus version, extensions and size limit this server has",
+        {"204": {"description": "Tus-Version, Tus-Extension, Tus-Max-Size headers"}},
+    ),
+    Route(
+        "POST",
+        f"{V1}/uploads/",
+        "tus_create",
+        handlers_tus.create,
+        "Start a resumable upload (tus creation; with a body, creation-with-upload)",
+        {"201": {"description": "Created: Location is the upload's URL"}},
+        (400, 412, 413, 503),
+        [
+            TUS_RESUMABLE,
+            _tus_header("Upload-Length", type="string", pattern=r"^[0-9]+$"),
+            _tus_header("Upload-Metadata", required=False, type="string"),
+        ],
+    ),
+    Route(
+        "GET",
+        f"{V1}/uploads/{{uploadId}}",
+        "tus_upload",
+        handlers_tus.head_or_get,
+        "A resumable upload: HEAD gives Upload-Offset (where to resume), GET the same as JSON",
+        {"200": json_answer("TusUploadBody")},
+        (404, 410, 412),
+        [UPLOAD_ID],
+    ),
+    Route(
+        "PATCH",
+        f"{V1}/uploads/{{uploadId}}",
+        "tus_patch",
+        handlers_tus.patch,
+        "Bytes of a resumable upload at Upload-Offset; the last ones make the session",
+        {"204": {"description": "Kept: Upload-Offset is the new offset; Session-Id once done"}},
+        (400, 404, 409, 410, 412, 413, 415, 422, 423, 503),
+        [
+            UPLOAD_ID,
+            TUS_RESUMABLE,
+            _tus_header("Upload-Offset", type="string", pattern=r"^[0-9]+$"),
+        ],
+        request_body=OFFSET_BODY,
+    ),
+    Route(
+        "DELETE",
+        f"{V1}/uploads/{{uploadId}}",
+        "tus_delete",
+        handlers_tus.terminate,
+        "End a resumable upload and remove its bytes (tus termination)",
+        {"204": {"description": "Gone"}},
+        (404, 412, 423),
+        [UPLOAD_ID, TUS_RESUMABLE],
+    ),
+]
+
 LEGACY_ROUTES = [
     _legacy(AnalysisType.HIGHLIGHTS, handlers_legacy.analyze_highlights),
     _legacy(AnalysisType.WORKOUT, handlers_legacy.analyze_workout),
@@ -423,6 +497,7 @@ API_ROUTES = [
     OPENAPI,
     METRICS,
     *SESSION_ROUTES,
+    *TUS_ROUTES,
     *RESULT_ROUTES,
     *LEGACY_ROUTES,
 ]

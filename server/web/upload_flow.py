@@ -40,12 +40,22 @@ from server.state.models import (
     TooManyUploads,
 )
 from server.state.sessions import Sessions
+from server.state.webhook_delivery import WebhookDelivery
 from server.storage.files import SessionFiles, Upload
 from server.web.multipart import ReceivedForm, receive_form, too_large
 from server.web.responses import ApiError
 
 # Room for boundaries and text fields on top of the file when judging Content-Length.
 FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AskedJob:
+    """What an upload asks for: an analysis (or none: the two-step flow), and a webhook."""
+
+    analysis_type: AnalysisType | None
+    params: dict[str, Any]
+    webhook: WebhookDelivery | None
 
 
 @dataclass(frozen=True)
@@ -164,25 +174,41 @@ class UploadFlow:
         location: str,
         legacy_type: AnalysisType | None,
     ) -> Session:
-        """The session of a received upload at `location`, stored, or queued with its job."""
-        analysis_type, params = _job_of(form.fields, legacy_type, complete=True)
+        """The session of a received form whose file is at `location`."""
+        job = await self.job_of(form.fields, legacy_type)
+        return await self.become_session(session_id, location, form.filename, form.size, job)
+
+    async def job_of(
+        self, fields: dict[str, str], legacy_type: AnalysisType | None = None
+    ) -> AskedJob:
+        """What the request's fields ask for, validated (400 for a bad type, params or
+        webhook_url). The multipart and the resumable upload both ask this way."""
+        analysis_type, params = _job_of(fields, legacy_type, complete=True)
         webhook = None
         if legacy_type is None:
-            webhook = await self._webhooks.target(form.fields.get("webhook_url"))
+            webhook = await self._webhooks.target(fields.get("webhook_url"))
+        return AskedJob(analysis_type, params, webhook)
+
+    async def become_session(
+        self, session_id: str, location: str, filename: str, size: int, job: AskedJob
+    ) -> Session:
+        """The session of a whole upload at `location`: probed, then stored `uploaded`, or
+        queued `pending` with its job. Raises what refuses it (415, 422, 503); the caller
+        then removes the file."""
         session = Session(
             id=session_id,
             status=SessionStatus.UPLOADED,
-            video=await self._probe(form, location),
+            video=await self._probe(location, filename, size),
             upload_path=location,
             output_dir=self._files.artifacts_location(session_id),
-            webhook=webhook,
+            webhook=job.webhook,
         )
-        if analysis_type is not None:
+        if job.analysis_type is not None:
             session = session.replace(
-                status=SessionStatus.PENDING, analysis_type=analysis_type, params=params
+                status=SessionStatus.PENDING, analysis_type=job.analysis_type, params=job.params
             )
         try:
-            if analysis_type is None:
+            if job.analysis_type is None:
                 return await self._sessions.create(session)
             return await self._runner.submit_new(session)
         except BaseException:
@@ -191,10 +217,14 @@ class UploadFlow:
                 await self._sessions.delete(session_id)
             raise
 
-    async def _probe(self, form: ReceivedForm, location: str) -> VideoInfo:
+    async def has_room(self) -> bool:
+        """Whether a new job would be queued now (else an upload that asks one is a 503)."""
+        return await self._runner.has_room()
+
+    async def _probe(self, location: str, filename: str, size: int) -> VideoInfo:
         """The video's info, probed where it is stored; 422 if it is longer than allowed."""
         source = await self._files.probe_source(location)
-        info = await self._probes.probe(source, form.filename, size=form.size)
+        info = await self._probes.probe(source, filename, size=size)
         if info.duration_seconds > self._limits.max_video_seconds:
             raise ApiError(
                 422,

@@ -128,6 +128,6 @@ async def test_each_pass_of_run_logs_what_it_removed(make_sessions, data_paths, 
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert (
-        "sweep removed 1 expired session(s), the files of 1 unknown one(s) and 0 unfinished "
-        "upload(s)" in caplog.text
+        "sweep removed 1 expired session(s), the files of 1 unknown one(s), 0 unfinished "
+        "upload(s) and 0 expired resumable one(s)" in caplog.text
     )
