@@ -7,6 +7,7 @@ by the sweep or by the node's next start; nothing stays for ever.
 from __future__ import annotations
 
 import asyncio
+import base64
 import shlex
 import sys
 import uuid
@@ -198,3 +199,84 @@ async def test_two_nodes_that_share_only_redis_and_a_bucket_serve_one_job(
     for data_dir in (tmp_path / "api", tmp_path / "worker"):
         kept = [path for path in data_dir.rglob("*") if path.is_file()]
         assert not [path for path in kept if path.suffix in (".mp4", ".jpg")], kept
+
+
+async def test_a_resumable_upload_whose_node_is_killed_resumes_on_another_node(
+    tmp_path, bucket_env, redis_url, make_video
+):
+    """tus on a cluster with a bucket: node A takes the first bytes and dies mid-request;
+    node B, which shares only Redis and the bucket with it, takes the rest."""
+    video = make_video("big.mp4", seconds=8.0, width=640, height=480, grain=60)
+    data = video.read_bytes()
+    assert len(data) > 12 * MIB, len(data)  # more than one part of the bucket
+    prefix = f"tus-{uuid.uuid4().hex}"
+    shared = {
+        "storage_url": f"s3://{bucket_env.bucket}/{prefix}",
+        "redis_url": redis_url,
+        "node_lease_seconds": 2,  # A's lock on the upload lapses soon after it dies
+    }
+    a = ServerProcess(tmp_path / "a", tmp_path, log_path=tmp_path / "a.log", **shared)
+    b = ServerProcess(tmp_path / "b", tmp_path, log_path=tmp_path / "b.log", **shared)
+    tus = {"Tus-Resumable": "1.0.0"}
+    stream = {**tus, "Content-Type": "application/offset+octet-stream"}
+    first = 6 * MIB + 12345  # a part and a tail short of the next one
+    held = asyncio.Event()
+
+    async def then_stall():
+        yield data[first : first + 3 * MIB]
+        await held.wait()
+
+    async with aiohttp.ClientSession() as http:
+        try:
+            await a.ready(http)
+            await b.ready(http)
+            created = await http.post(
+                f"{a.url}{V1}/uploads/",
+                headers={
+                    **tus,
+                    "Upload-Length": str(len(data)),
+                    "Upload-Metadata": "filename " + base64.b64encode(b"big.mp4").decode(),
+                },
+            )
+            assert created.status == 201, await created.text()
+            path = created.headers["Location"]
+            async with http.patch(
+                f"{a.url}{path}", data=data[:first], headers={**stream, "Upload-Offset": "0"}
+            ) as answer:
+                assert answer.status == 204, await answer.text()
+            cut = asyncio.ensure_future(
+                http.patch(
+                    f"{a.url}{path}",
+                    data=then_stall(),
+                    headers={**stream, "Upload-Offset": str(first)},
+                )
+            )
+            await asyncio.sleep(1.0)  # A is taking the stalled request's bytes
+            a.proc.kill()
+            a.proc.wait(timeout=BOUND)
+            held.set()
+            with pytest.raises(aiohttp.ClientError):
+                await cut
+
+            async with http.head(f"{b.url}{path}", headers=tus) as head:
+                assert head.status == 200
+                offset = int(head.headers["Upload-Offset"])
+            assert offset >= first  # nothing acknowledged was lost
+            deadline = asyncio.get_running_loop().time() + BOUND
+            while True:  # 423 while A's lock has not lapsed yet
+                async with http.patch(
+                    f"{b.url}{path}",
+                    data=data[offset:],
+                    headers={**stream, "Upload-Offset": str(offset)},
+                ) as answer:
+                    if answer.status != 423:
+                        assert answer.status == 204, await answer.text()
+                        session_id = answer.headers["Session-Id"]
+                        break
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.5)
+            async with http.get(f"{b.url}{V1}/results/{session_id}/video") as video_answer:
+                assert await video_answer.read() == data
+        finally:
+            a.stop()
+            b.stop()

@@ -1,0 +1,229 @@
+"""`TusRecords` on one machine: a `tus_uploads` table in the SQLite file the sessions use.
+
+Each row keeps the whole record as the codec's JSON, and beside it, as columns, what the
+statements select on: the offset (the compare-and-set of `advance`), the length, the
+expiry and the session id (which unfinished uploads are past due). Only this module
+writes the rows, and it writes the JSON and its columns in one statement, so they agree.
+
+The table shares the sessions' file (one file to back up, WAL already on) through a
+connection of its own; writes of the two take turns at SQLite's write lock, each a short
+transaction. As in `SqliteStore`, statements run on one thread of their own, and a
+database locked by another process for longer than SQLite's busy wait raises
+`StoreUnavailable`. One process owns the file, so the write lock of an upload is a name
+held in this process's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from server.state.patience import StoreUnavailable
+from server.state.tus_codec import tus_record_from_json, tus_record_to_json, utc_text
+from server.state.tus_records import TusRecord, UploadBusy
+from server.storage.files import Resumable
+
+T = TypeVar("T")
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS tus_uploads (
+        id TEXT PRIMARY KEY,
+        upload_offset INTEGER NOT NULL,
+        upload_length INTEGER NOT NULL,
+        expires_at TEXT NOT NULL,
+        session_id TEXT,
+        data TEXT NOT NULL
+    )
+    """,
+    # Only uploads without a session can expire: the sweep reads a small index.
+    """
+    CREATE INDEX IF NOT EXISTS tus_uploads_unfinished
+    ON tus_uploads (expires_at) WHERE session_id IS NULL
+    """,
+)
+
+
+def _held_by_another(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (see SqliteStore)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction taken at once (BEGIN IMMEDIATE), so what the block reads is
+    still so when it writes; rolled back if the block fails."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+class SqliteTusRecords:
+    """The records of resumable uploads in a SQLite file; `open()` before use."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        # One thread: SQLite connections are per thread, and one writer keeps writes in order.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-tus")
+        self._db: sqlite3.Connection | None = None
+        self._writing: set[str] = set()
+
+    async def open(self) -> SqliteTusRecords:
+        """Create or open the database and its table; returns self."""
+        await self._run(self._open)
+        return self
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        for statement in SCHEMA:
+            db.execute(statement)
+        self._db = db
+
+    async def close(self) -> None:
+        """Close the connection behind every statement already asked for."""
+        if self._db is not None:
+            await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except sqlite3.OperationalError as exc:
+            if _held_by_another(exc):
+                raise StoreUnavailable() from exc
+            raise
+
+    @property
+    def _connection(self) -> sqlite3.Connection:
+        """The open database; only the records' thread uses it."""
+        if self._db is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return self._db
+
+    async def create(self, record: TusRecord) -> None:
+        """Store a new record; ValueError if its id is stored already."""
+        try:
+            await self._run(self._insert, record)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"tus upload {record.id} is already stored") from exc
+
+    def _insert(self, record: TusRecord) -> None:
+        self._connection.execute(
+            "INSERT INTO tus_uploads"
+            " (id, upload_offset, upload_length, expires_at, session_id, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.offset,
+                record.length,
+                utc_text(record.expires_at),
+                record.session_id,
+                tus_record_to_json(record),
+            ),
+        )
+
+    async def get(self, upload_id: str) -> TusRecord | None:
+        text = await self._run(self._select, upload_id)
+        return None if text is None else tus_record_from_json(text)
+
+    def _select(self, upload_id: str) -> str | None:
+        row = self._connection.execute(
+            "SELECT data FROM tus_uploads WHERE id = ?", (upload_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def advance(self, upload_id: str, expected_offset: int, upload: Resumable) -> bool:
+        return await self._run(self._advance, upload_id, expected_offset, upload)
+
+    def _advance(self, upload_id: str, expected_offset: int, upload: Resumable) -> bool:
+        db = self._connection
+        with _transaction(db):
+            row = db.execute(
+                "SELECT data FROM tus_uploads WHERE id = ? AND upload_offset = ?",
+                (upload_id, expected_offset),
+            ).fetchone()
+            if row is None:
+                return False
+            record = replace(tus_record_from_json(row[0]), upload=upload)
+            changed = db.execute(
+                "UPDATE tus_uploads SET upload_offset = ?, data = ?"
+                " WHERE id = ? AND upload_offset = ?",
+                (upload.offset, tus_record_to_json(record), upload_id, expected_offset),
+            ).rowcount
+        return changed == 1
+
+    async def set_session(self, upload_id: str, session_id: str) -> None:
+        """Note the session; a record deleted meanwhile stays deleted."""
+        await self._run(self._set_session, upload_id, session_id)
+
+    def _set_session(self, upload_id: str, session_id: str) -> None:
+        db = self._connection
+        with _transaction(db):
+            row = db.execute("SELECT data FROM tus_uploads WHERE id = ?", (upload_id,)).fetchone()
+            if row is None:
+                return
+            record = replace(tus_record_from_json(row[0]), session_id=session_id)
+            db.execute(
+                "UPDATE tus_uploads SET session_id = ?, data = ? WHERE id = ?",
+                (session_id, tus_record_to_json(record), upload_id),
+            )
+
+    async def delete(self, upload_id: str) -> None:
+        await self._run(self._delete, upload_id)
+
+    def _delete(self, upload_id: str) -> None:
+        self._connection.execute("DELETE FROM tus_uploads WHERE id = ?", (upload_id,))
+
+    async def expired(self, now: datetime) -> list[TusRecord]:
+        texts = await self._run(self._expired, utc_text(now))
+        return [tus_record_from_json(text) for text in texts]
+
+    def _expired(self, now: str) -> list[str]:
+        rows = self._connection.execute(
+            "SELECT data FROM tus_uploads WHERE session_id IS NULL"
+            " AND upload_offset < upload_length AND expires_at < ?",
+            (now,),
+        )
+        return [str(row[0]) for row in rows]
+
+    async def unfinished(self) -> set[str]:
+        return set(await self._run(self._unfinished))
+
+    def _unfinished(self) -> list[str]:
+        rows = self._connection.execute("SELECT id FROM tus_uploads WHERE session_id IS NULL")
+        return [str(row[0]) for row in rows]
+
+    @asynccontextmanager
+    async def writing(self, upload_id: str) -> AsyncIterator[None]:
+        """Hold the upload's write lock (a name in this process) while the block runs."""
+        if upload_id in self._writing:
+            raise UploadBusy(upload_id)
+        self._writing.add(upload_id)
+        try:
+            yield
+        finally:
+            self._writing.discard(upload_id)
+
+    def __repr__(self) -> str:
+        return f"<SqliteTusRecords {self._path.name} writing={len(self._writing)}>"
