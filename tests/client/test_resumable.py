@@ -23,7 +23,8 @@ import pytest
 from aiohttp import hdrs, web
 
 from server.app import create_app
-from tests.client.test_client import REPO, Run, client_env
+from tests.client.test_client import REPO, Run, client_env, one_error_line
+from tests.media import write_text_file
 from tests.server.http_helpers import (
     POLL_LIMIT_SECONDS,
     POLL_SECONDS,
@@ -31,12 +32,18 @@ from tests.server.http_helpers import (
     RunAppLikeServer,
     make_config,
 )
+from tests.server.web.test_page_tus import padded
 
 pytestmark = pytest.mark.slow
 
 UPLOADS = f"{V1}/uploads/"
 HOST = "127.0.0.1"
 PROXY_READ_BYTES = 16 * 1024
+MIB = 1024 * 1024
+# The video, padded to this size, is broken off after half of it went through: enough for
+# the server to be reading its PATCH by then (bytes still in aiohttp's buffer at a cut
+# are lost to it, and are sent again).
+VIDEO_BYTES = 8 * MIB
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,11 @@ def patch_offsets(received: list[Received]) -> list[int | None]:
     return [r.offset for r in received if r.method == hdrs.METH_PATCH]
 
 
+@pytest.fixture
+def video(sample_video, tmp_path) -> Path:
+    return padded(sample_video, tmp_path / "padded.mp4", VIDEO_BYTES)
+
+
 async def the_uploaded_video(client, session_id: str) -> bytes:
     status = await client.get(f"{V1}/status/{session_id}")
     assert status.status == 200 and (await status.json())["status"] == "uploaded"
@@ -185,51 +197,51 @@ async def the_uploaded_video(client, session_id: str) -> bytes:
 
 
 async def test_a_connection_dropped_mid_patch_is_resumed_from_the_servers_offset(
-    aiohttp_client, tmp_path, sample_video
+    aiohttp_client, tmp_path, video
 ):
     client, received = await serve_recording(aiohttp_client, tmp_path)
-    size = sample_video.stat().st_size
+    size = video.stat().st_size
     async with BreakingProxy(client.port, after=size // 2, hold=False) as proxy:
-        async with client_process(f"http://{HOST}:{proxy.port}", sample_video, tmp_path) as run:
+        async with client_process(f"http://{HOST}:{proxy.port}", video, tmp_path) as run:
             done = await finish(run)
 
     assert done.code == 0, done.err
     assert "Upload interrupted (" in done.err and "); resuming" in done.err
     session_id = done.out.strip()
-    assert await the_uploaded_video(client, session_id) == sample_video.read_bytes()
+    assert await the_uploaded_video(client, session_id) == video.read_bytes()
     methods = [r.method for r in received if r.method != hdrs.METH_OPTIONS]
     assert methods.count(hdrs.METH_POST) == 1 and hdrs.METH_HEAD in methods
     offsets = patch_offsets(received)
     assert offsets[0] == 0 and len(offsets) == 2
-    # The bytes that got through before the cut were kept, not sent again.
-    assert 0 < offsets[1] < size
+    # Most of what got through before the cut was kept, and not sent again.
+    assert 0 < offsets[1] < size // 2
 
 
 async def test_the_same_command_run_again_resumes_an_upload_whose_client_was_killed(
-    aiohttp_client, tmp_path, sample_video
+    aiohttp_client, tmp_path, video
 ):
     client, received = await serve_recording(aiohttp_client, tmp_path)
-    size = sample_video.stat().st_size
+    size = video.stat().st_size
     cache = tmp_path / "cache"
     async with BreakingProxy(client.port, after=size // 2, hold=True) as proxy:
         url = f"http://{HOST}:{proxy.port}"
-        async with client_process(url, sample_video, cache) as first:
+        async with client_process(url, video, cache) as first:
             await proxy.broken.wait()
             first.send_signal(signal.SIGKILL)
             await first.wait()
         upload_path = next(r.path for r in received if r.method == hdrs.METH_PATCH)
         kept = await offset_once_written(client, upload_path)
 
-        async with client_process(url, sample_video, cache) as second:
+        async with client_process(url, video, cache) as second:
             done = await finish(second)
 
     assert done.code == 0, done.err
-    assert done.err.startswith(f"Resuming the upload of {sample_video.name}: ")
+    assert done.err.startswith(f"Resuming the upload of {video.name}: ")
     methods = [r.method for r in received if r.method != hdrs.METH_OPTIONS]
     assert methods.count(hdrs.METH_POST) == 1  # the second run made no new upload
     assert patch_offsets(received) == [0, kept]
     session_id = done.out.strip()
-    assert await the_uploaded_video(client, session_id) == sample_video.read_bytes()
+    assert await the_uploaded_video(client, session_id) == video.read_bytes()
     # Completed: the client forgot the URL, so the next upload of the file is a new one.
     stored = (cache / "smolvlm-client" / "tus-uploads.json").read_text()
     assert UPLOADS not in stored
@@ -245,3 +257,19 @@ async def offset_once_written(client, upload_path: str) -> int:
             assert body["offset"] > 0, body
             return body["offset"]
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def test_a_file_refused_on_its_last_byte_is_one_error_line_and_forgotten(
+    aiohttp_client, tmp_path
+):
+    """The server's reason (415: not a video), not a retry; nothing left to resume."""
+    client, received = await serve_recording(aiohttp_client, tmp_path)
+    text = write_text_file(tmp_path / "notes.mp4")
+    cache = tmp_path / "cache"
+
+    async with client_process(str(client.make_url("")).rstrip("/"), text, cache) as run:
+        done = await finish(run)
+
+    assert one_error_line(done, "Unsupported media type: ")
+    assert [r.method for r in received].count(hdrs.METH_PATCH) == 1
+    assert UPLOADS not in (cache / "smolvlm-client" / "tus-uploads.json").read_text()

@@ -42,7 +42,16 @@ CHUNK_BYTES = 256 * 1024
 # The padded video spans this many chunks (the last one shorter).
 CHUNKS = 6
 VIDEO_BYTES = CHUNK_BYTES * (CHUNKS - 1) + CHUNK_BYTES // 2
-SMALL_CHUNKS = f"window.TUS_CHUNK_BYTES = {CHUNK_BYTES};"
+# Small chunks, and every text of the status line recorded as it is shown.
+PAGE_SETUP = f"""
+window.TUS_CHUNK_BYTES = {CHUNK_BYTES};
+window.statusHistory = [];
+document.addEventListener("DOMContentLoaded", () => {{
+  const status = document.getElementById("status");
+  new MutationObserver(() => window.statusHistory.push(status.textContent))
+    .observe(status, {{ childList: true }});
+}});
+"""
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ async def serve_recording(aiohttp_client, tmp_path, **overrides: Any):
 
 async def open_tus_page(browser, client):
     page = await browser.new_page()
-    await page.add_init_script(SMALL_CHUNKS)
+    await page.add_init_script(PAGE_SETUP)
     await page.goto(str(client.make_url("/")))
     return page
 
@@ -144,6 +153,9 @@ async def test_an_upload_goes_through_tus_in_chunks_and_the_results_show_as_befo
     assert patches(received) == every_chunk_once()
     assert multipart == []
     assert not await page.locator("#error").is_visible()
+    statuses = await page.evaluate("window.statusHistory")
+    assert "Uploading padded.mp4 (resumable: 0.5 MiB of 1.4 sent)" in statuses
+    assert "Uploading padded.mp4 (resumable: 1.4 MiB of 1.4 sent)" in statuses
 
 
 async def test_a_lost_connection_is_retried_from_the_offset_the_server_confirms(
@@ -180,26 +192,28 @@ async def test_a_lost_connection_is_retried_from_the_offset_the_server_confirms(
 async def test_a_page_closed_mid_upload_resumes_when_the_same_file_is_chosen_again(
     aiohttp_client, tmp_path, browser, big_video, tiny_model_dir
 ):
-    """Two chunks acknowledged, the third held on the way, the page closed: a new page given
-    the same file (same settings) asks the server where it stands and sends the rest."""
+    """Two chunks acknowledged, then the link lost for good (every later request fails on
+    the way), the page closed: a new page given the same file (same settings) asks the
+    server where it stands and sends the rest."""
     client, received = await serve_recording(
         aiohttp_client, tmp_path, worker_command=HTTP_WORKER, model=str(tiny_model_dir)
     )
     first = await open_tus_page(browser, client)
-    held = asyncio.Event()
+    lost = asyncio.Event()
     seen = {"patches": 0}
 
-    async def hold_third_patch(route) -> None:
+    async def lose_the_link_at_the_third_patch(route) -> None:
         if route.request.method == "PATCH":
             seen["patches"] += 1
-            if seen["patches"] == 3:
-                held.set()  # never continued: the page closes with it in flight
-                return
+        if seen["patches"] >= 3:  # this PATCH and the retries' HEADs never get through
+            lost.set()
+            await route.abort("internetdisconnected")
+            return
         await route.continue_()
 
-    await first.route(f"**{UPLOADS}*", hold_third_patch)
+    await first.route(f"**{UPLOADS}*", lose_the_link_at_the_third_patch)
     await start_job(first, big_video, segment_seconds=3)
-    await held.wait()
+    await lost.wait()
     await first.close()
     assert patches(received) == every_chunk_once()[:2]
     upload_url = await _stored_upload_url(browser, client)
@@ -207,12 +221,6 @@ async def test_a_page_closed_mid_upload_resumes_when_the_same_file_is_chosen_aga
     assert state["offset"] == 2 * CHUNK_BYTES and state["sessionId"] is None
 
     second = await open_tus_page(browser, client)
-    statuses: list[str] = []
-    await second.expose_function("noteStatus", statuses.append)
-    await second.evaluate(
-        """() => new MutationObserver(() => noteStatus(document.getElementById("status")
-              .textContent)).observe(document.getElementById("status"), { childList: true })"""
-    )
     await start_job(second, big_video, segment_seconds=3)
     await second.locator("#status", has_text="Done.").wait_for()
 
@@ -220,7 +228,8 @@ async def test_a_page_closed_mid_upload_resumes_when_the_same_file_is_chosen_aga
     assert methods.count(hdrs.METH_POST) == 1  # no second upload was created
     assert hdrs.METH_HEAD in methods
     assert patches(received) == every_chunk_once()
-    assert any(text.startswith("Resuming the upload of padded.mp4") for text in statuses)
+    statuses = await second.evaluate("window.statusHistory")
+    assert "Resuming the upload of padded.mp4…" in statuses
     session_id = await second.locator("#session-id").text_content()
     status = await (await client.get(f"{V1}/status/{session_id}")).json()
     assert status["status"] == "completed"
