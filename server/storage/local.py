@@ -12,15 +12,18 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
-from server.storage.files import StoredFile, inside, source_name
+from server.storage.files import Resumable, StoredFile, inside, source_name
 from server.storage.paths import DataPaths
 
 READ_CHUNK_BYTES = 256 * 1024
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+T = TypeVar("T")
 
 
 class DiskFull(Exception):
@@ -39,12 +42,7 @@ class LocalUpload:
         self._size = 0
 
     async def write(self, chunk: bytes) -> None:
-        try:
-            await asyncio.to_thread(self._file.write, chunk)
-        except OSError as exc:
-            if exc.errno in _DISK_FULL:
-                raise DiskFull(str(exc)) from None
-            raise
+        await _on_disk(self._file.write, chunk)
         self._size += len(chunk)
 
     async def finish(self) -> int:
@@ -149,6 +147,38 @@ class LocalFiles:
     async def abort_stale_uploads(self, started_before: datetime) -> int:
         return 0  # an unfinished upload here is a folder of no session: `holders` has it
 
+    async def begin_resumable(self, location: str) -> Resumable:
+        """An empty file at `location`, its folder's entry on disk (so a crash keeps it)."""
+        await asyncio.to_thread(_created_empty, Path(location))
+        return Resumable(location, 0)
+
+    async def append_resumable(self, upload: Resumable, chunks: AsyncIterator[bytes]) -> Resumable:
+        """Write the chunks at `upload.offset`, in place, and fsync before answering.
+
+        Bytes past the offset (a node that died mid-append, an iterator that failed) are
+        cut off first: the offset, not the file's size, says what was acknowledged. A file
+        shorter than the offset has lost acknowledged bytes: FileNotFoundError."""
+        path = Path(upload.location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A plain open, as LocalUpload's; the file is buffered, so closing it waits for a
+        # call still running in its thread (a cancelled append never closes under one).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with os.fdopen(fd, "r+b") as file:
+            await asyncio.to_thread(_cut_to, file, upload.offset, upload.location)
+            written = 0
+            async for chunk in chunks:
+                await _on_disk(file.write, chunk)
+                written += len(chunk)
+            await _on_disk(_flush_to_disk, file)
+        return Resumable(upload.location, upload.offset + written)
+
+    async def finish_resumable(self, upload: Resumable) -> None:
+        """Cut off what lies past the offset: the file is then the upload, where it is."""
+        await asyncio.to_thread(_truncated, Path(upload.location), upload.offset)
+
+    async def abort_resumable(self, upload: Resumable) -> None:
+        await asyncio.to_thread(shutil.rmtree, Path(upload.location).parent, True)
+
     async def close(self) -> None:
         return None
 
@@ -164,6 +194,48 @@ class LocalFiles:
 
     def __repr__(self) -> str:
         return f"<LocalFiles {self._paths.root}>"
+
+
+async def _on_disk(write: Callable[[T], object], argument: T) -> None:
+    """`write(argument)` in a thread; a full disk raises DiskFull."""
+    try:
+        await asyncio.to_thread(write, argument)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise DiskFull(str(exc)) from None
+        raise
+
+
+def _created_empty(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _cut_to(file: BinaryIO, offset: int, location: str) -> None:
+    """Truncate `file` to `offset` and place the position there."""
+    size = file.seek(0, os.SEEK_END)
+    if size < offset:
+        raise FileNotFoundError(f"{location}: {size} bytes kept, the upload says {offset}")
+    file.truncate(offset)
+    file.seek(offset)
+
+
+def _flush_to_disk(file: BinaryIO) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _truncated(path: Path, size: int) -> None:
+    """Cut `path` to `size` bytes (made empty if it is missing and `size` is 0)."""
+    if size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "r+b" if size else "ab") as file:
+        _cut_to(file, size, str(path))
 
 
 def _remove(*entries: Path) -> None:

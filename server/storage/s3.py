@@ -7,6 +7,14 @@ into its scratch folder with parallel ranged GETs and its artifacts are uploaded
 there. Errors are translated where they arise: a store that is away raises
 `StorageUnavailable`, a store that refuses us (keys, bucket) `StorageMisconfigured`.
 
+A resumable (tus) upload is one multipart upload to its location, continued by each
+append with the next part numbers; the bytes short of a whole part wait in a "tail"
+object, `<prefix>/tus/<id>/tails/<offset>-<random>` (`<id>` is the session of an
+`uploads/<id>/` location, else a hash of the location; `<offset>` is the upload's offset
+once that tail is kept), until the next append reads them back in front of its own bytes,
+as tusd's "incomplete part" objects. An append never touches what its input state names,
+so a state stays valid until its successor is stored.
+
 One long-lived aiobotocore client (`open`, `close`); credentials, and the endpoint and
 region when not given, come from botocore's usual chain (AWS_* variables, profiles, roles).
 """
@@ -15,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import posixpath
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +51,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from server.storage.files import (
+    Resumable,
     StorageMisconfigured,
     StorageUnavailable,
     StoredFile,
@@ -290,6 +302,98 @@ class S3Upload:
             raise RuntimeError(f"the upload of {self._key} is over: only abort() remains")
 
 
+@dataclass(frozen=True)
+class _Tail:
+    """The object holding a resumable upload's bytes short of a whole part."""
+
+    key: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _ResumableState:
+    """What `Resumable.handle` holds in a bucket: the multipart upload, its kept parts in
+    order as (number, ETag, size), and the tail after them (None when the bytes end on a
+    whole part)."""
+
+    upload_id: str
+    parts: tuple[tuple[int, str, int], ...] = ()
+    tail: _Tail | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, _, size in self.parts) + (self.tail.size if self.tail else 0)
+
+    def resumable(self, location: str) -> Resumable:
+        tail = None if self.tail is None else {"key": self.tail.key, "size": self.tail.size}
+        handle = {"upload_id": self.upload_id, "parts": [list(p) for p in self.parts], "tail": tail}
+        return Resumable(location, self.size, json.dumps(handle, separators=(",", ":")))
+
+    @classmethod
+    def of(cls, upload: Resumable) -> _ResumableState:
+        """The state in `upload.handle`; ValueError if it is not one, or if its bytes do
+        not add up to `upload.offset`."""
+        try:
+            held = json.loads(upload.handle)
+            tail = held["tail"]
+            state = cls(
+                str(held["upload_id"]),
+                tuple((int(number), str(etag), int(size)) for number, etag, size in held["parts"]),
+                None if tail is None else _Tail(str(tail["key"]), int(tail["size"])),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{upload.location}: not a bucket's resumable upload") from exc
+        if state.size != upload.offset:
+            raise ValueError(
+                f"{upload.location}: the handle keeps {state.size} bytes, not {upload.offset}"
+            )
+        return state
+
+
+class _NextParts:
+    """A multipart upload continued from `parts`: `write` sends every whole part of
+    `part_bytes` as the next part number; the bytes after the last one wait in `rest`.
+    Holds one part at most (plus the chunk being written), as S3Upload does."""
+
+    def __init__(
+        self,
+        bucket: _Bucket,
+        key: str,
+        upload_id: str,
+        parts: tuple[tuple[int, str, int], ...],
+        part_bytes: int,
+    ) -> None:
+        self._bucket = bucket
+        self._key = key
+        self._upload_id = upload_id
+        self._part_bytes = part_bytes
+        self.parts = list(parts)
+        self.rest = bytearray()
+
+    async def write(self, chunk: bytes | bytearray) -> None:
+        self.rest += chunk
+        while len(self.rest) >= self._part_bytes:
+            part, self.rest = self.rest, bytearray()
+            if len(part) > self._part_bytes:
+                self.rest = part[self._part_bytes :]
+                del part[self._part_bytes :]
+            await self.send(part)
+
+    async def send(self, part: bytearray) -> None:
+        """Send `part` as the next part number (the last one may be short of a part)."""
+        number = len(self.parts) + 1
+        bucket = self._bucket
+        with _upload_kept(self._key), bucket.translated(f"writing part {number} of {self._key}"):
+            sent = await bucket.client.upload_part(
+                Bucket=bucket.name,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=io.BytesIO(part),
+            )
+        self.parts.append((number, sent["ETag"], len(part)))
+
+
 class S3Files:
     """`SessionFiles` whose locations are keys in one bucket, under `prefix`."""
 
@@ -511,12 +615,18 @@ class S3Files:
 
     async def remove_orphan(self, session_id: str) -> None:
         await self._bucket.delete_under(
-            self._upload_folder(session_id), self.artifacts_location(session_id)
+            self._upload_folder(session_id),
+            self.artifacts_location(session_id),
+            f"{self._root}tus/{_plain(session_id)}/",
         )
 
     async def abort_stale_uploads(self, started_before: datetime) -> int:
         """End the unfinished multipart uploads under the prefix begun before
-        `started_before` (timezone-aware); how many were ended."""
+        `started_before` (timezone-aware); how many were ended.
+
+        Resumable uploads are multipart uploads too, so they end the same way; their tail
+        objects written before `started_before` go as well (a tail is written after its
+        upload began, so its upload is among those ended; they are not counted)."""
         bucket = self._bucket
         pages = bucket.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=bucket.name, Prefix=self._root
@@ -536,7 +646,98 @@ class S3Files:
                             raise
                         continue
                     ended += 1
+        await bucket.delete(
+            [
+                entry["Key"]
+                async for entry in bucket.keys_under(f"{self._root}tus/")
+                if entry["LastModified"] < started_before
+            ]
+        )
         return ended
+
+    async def begin_resumable(self, location: str) -> Resumable:
+        bucket = self._bucket
+        with bucket.translated(f"starting the upload of {location}"):
+            started = await bucket.client.create_multipart_upload(
+                Bucket=bucket.name, Key=location, ContentType=content_type(location)
+            )
+        return _ResumableState(started["UploadId"]).resumable(location)
+
+    async def append_resumable(self, upload: Resumable, chunks: AsyncIterator[bytes]) -> Resumable:
+        """The input's tail, then the chunks, as whole parts after the input's parts; what
+        is left becomes a new tail. The tails of no state (a crashed or failed append's)
+        are deleted before the new one is written, so at most two exist: the input's and
+        the new one. FileNotFoundError if the multipart upload or the tail is gone."""
+        state = _ResumableState.of(upload)
+        first = await _first_bytes(chunks)
+        if not first:
+            return upload  # nothing to keep: no request at all
+        parts = _NextParts(
+            self._bucket, upload.location, state.upload_id, state.parts, self._part_bytes
+        )
+        if state.tail is not None:
+            parts.rest = await self._tail_bytes(state.tail)  # less than a part: nothing sent
+        await parts.write(first)
+        async for chunk in chunks:
+            await parts.write(chunk)
+        kept = _ResumableState(state.upload_id, tuple(parts.parts))
+        offset = kept.size + len(parts.rest)
+        await self._delete_tails(upload.location, keep=state.tail)
+        if parts.rest:
+            kept = _ResumableState(
+                state.upload_id,
+                kept.parts,
+                await self._put_tail(upload.location, offset, parts.rest),
+            )
+        return kept.resumable(upload.location)
+
+    async def finish_resumable(self, upload: Resumable) -> None:
+        """The tail as the last part, then CompleteMultipartUpload (an empty file is one
+        PutObject, its upload aborted); the tails go last. Safe to repeat once the file is
+        whole; FileNotFoundError if its bytes are gone."""
+        state = _ResumableState.of(upload)
+        bucket = self._bucket
+        location = upload.location
+        try:
+            parts = _NextParts(bucket, location, state.upload_id, state.parts, self._part_bytes)
+            if state.tail is not None:
+                await parts.send(await self._tail_bytes(state.tail))
+            if parts.parts:
+                with _upload_kept(location), bucket.translated(f"completing {location}"):
+                    await bucket.client.complete_multipart_upload(
+                        Bucket=bucket.name,
+                        Key=location,
+                        UploadId=state.upload_id,
+                        MultipartUpload={
+                            "Parts": [
+                                {"PartNumber": number, "ETag": etag}
+                                for number, etag, _ in parts.parts
+                            ]
+                        },
+                    )
+            else:
+                with bucket.translated(f"writing {location}"):
+                    await bucket.client.put_object(
+                        Bucket=bucket.name,
+                        Key=location,
+                        Body=io.BytesIO(b""),
+                        ContentType=content_type(location),
+                    )
+                await self._abort_multipart(location, state.upload_id)
+        except FileNotFoundError:
+            # A finish that completed the upload, then died before its record said so.
+            found = await self.stat(location)
+            if found is None or found.size != upload.offset:
+                raise
+        await self._delete_tails(location)
+
+    async def abort_resumable(self, upload: Resumable) -> None:
+        """AbortMultipartUpload, then delete the tails and the object (if a finish made
+        it); missing ones are fine, so this is safe to repeat."""
+        state = _ResumableState.of(upload)
+        await self._abort_multipart(upload.location, state.upload_id)
+        await self._delete_tails(upload.location)
+        await self._bucket.delete([upload.location])
 
     @property
     def _bucket(self) -> _Bucket:
@@ -546,6 +747,54 @@ class S3Files:
 
     def _upload_folder(self, session_id: str) -> str:
         return f"{self._root}uploads/{_plain(session_id)}/"
+
+    def _tails_folder(self, location: str) -> str:
+        """Where the tails of the resumable upload to `location` go: tus/<id>/tails/ for
+        a session's upload (so `remove_orphan` finds them), else tus/<hash>/tails/."""
+        uploads = f"{self._root}uploads/"
+        inner = location[len(uploads) :] if location.startswith(uploads) else ""
+        session_id, _, name = inner.partition("/")
+        if not name or "/" in name or session_id in ("", ".", ".."):
+            session_id = hashlib.sha256(location.encode()).hexdigest()[:32]
+        return f"{self._root}tus/{session_id}/tails/"
+
+    async def _tail_bytes(self, tail: _Tail) -> bytearray:
+        """The bytes of `tail` (less than a part); FileNotFoundError if it is gone,
+        StorageUnavailable if it holds fewer or more than its state says."""
+        whole = bytearray()
+        async with self._body(tail.key) as body:
+            async for chunk in body.iter_chunks(READ_CHUNK_BYTES):
+                whole += chunk
+        if len(whole) != tail.size:
+            raise StorageUnavailable(
+                f"{self.description}: {tail.key}: {len(whole)} bytes, not {tail.size}"
+            )
+        return whole
+
+    async def _put_tail(self, location: str, offset: int, data: bytearray) -> _Tail:
+        bucket = self._bucket
+        key = f"{self._tails_folder(location)}{offset}-{uuid.uuid4().hex}"
+        with bucket.translated(f"writing {key}"):
+            await bucket.client.put_object(Bucket=bucket.name, Key=key, Body=io.BytesIO(data))
+        return _Tail(key, len(data))
+
+    async def _delete_tails(self, location: str, keep: _Tail | None = None) -> None:
+        """Delete the tails of the upload to `location`, but `keep`."""
+        folder = self._tails_folder(location)
+        spare = None if keep is None else keep.key
+        found = [entry["Key"] async for entry in self._bucket.keys_under(folder)]
+        await self._bucket.delete([key for key in found if key != spare])
+
+    async def _abort_multipart(self, location: str, upload_id: str) -> None:
+        bucket = self._bucket
+        try:
+            with bucket.translated(f"aborting the upload of {location}"):
+                await bucket.client.abort_multipart_upload(
+                    Bucket=bucket.name, Key=location, UploadId=upload_id
+                )
+        except ClientError as exc:
+            if _error_of(exc)[0] != "NoSuchUpload":  # completed, or aborted already
+                raise
 
     @contextlib.asynccontextmanager
     async def _body(
@@ -613,6 +862,26 @@ def _error_of(exc: ClientError) -> tuple[str, int, str]:
 
 def _missing(exc: ClientError) -> bool:
     return _error_of(exc)[0] in _MISSING_CODES
+
+
+@contextlib.contextmanager
+def _upload_kept(key: str) -> Iterator[None]:
+    """Raise FileNotFoundError where S3 says a resumable upload's multipart upload is
+    gone (aborted, swept, completed): a retry cannot bring its parts back."""
+    try:
+        yield
+    except ClientError as exc:
+        if _error_of(exc)[0] != "NoSuchUpload":
+            raise
+        raise FileNotFoundError(f"{key}: the multipart upload is gone") from None
+
+
+async def _first_bytes(chunks: AsyncIterator[bytes]) -> bytes:
+    """The first chunk of `chunks` that is not empty (b"" if none); the rest stay in it."""
+    async for chunk in chunks:
+        if chunk:
+            return chunk
+    return b""
 
 
 def _plain(session_id: str) -> str:
