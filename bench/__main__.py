@@ -22,6 +22,7 @@ BENCHMARKS = [
     "bench.bench_http",
     "bench.bench_upload",
     "bench.bench_upload_latency",
+    "bench.bench_tus",
     "bench.bench_cancel",
     "bench.bench_sse",
     "bench.bench_warm_start",

@@ -8,6 +8,11 @@
     smolvlm-client export ID otio   # the highlights for a video editor (also edl, fcpxml)
     smolvlm-client chapters ID   # WebVTT chapters; `video ID -o FILE` the uploaded video
 
+`upload` sends a video over 100 MiB resumably (tus, `client/resumable.py`): a dropped
+connection is resumed from where the server stands, and running the same command again
+after a crash resumes the same upload. `--resumable` does so for any size, `--no-resumable`
+sends one multipart POST whatever the size; a server without tus gets the POST.
+
 `upload` and `analyze` take `--webhook-url URL`: the server POSTs the session's end there,
 and `watch` ends with one line on how that delivery went.
 
@@ -15,7 +20,7 @@ and `watch` ends with one line on how that delivery went.
 sends `Authorization: Bearer <key>`. Exit codes: 0 ok, 1 the job failed or was cancelled,
 2 a usage, connection or API error, each reported as one line on stderr.
 
-Only aiohttp and `protocol` are used: a client needs nothing of the server's internals.
+Only aiohttp, tuspy and `protocol` are used: a client needs nothing of the server's internals.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from client import resumable
 from client.downloads import STDOUT, DownloadRefused, human_size, save, server_file_name
 from client.listing import sessions_table, webhook_line
 from protocol import (
@@ -77,6 +83,9 @@ STREAM_RETRY_DELAY_SECONDS = 1.0
 WEBHOOK_WAIT_SECONDS = 11.0
 WEBHOOK_POLL_SECONDS = 0.2
 EXPORT_FORMATS = ("otio", "edl", "fcpxml")
+# From this size `upload` is resumable unless told otherwise: a multipart POST lost at
+# 90% of a large file starts again from zero.
+RESUMABLE_FROM_BYTES = 100 * 1024 * 1024
 
 
 class ClientError(Exception):
@@ -148,6 +157,44 @@ class ApiClient:
                 form.add_field("webhook_url", webhook_url)
             form.add_field("file", file, filename=video.name, content_type=content_type)
             return await self._json("POST", f"{API}/upload", data=form)
+
+    async def tus_offered(self) -> bool:
+        """Whether the server takes resumable (tus 1.0.0) uploads."""
+        try:
+            return await resumable.tus_offered(self._http, self.url)
+        except resumable.UploadRefused as refused:
+            raise api_error(refused.status, "", refused.body) from None
+
+    async def upload_resumable(
+        self,
+        video: Path,
+        analysis: str | None,
+        params: dict[str, Any],
+        webhook_url: str | None = None,
+        notice: TextIO = sys.stderr,
+    ) -> dict:
+        """As `upload`, through tus: retried and resumable (see client/resumable.py)."""
+        metadata = {"filename": video.name}
+        if analysis is not None:
+            metadata.update(analysis_type=analysis, params=json.dumps(params))
+        if webhook_url is not None:
+            metadata["webhook_url"] = webhook_url
+        try:
+            session_id = await resumable.upload(
+                self._http,
+                self.url,
+                video,
+                metadata,
+                lambda line: print(line, file=notice, flush=True),
+            )
+        except resumable.UploadRefused as refused:
+            raise api_error(refused.status, "", refused.body) from None
+        except resumable.UploadInterrupted as interrupted:
+            raise ClientError(
+                f"the upload of {video.name} stopped ({interrupted}); "
+                "run the same command again to resume it"
+            ) from None
+        return {"sessionId": session_id}
 
     async def analyze(
         self,
@@ -409,13 +456,27 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
 
 async def upload_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     analysis = None if args.no_analysis else args.analysis or AnalysisType.HIGHLIGHTS.value
-    accepted = await client.upload(args.video, analysis, args.params, args.webhook_url)
+    send = client.upload_resumable if await _resumable(client, args) else client.upload
+    accepted = await send(args.video, analysis, args.params, args.webhook_url)
     session_id = accepted["sessionId"]
     if args.no_watch or analysis is None:
         print(session_id, file=out, flush=True)
         return EXIT_OK
     print(f"Uploaded {args.video.name}: session {session_id}", file=out, flush=True)
     return await follow(client, session_id, out)
+
+
+async def _resumable(client: ApiClient, args: argparse.Namespace) -> bool:
+    """Whether this upload goes through tus: as asked, else by size if the server has tus."""
+    if args.resumable is False:
+        return False
+    if args.resumable is None and args.video.stat().st_size < RESUMABLE_FROM_BYTES:
+        return False
+    if await client.tus_offered():
+        return True
+    if args.resumable:
+        raise ClientError("the server does not take resumable uploads (tus); try --no-resumable")
+    return False
 
 
 async def analyze_command(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -554,6 +615,21 @@ def parser() -> argparse.ArgumentParser:
     )
     upload.add_argument(
         "--no-watch", action="store_true", help="print the session id and return at once"
+    )
+    resumable_choice = upload.add_mutually_exclusive_group()
+    resumable_choice.add_argument(
+        "--resumable",
+        action="store_true",
+        default=None,
+        help="upload in chunks that survive a dropped connection; the same command run again "
+        f"resumes an unfinished upload (default for files from {RESUMABLE_FROM_BYTES // 2**20} "
+        "MiB when the server offers it)",
+    )
+    resumable_choice.add_argument(
+        "--no-resumable",
+        dest="resumable",
+        action="store_false",
+        help="one multipart POST, whatever the size",
     )
 
     analyze = commands.add_parser(

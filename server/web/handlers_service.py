@@ -16,11 +16,14 @@ from server.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = STATIC / "index.html"
 FAVICON = STATIC / "favicon.svg"
+TUS_CLIENT = STATIC / "tus.min.js"
 # Served at /favicon.ico, so the type cannot come from the name; it changes only with a
 # release, so a day of caching spares a request per page view.
 _FAVICON_HEADERS = {hdrs.CONTENT_TYPE: "image/svg+xml", hdrs.CACHE_CONTROL: "max-age=86400"}
 # The same URL answers JSON or the page, so caches must key on Accept; and a browser
 # should revalidate the page (cheap: FileResponse sends an ETag) to see a new version.
+# The vendored tus-js-client changes only with a release too; the page loads it by path.
+_SCRIPT_HEADERS = {hdrs.CONTENT_TYPE: "text/javascript", hdrs.CACHE_CONTROL: "max-age=86400"}
 _INDEX_HEADERS: dict[str, str] = {hdrs.VARY: hdrs.ACCEPT}
 _PAGE_HEADERS = {**_INDEX_HEADERS, hdrs.CACHE_CONTROL: "no-cache"}
 
@@ -104,6 +107,11 @@ async def openapi(request: web.Request) -> web.Response:
 async def favicon(request: web.Request) -> web.FileResponse:
     """The service's icon, an SVG (browsers ask for /favicon.ico whatever the page links)."""
     return web.FileResponse(FAVICON, headers=_FAVICON_HEADERS)
+
+
+async def tus_client(request: web.Request) -> web.FileResponse:
+    """tus-js-client (vendored), with which the page sends uploads that survive a lost link."""
+    return web.FileResponse(TUS_CLIENT, headers=_SCRIPT_HEADERS)
 
 
 async def metrics(request: web.Request) -> web.Response:

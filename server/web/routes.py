@@ -187,6 +187,15 @@ SERVICE_ROUTES = [
         {"200": binary("image/svg+xml")},
         public=True,
     ),
+    Route(
+        "GET",
+        "/static/tus.min.js",
+        "tus_client",
+        handlers_service.tus_client,
+        "The page's resumable-upload library (tus-js-client, MIT), loaded before any key",
+        {"200": binary("text/javascript")},
+        public=True,
+    ),
 ]
 HEALTH = Route(
     "GET",
