@@ -3,6 +3,7 @@ are exactly the ones generated from those declarations."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import jsonschema_rs
@@ -93,6 +94,13 @@ EXAMPLES: dict[type, Any] = {
         session_id=SID, status=SessionStatus.PENDING, message="Processing started"
     ),
     bodies.Cleanup: bodies.Cleanup(session_id=SID, message="Session cleaned up successfully"),
+    bodies.TusUploadBody: bodies.TusUploadBody(
+        upload_id=SID,
+        offset=52428800,
+        length=2147483648,
+        expires_at=datetime(2026, 12, 8, 9, 30, tzinfo=timezone.utc),
+        session_id=None,
+    ),
     StatusBody: STATUS,
     bodies.SessionList: bodies.SessionList(sessions=[STATUS], count=1),
     bodies.ResultsBody: bodies.ResultsBody(session_id=SID, status="completed", results=HIGHLIGHTS),

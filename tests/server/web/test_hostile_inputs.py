@@ -63,7 +63,7 @@ MiB = 1024 * 1024
 # Bounds a raw exchange against a hang; a passing case answers in milliseconds.
 RAW_BOUND_SECONDS = 30.0
 # API.md: what API_KEY leaves open (the page, its icon, health and the document).
-PUBLIC = {"/", "/favicon.ico", "/health", "/api/v1/openapi.json"}
+PUBLIC = {"/", "/favicon.ico", "/static/tus.min.js", "/health", "/api/v1/openapi.json"}
 
 
 # ---- the servers under attack -----------------------------------------------------------
@@ -804,7 +804,7 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND")
 
 
 def concrete(route: str, session_id: str = SOME_UUID4) -> str:
-    return route.format(sessionId=session_id, n="0", format="otio")
+    return route.format(sessionId=session_id, uploadId=session_id, n="0", format="otio")
 
 
 async def test_the_router_serves_exactly_the_route_tables_paths_and_methods(target):
@@ -847,14 +847,14 @@ BAD_CREDENTIALS = [
 @pytest.mark.parametrize("route", PROTECTED)
 async def test_a_missing_or_wrong_api_key_is_a_401_on_every_protected_route(keyed, route):
     """/metrics included: API_KEY leaves only /, /health and the OpenAPI document open."""
-    (method,) = ROUTE_METHODS[route]
-    for headers in BAD_CREDENTIALS:
-        answer = await refused(keyed, 401, method, concrete(route), headers=headers)
-        assert answer["error"] == "Unauthorized"
-    if route not in QUERY_KEY_ROUTES:
-        # Only EventSource, <video> and <track>, which cannot send headers, may put the key
-        # in the query.
-        await refused(keyed, 401, method, concrete(route) + f"?access_token={KEY}")
+    for method in sorted(ROUTE_METHODS[route]):  # a resumable upload's path has several
+        for headers in BAD_CREDENTIALS:
+            answer = await refused(keyed, 401, method, concrete(route), headers=headers)
+            assert answer["error"] == "Unauthorized"
+        if route not in QUERY_KEY_ROUTES:
+            # Only EventSource, <video> and <track>, which cannot send headers, may put the
+            # key in the query.
+            await refused(keyed, 401, method, concrete(route) + f"?access_token={KEY}")
 
 
 async def test_the_route_table_makes_public_exactly_what_api_md_leaves_open():

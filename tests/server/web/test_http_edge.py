@@ -19,11 +19,12 @@ pytestmark = pytest.mark.usefixtures("backend")
 
 KEY = "s3cret-key"
 ORIGIN = "https://app.example.com"
-PUBLIC = {"/", "/favicon.ico", "/health", "/api/v1/openapi.json"}
+PUBLIC = {"/", "/favicon.ico", "/static/tus.min.js", "/health", "/api/v1/openapi.json"}
 
 
 def concrete(path: str) -> str:
-    return path.format(sessionId=str(uuid.uuid4()), n="0", format="otio")
+    some_id = str(uuid.uuid4())
+    return path.format(sessionId=some_id, uploadId=some_id, n="0", format="otio")
 
 
 def every_route(app: web.Application) -> list[tuple[str, str]]:
