@@ -22,7 +22,15 @@ _CANONICAL_UUID4 = re.compile(
 
 def session_id_of(request: web.Request) -> str:
     """The path's session id, or a 400 when it is not a UUID4 (any case; answered lower)."""
-    raw = request.match_info["sessionId"]
+    return _uuid4_of(request.match_info["sessionId"], "session id")
+
+
+def upload_id_of(request: web.Request) -> str:
+    """The path's resumable upload id: as a session id, a UUID4 (else a 400)."""
+    return _uuid4_of(request.match_info["uploadId"], "upload id")
+
+
+def _uuid4_of(raw: str, what: str) -> str:
     if _CANONICAL_UUID4.fullmatch(raw):
         return raw  # the form every client echoes back: no need to parse it (polls are hot)
     try:
@@ -30,7 +38,9 @@ def session_id_of(request: web.Request) -> str:
     except ValueError:
         parsed = None
     if parsed is None or parsed.version != 4 or str(parsed) != raw.lower():
-        raise ApiError(400, "Invalid session id", "A session id is a UUID4 string")
+        raise ApiError(
+            400, f"Invalid {what}", f"A{'n' if what[0] in 'aeiou' else ''} {what} is a UUID4 string"
+        )
     return str(parsed)
 
 

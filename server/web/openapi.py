@@ -25,7 +25,9 @@ _RETRY_AFTER = {
     "description": "Seconds to wait before trying again",
     "schema": {"type": "integer", "minimum": 1},
 }
-_UUID4 = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+UUID4_PATTERN = (
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+)
 _ERROR_BODY = {JSON: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
 # The path parameter of every session route (declared once under components/parameters).
@@ -92,7 +94,7 @@ def openapi_document(routes: Iterable[DescribedRoute]) -> dict[str, Any]:
                     "in": "path",
                     "required": True,
                     # Only UUID4s are ids (any other string is a 400): version 4, RFC variant.
-                    "schema": {"type": "string", "format": "uuid", "pattern": _UUID4},
+                    "schema": {"type": "string", "format": "uuid", "pattern": UUID4_PATTERN},
                 }
             },
         },

@@ -42,6 +42,7 @@ from server.web.openapi import (
     JSON,
     SESSION_ID,
     UNAUTHORIZED,
+    UUID4_PATTERN,
     accepted,
     binary,
     events,
@@ -413,7 +414,12 @@ RESULT_ROUTES = [
 ]
 
 # Resumable uploads (tus 1.0.0). Their headers are the protocol's (see docs/API.md).
-UPLOAD_ID = {"name": "uploadId", "in": "path", "required": True, "schema": {"type": "string"}}
+UPLOAD_ID = {
+    "name": "uploadId",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid", "pattern": UUID4_PATTERN},
+}
 
 
 def _tus_header(name: str, required: bool = True, **schema: Any) -> dict[str, Any]:
@@ -455,7 +461,7 @@ TUS_ROUTES = [
         handlers_tus.head_or_get,
         "A resumable upload: HEAD gives Upload-Offset (where to resume), GET the same as JSON",
         {"200": json_answer("TusUploadBody")},
-        (404, 410, 412),
+        (400, 404, 410, 412),
         [UPLOAD_ID],
     ),
     Route(
@@ -480,7 +486,7 @@ TUS_ROUTES = [
         handlers_tus.terminate,
         "End a resumable upload and remove its bytes (tus termination)",
         {"204": {"description": "Gone"}},
-        (404, 412, 423),
+        (400, 404, 412, 423),
         [UPLOAD_ID, TUS_RESUMABLE],
     ),
 ]

@@ -36,6 +36,7 @@ from server.state.models import InvalidVideo, utcnow
 from server.state.tus_records import TusRecord, TusRecords, UploadBusy
 from server.storage.files import SessionFiles
 from server.web.bodies import TusUploadBody, json_response
+from server.web.inputs import upload_id_of
 from server.web.multipart import safe_filename, too_large
 from server.web.responses import ApiError
 from server.web.upload_flow import UploadFlow
@@ -194,7 +195,7 @@ class TusUploads:
     # ---- inside ------------------------------------------------------------------------
 
     async def _record(self, request: web.Request, *, expired_too: bool = False) -> TusRecord:
-        upload_id = request.match_info["uploadId"]
+        upload_id = upload_id_of(request)
         record = await self._records.get(upload_id)
         if record is None:
             raise _error(404, f"No upload {upload_id}", title="Upload not found")

@@ -52,6 +52,7 @@ from server.config import Config
 from server.web import app_keys as keys
 from server.web.openapi import openapi_document
 from server.web.routes import API_ROUTES
+from server.web.tus import OFFSET_STREAM
 from tests.server.http_helpers import V1, make_config
 
 # Per operation and kind of input (46 runs); most answers take a millisecond, uploads probe.
@@ -79,9 +80,14 @@ FORM = "application/x-www-form-urlencoded"
 REFUSED_FOR_STATE = {"Results not ready", "Session was cancelled"}
 PARTLY_DESCRIBED = {
     ("POST", "/api/v1/video/upload"),
+    # A resumable upload's Upload-Length has a limit that is a setting (MAX_UPLOAD_MB),
+    # and its metadata carries the same params JSON text.
+    ("POST", "/api/v1/video/uploads/"),
     ("POST", "/analyze/highlights"),
     ("POST", "/analyze/workout"),
 }
+# A resumable upload's PATCH body is raw bytes, which schemathesis makes with this.
+schemathesis.openapi.media_type(OFFSET_STREAM, st.binary(max_size=256))
 # Every route of the table, as the document describes it.
 DOCUMENT = openapi_document(API_ROUTES)
 OPERATIONS = sorted((route.method, route.path) for route in API_ROUTES)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -235,7 +236,8 @@ async def test_a_bad_creation_is_refused_before_any_byte(
 
 async def test_unknown_and_expired_uploads_are_404_and_410(aiohttp_client, tmp_path):
     client = await start(aiohttp_client, tmp_path, upload_expires_hours=0.2 / 3600)
-    assert (await client.head(f"{UPLOADS}no-such-upload", headers=TUS)).status == 404
+    assert (await client.head(f"{UPLOADS}{uuid.uuid4()}", headers=TUS)).status == 404
+    assert (await client.get(f"{UPLOADS}no-such-upload")).status == 400  # not an upload id
     path = await create(client, 10, filename="x.mp4")
     await asyncio.sleep(0.3)
     expired = await client.patch(path, data=b"abc", headers={**STREAM, "Upload-Offset": "0"})
