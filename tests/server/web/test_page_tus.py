@@ -154,8 +154,8 @@ async def test_an_upload_goes_through_tus_in_chunks_and_the_results_show_as_befo
     assert multipart == []
     assert not await page.locator("#error").is_visible()
     statuses = await page.evaluate("window.statusHistory")
-    assert "Uploading padded.mp4 (resumable: 0.5 MiB of 1.4 sent)" in statuses
-    assert "Uploading padded.mp4 (resumable: 1.4 MiB of 1.4 sent)" in statuses
+    assert "Uploading padded.mp4 (resumable: 0.5 of 1.4 MiB sent)" in statuses
+    assert "Uploading padded.mp4 (resumable: 1.4 of 1.4 MiB sent)" in statuses
 
 
 async def test_a_lost_connection_is_retried_from_the_offset_the_server_confirms(
