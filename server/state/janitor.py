@@ -99,6 +99,7 @@ class Janitor:
         """Remove the bytes and records of resumable uploads past their Upload-Expires."""
         if self._resumable is None:
             return 0
+        await self._resumable.forget_finished(self._clock())
         for record in (expired := await self._resumable.expired(self._clock())):
             await self._files.abort_resumable(record.upload)
             await self._resumable.delete(record.id)

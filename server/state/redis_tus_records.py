@@ -179,6 +179,9 @@ class RedisTusRecords:
                     found.append(record)
         return found
 
+    async def forget_finished(self, now: datetime) -> int:
+        return 0  # a finished record carries its own TTL (FINISHED_RECORD_TTL_SECONDS)
+
     @unavailable_as_busy
     async def unfinished(self) -> set[str]:
         """Every record with no session yet, the whole ones too (the index has only those

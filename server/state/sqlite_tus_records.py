@@ -207,6 +207,15 @@ class SqliteTusRecords:
         )
         return [str(row[0]) for row in rows]
 
+    async def forget_finished(self, now: datetime) -> int:
+        return int(await self._run(self._forget_finished, utc_text(now)))
+
+    def _forget_finished(self, now: str) -> int:
+        cursor = self._connection.execute(
+            "DELETE FROM tus_uploads WHERE session_id IS NOT NULL AND expires_at < ?", (now,)
+        )
+        return cursor.rowcount
+
     async def unfinished(self) -> set[str]:
         return set(await self._run(self._unfinished))
 

@@ -67,6 +67,10 @@ class TusRecords(Protocol):
     async def expired(self, now: datetime) -> list[TusRecord]:
         """Records of unfinished uploads whose `expires_at` is before `now`."""
 
+    async def forget_finished(self, now: datetime) -> int:
+        """Delete the records of uploads that became sessions once their `expires_at` is
+        past (a client that lost the last answer has until then to HEAD it); how many."""
+
     async def unfinished(self) -> set[str]:
         """The ids of every upload with no session yet (their files are no orphans)."""
 

@@ -274,3 +274,18 @@ async def test_unfinished_names_every_upload_without_a_session_whole_or_not(node
         await first.create(make_record(upload_id, upload=upload))
     await first.set_session("done", "session-1")
     assert await second.unfinished() == {"partial", "whole"}
+
+
+async def test_sqlite_forgets_a_finished_upload_once_its_expiry_is_past(tmp_path):
+    """Redis gives such a record a TTL; SQLite deletes it when the sweep says so."""
+    records = await SqliteTusRecords(tmp_path / STORE_FILE).open()
+    try:
+        whole = Resumable("uploads/done/video.mp4", 100)
+        await records.create(make_record("done", upload=whole))
+        await records.create(make_record("going", upload=Resumable("uploads/going/v.mp4", 3)))
+        await records.set_session("done", "session-1")
+        assert await records.forget_finished(NOW) == 0  # not yet past its expiry
+        assert await records.forget_finished(NOW + timedelta(hours=2)) == 1
+        assert await records.get("done") is None and await records.get("going") is not None
+    finally:
+        await records.close()
