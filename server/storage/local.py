@@ -8,6 +8,7 @@ writes its artifacts where they are served from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
@@ -46,13 +47,19 @@ class LocalUpload:
         self._size += len(chunk)
 
     async def finish(self) -> int:
-        # Closing a buffered file waits for a write still running in its thread.
+        # Small chunks wait in the file's buffer: flushing them is a write like the others
+        # (a full disk shows here, as DiskFull). Closing then waits for a write still
+        # running in its thread.
+        await _on_disk(lambda _: self._file.flush(), None)
         self._file.close()
         return self._size
 
     async def abort(self) -> None:
         # Not in a thread: this runs while the task may be cancelled, and it is one file.
-        self._file.close()
+        # Closing flushes what the buffer holds, which fails again on a full disk: the
+        # file goes anyway.
+        with contextlib.suppress(OSError):
+            self._file.close()
         shutil.rmtree(self._path.parent, ignore_errors=True)
 
 
