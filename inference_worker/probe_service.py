@@ -47,9 +47,10 @@ def serve(channel: EventChannel, requests: Iterable[bytes]) -> None:
 def answer(request: ProbeRequest) -> Result | Error:
     """The terminal event for one request: {"video": VideoInfo} or why the file is unusable.
 
-    A URL that cannot be read (an HTTP error, a network failure) is an internal error, not
-    an invalid video. An error nobody foresaw is answered too (and logged with its
-    traceback): this process serves the next upload, so one odd file must not end it.
+    A URL that cannot be read (an HTTP error, a network failure) is `source_unreachable`,
+    not an invalid video: the store's fault, which the server answers with a 503. An error
+    nobody foresaw is answered too (and logged with its traceback): this process serves
+    the next upload, so one odd file must not end it.
     """
     try:
         info = probe(request.path, request.filename, request.size)
@@ -57,7 +58,7 @@ def answer(request: ProbeRequest) -> Result | Error:
         return Error(ErrorCode.INVALID_VIDEO.value, str(exc))
     except VideoSourceUnreachable as exc:
         log.warning("%s", exc)
-        return Error(ErrorCode.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
+        return Error(ErrorCode.SOURCE_UNREACHABLE.value, str(exc))
     except Exception as exc:
         # A presigned URL's query is its signature: never in a log line.
         log.exception("probe of %s failed unexpectedly", redacted(request.path))

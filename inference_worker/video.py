@@ -200,6 +200,8 @@ def _check_reachable(url: str) -> None:
             pass
     except urllib.error.HTTPError as error:
         error.close()  # it holds the response, and its socket
+        if error.code == 416:
+            return  # the store read the object, which has no first byte: an empty file
         raise VideoSourceUnreachable(
             f"could not read {redacted(url)}: HTTP {error.code} {error.reason}"
         ) from error

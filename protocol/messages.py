@@ -30,6 +30,8 @@ class ErrorCode(str, Enum):
     INVALID_PARAMS = "invalid_params"
     INVALID_JOB = "invalid_job"
     MODEL_UNAVAILABLE = "model_unavailable"
+    # The probe could not read the URL it was given (the store's fault, not the file's).
+    SOURCE_UNREACHABLE = "source_unreachable"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -30,6 +30,7 @@ from protocol import (
 )
 from server.jobs.worker_process import WorkerProcess
 from server.state.models import InvalidVideo, RunnerClosed
+from server.storage.files import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,10 @@ class _Prober:
         if isinstance(answer, Error):
             if answer.error == ErrorCode.INVALID_VIDEO.value:
                 raise InvalidVideo(answer.message)
+            if answer.error == ErrorCode.SOURCE_UNREACHABLE.value:
+                # The file store failed the probe's reads: a 503, not the client's file.
+                log.warning("%r could not read the upload: %s", worker, answer.message)
+                raise StorageUnavailable("the probe could not read the upload from the store")
             log.warning("%r could not probe a file: %s: %s", worker, answer.error, answer.message)
             raise InvalidVideo(PROBE_FAILED)
         try:

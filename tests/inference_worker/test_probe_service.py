@@ -44,10 +44,11 @@ def test_one_process_answers_each_request_in_order_and_exits_at_the_end_of_stdin
     assert answers[4].results["video"]["filename"] == sample_video.name
 
 
-async def test_urls_are_probed_and_one_that_cannot_be_read_is_an_internal_error(
+async def test_urls_are_probed_and_one_that_cannot_be_read_is_the_sources_fault(
     aiohttp_server, sample_video, tmp_path
 ):
-    """A URL's failure is not the file's: `internal_error`, and no signature on stderr."""
+    """A URL's failure is not the file's: `source_unreachable` (a URL without its size is
+    the server's own mistake: `internal_error`), and no signature on stderr."""
     bucket_dir = tmp_path / "bucket"
     bucket_dir.mkdir()
     good = bucket_dir / "match.mp4"
@@ -81,7 +82,9 @@ async def test_urls_are_probed_and_one_that_cannot_be_read_is_an_internal_error(
     ]  # fmt: skip
     assert answers[0].results["video"] == {**probe(sample_video).to_dict(), "filename": "match.mp4"}
     assert answers[1].error == "invalid_video"
-    assert [answer.error for answer in answers[2:5]] == ["internal_error"] * 3
+    assert [answer.error for answer in answers[2:5]] == [
+        "source_unreachable", "source_unreachable", "internal_error"
+    ]  # fmt: skip
     assert "404" in answers[2].message and "refused" in answers[3].message
     assert "size" in answers[4].message, "a URL without its size is the server's mistake"
     assert answers[5].results["video"]["filename"] == "local.mp4"

@@ -17,6 +17,7 @@ import pytest
 
 from server.storage.opening import storage_problem
 from server.storage.paths import DataPaths
+from server.web import app_keys
 from tests.server.http_helpers import V1, finished, start, upload, video_form
 from tests.server.s3_server import S3Server
 
@@ -174,3 +175,22 @@ async def test_a_node_refuses_to_start_on_a_bucket_it_cannot_use(tmp_path, bucke
     assert await storage_problem(f"s3://{bucket_env.bucket}/{prefix}", paths) is None
     problem = await storage_problem(f"s3://no-such-bucket/{prefix}", paths)
     assert problem is not None and "no-such-bucket" in problem and "\n" not in problem
+
+
+async def test_an_upload_the_probe_cannot_read_from_the_store_is_a_503_and_leaves_nothing(
+    aiohttp_client, tmp_path, sample_video, bucket_env, prefix, monkeypatch
+):
+    """The store fails the probe's reads (here: its URL names an object that is not there):
+    the client is told to try again, not that its video is bad."""
+    client = await bucket_client(aiohttp_client, tmp_path, bucket_env, prefix)
+    files = client.app[app_keys.FILES]
+    signed = files.probe_source
+
+    async def url_of_nothing(location: str) -> str:
+        return await signed(location + ".gone")
+
+    monkeypatch.setattr(files, "probe_source", url_of_nothing)
+    refused = await upload(client, sample_video, "a.mp4")
+    assert refused.status == 503, await refused.text()
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert keys(bucket_env, prefix) == [] and unfinished_uploads(bucket_env, prefix) == []

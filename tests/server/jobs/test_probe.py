@@ -16,6 +16,7 @@ from protocol import VideoInfo
 from server.config import Config
 from server.jobs.probe import PROBE_FAILED, ProbeService
 from server.state.models import InvalidVideo
+from server.storage.files import StorageUnavailable
 from tests.inference_worker.http_files import SIGNATURE_QUERY, serve_files
 from tests.server.conftest import FAKE_PROBE, WAIT, dies, eventually, process_alive
 
@@ -190,14 +191,15 @@ async def test_the_real_probe_reads_a_video_at_a_url_with_the_size_it_is_given(
         await service.probe(bucket.url("match.mp4"), "upload.mp4", size // 2)
 
 
-async def test_a_url_the_real_probe_cannot_read_is_a_general_failure_and_logged_in_detail(
+async def test_a_url_the_real_probe_cannot_read_is_the_store_unavailable_and_logged(
     make_service, bucket, caplog
 ):
-    """A 404 is the store's or the server's doing: not the file's message, nor its process."""
+    """A 404 is the store's or the server's doing: not the file's message, nor its process;
+    the upload is then a 503 to try again, not a 415."""
     service = await make_service(command=Config.probe_command)
     [pid] = service.pids
-    with pytest.raises(InvalidVideo, match=f"^{PROBE_FAILED}$"):
+    with pytest.raises(StorageUnavailable, match="could not read the upload"):
         await service.probe(bucket.url("missing.mp4"), "match.mp4", 1000)
-    assert "internal_error: VideoSourceUnreachable" in caplog.text and "404" in caplog.text
+    assert "could not read the upload" in caplog.text and "404" in caplog.text
     assert SIGNATURE_QUERY not in caplog.text
     assert service.pids == [pid]
