@@ -17,7 +17,7 @@ from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 
-from server.state.redis_connection import KEY_PREFIX, unavailable_as_busy
+from server.state.redis_connection import KEY_PREFIX, RENEW_LEASE_SCRIPT, unavailable_as_busy
 
 CLAIM_KEY = KEY_PREFIX + "webhook-claim:"
 # Deliveries taken once and not over yet, scored by when they were first taken.
@@ -27,19 +27,6 @@ _TAKE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4])
 return 1
-"""
-# A claim that lapsed while nobody took it (this node stalled, Redis was away) is ours again.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -113,7 +100,7 @@ class RedisDeliveryClaims:
         self._node_id = node_id
         self._lease_ms = max(1, int(lease_seconds * 1000))
         self._take = client.register_script(_TAKE)
-        self._renew = client.register_script(_RENEW)
+        self._renew = client.register_script(RENEW_LEASE_SCRIPT)
         self._release = client.register_script(_RELEASE)
 
     @unavailable_as_busy

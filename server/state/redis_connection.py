@@ -47,6 +47,22 @@ class UnsafeRedis(Exception):
     """Redis is configured so that it could lose acknowledged work; `str()` says what to set."""
 
 
+# Renew a lease held under KEYS[1] by token ARGV[1] for ARGV[2] ms. One that lapsed while
+# nobody took it (its holder stalled, Redis was away) is the holder's again; 0 if another
+# holder has it now. Webhook delivery claims and resumable uploads' locks both renew so.
+RENEW_LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

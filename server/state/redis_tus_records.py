@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from server.state.redis_connection import (
     KEY_PREFIX,
     REDIS_ERRORS,
+    RENEW_LEASE_SCRIPT,
     StateUnavailable,
     raise_if_cancelling,
     unavailable_as_busy,
@@ -76,19 +77,6 @@ redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 """
     + _FILE_AWAY
 )
-# A lock that lapsed while nobody took it (this node stalled, Redis was away) is ours again.
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -110,7 +98,7 @@ class RedisTusRecords:
         self._lease_ms = max(1, int(lock_lease_seconds * 1000))
         self._create = client.register_script(_CREATE)
         self._replace = client.register_script(_REPLACE)
-        self._renew = client.register_script(_RENEW)
+        self._renew = client.register_script(RENEW_LEASE_SCRIPT)
         self._release = client.register_script(_RELEASE)
 
     @unavailable_as_busy

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,17 @@ def _held_by_another(exc: sqlite3.OperationalError) -> bool:
     another connection holds the lock, and the same statement may go through later."""
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+async def run_on(executor: Executor, function: Callable[..., T], *args: object) -> T:
+    """`function(*args)` on a connection's own thread; a lock another connection holds
+    past SQLite's busy wait is StoreUnavailable (a wait, or a 503), not an error."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+    except sqlite3.OperationalError as exc:
+        if _held_by_another(exc):
+            raise StoreUnavailable() from exc
+        raise
 
 
 class SqliteStore(MemoryStore):
@@ -86,12 +97,7 @@ class SqliteStore(MemoryStore):
         return [row[0] for row in db.execute("SELECT data FROM sessions")]
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        except sqlite3.OperationalError as exc:
-            if _held_by_another(exc):
-                raise StoreUnavailable() from exc
-            raise
+        return await run_on(self._executor, function, *args)
 
     @property
     def _connection(self) -> sqlite3.Connection:

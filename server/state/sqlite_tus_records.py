@@ -15,7 +15,6 @@ held in this process's memory.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from server.state.patience import StoreUnavailable
+from server.state.sqlite_store import run_on
 from server.state.tus_codec import tus_record_from_json, tus_record_to_json, utc_text
 from server.state.tus_records import TusRecord, UploadBusy
 from server.storage.files import Resumable
@@ -49,12 +48,6 @@ SCHEMA = (
     ON tus_uploads (expires_at) WHERE session_id IS NULL
     """,
 )
-
-
-def _held_by_another(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock (see SqliteStore)."""
-    text = str(exc)
-    return "locked" in text or "busy" in text
 
 
 @contextmanager
@@ -107,12 +100,7 @@ class SqliteTusRecords:
             db.close()
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        except sqlite3.OperationalError as exc:
-            if _held_by_another(exc):
-                raise StoreUnavailable() from exc
-            raise
+        return await run_on(self._executor, function, *args)
 
     @property
     def _connection(self) -> sqlite3.Connection:
