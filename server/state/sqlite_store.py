@@ -12,17 +12,15 @@ a 503 for a request, never a lost session.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from server.state.models import Session, SessionNotFound
-from server.state.patience import StoreUnavailable
 from server.state.session_codec import session_from_json, session_to_json
+from server.state.sqlite_thread import SqliteThread
 from server.state.store import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -40,24 +38,6 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 
-def _held_by_another(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED ("database is locked", "database table is locked"):
-    another connection holds the lock, and the same statement may go through later."""
-    text = str(exc)
-    return "locked" in text or "busy" in text
-
-
-async def run_on(executor: Executor, function: Callable[..., T], *args: object) -> T:
-    """`function(*args)` on a connection's own thread; a lock another connection holds
-    past SQLite's busy wait is StoreUnavailable (a wait, or a 503), not an error."""
-    try:
-        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
-    except sqlite3.OperationalError as exc:
-        if _held_by_another(exc):
-            raise StoreUnavailable() from exc
-        raise
-
-
 class SqliteStore(MemoryStore):
     """Sessions in a SQLite file, loaded into memory when opened; reads never touch the disk."""
 
@@ -65,13 +45,12 @@ class SqliteStore(MemoryStore):
         super().__init__()
         self._path = Path(path)
         self.unreadable_rows = 0
-        # One thread: SQLite connections are per thread, and one writer keeps commits in order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._db: sqlite3.Connection | None = None
+        self._thread = SqliteThread(self._path, "sqlite-store")
 
     async def open(self) -> SqliteStore:
         """Create or open the database and load every session; returns self."""
-        rows = await self._run(self._open)
+        await self._thread.open([SCHEMA])
+        rows = await self._run(self._rows)
         skipped = 0
         for text in rows:
             try:
@@ -87,24 +66,16 @@ class SqliteStore(MemoryStore):
             )
         return self
 
-    def _open(self) -> list[str]:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(SCHEMA)
-        self._db = db
-        return [row[0] for row in db.execute("SELECT data FROM sessions")]
+    def _rows(self) -> list[str]:
+        return [row[0] for row in self._connection.execute("SELECT data FROM sessions")]
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
-        return await run_on(self._executor, function, *args)
+        return await self._thread.run(function, *args)
 
     @property
     def _connection(self) -> sqlite3.Connection:
         """The open database; only the store's thread uses it."""
-        if self._db is None:
-            raise RuntimeError(f"{self!r} is not open")
-        return self._db
+        return self._thread.connection
 
     def _write(self, session: Session) -> None:
         self._connection.execute(
@@ -147,14 +118,7 @@ class SqliteStore(MemoryStore):
     # The connection closes on the store's thread, behind every write already asked for:
     # a write in flight when the store closes commits instead of finding no connection.
     async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._close)
-        self._executor.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            db.close()
+        await self._thread.close()
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self._path.name} sessions={len(self._sessions)}>"

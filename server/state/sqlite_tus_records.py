@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from server.state.sqlite_store import run_on
+from server.state.sqlite_thread import SqliteThread
 from server.state.tus_codec import tus_record_from_json, tus_record_to_json, utc_text
 from server.state.tus_records import TusRecord, UploadBusy
 from server.storage.files import Resumable
@@ -69,45 +68,25 @@ class SqliteTusRecords:
 
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
-        # One thread: SQLite connections are per thread, and one writer keeps writes in order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-tus")
-        self._db: sqlite3.Connection | None = None
+        self._thread = SqliteThread(self._path, "sqlite-tus")
         self._writing: set[str] = set()
 
     async def open(self) -> SqliteTusRecords:
         """Create or open the database and its table; returns self."""
-        await self._run(self._open)
+        await self._thread.open(SCHEMA)
         return self
-
-    def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        for statement in SCHEMA:
-            db.execute(statement)
-        self._db = db
 
     async def close(self) -> None:
         """Close the connection behind every statement already asked for."""
-        if self._db is not None:
-            await self._run(self._close)
-        self._executor.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            db.close()
+        await self._thread.close()
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
-        return await run_on(self._executor, function, *args)
+        return await self._thread.run(function, *args)
 
     @property
     def _connection(self) -> sqlite3.Connection:
         """The open database; only the records' thread uses it."""
-        if self._db is None:
-            raise RuntimeError(f"{self!r} is not open")
-        return self._db
+        return self._thread.connection
 
     async def create(self, record: TusRecord) -> None:
         """Store a new record; ValueError if its id is stored already."""

@@ -155,7 +155,9 @@ async def test_a_failed_write_leaves_the_memory_copy_as_stored(tmp_path):
     try:
         session = make_session()
         await store.add(session)
-        await store._run(store._db.execute, "DROP TABLE sessions")  # every later write fails
+        await store._run(
+            store._connection.execute, "DROP TABLE sessions"
+        )  # every later write fails
 
         with pytest.raises(sqlite3.OperationalError):
             await store.put(session.replace(status=SessionStatus.PROCESSING))
