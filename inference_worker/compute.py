@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("inference_worker")
 
-# SMOLVLM_CPU_FAST_PATH=0 keeps MLX's own BLAS and the shipped dtype: for comparing the
-# two paths (bench-model, tests), never needed in normal use.
+# For comparing paths (bench-model, tests), never needed in normal use:
+# SMOLVLM_CPU_FAST_PATH=0 keeps MLX as shipped (its own BLAS, the shipped dtype);
+# SMOLVLM_CPU_FAST_PATH=blas keeps MLX's own kernels over the fast BLAS and fp32 weights.
 FAST_PATH_ENV = "SMOLVLM_CPU_FAST_PATH"
 # Where wheels keep bundled libraries: <site-packages>/<project>.libs/.
 _BUNDLED_OPENBLAS = "*.libs/libopenblas*.so*"
@@ -77,6 +78,20 @@ def use_fast_blas() -> BlasChoice:
 def fast_path_enabled() -> bool:
     """False when SMOLVLM_CPU_FAST_PATH=0 asks for MLX as shipped."""
     return os.environ.get(FAST_PATH_ENV, "1") != "0"
+
+
+def numpy_kernels_enabled() -> bool:
+    """False when SMOLVLM_CPU_FAST_PATH is 0 or `blas` (MLX's own softmax and GELU)."""
+    return os.environ.get(FAST_PATH_ENV, "1") not in ("0", "blas")
+
+
+def compute_threads() -> int:
+    """Threads for the numpy kernels: OPENBLAS_NUM_THREADS if set (one knob for both),
+    else the cores this process may run on."""
+    try:
+        return max(1, int(os.environ.get("OPENBLAS_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, len(os.sched_getaffinity(0)))
 
 
 def _choose_blas() -> BlasChoice:
@@ -135,3 +150,29 @@ def cast_for_host(model: nn.Module) -> str:
     model.set_dtype(mx.float32)
     mx.eval(model.parameters())
     return f"CPU, float32 weights (cast from {shipped}: only fp32 products use BLAS)"
+
+
+def adapt_for_host(model: nn.Module) -> str:
+    """Make `model` run fastest on this host; say what was done and why, for the log.
+
+    On a GPU (Metal, CUDA) nothing changes. On a CPU, unless SMOLVLM_CPU_FAST_PATH says
+    otherwise: the vision encoder and the text model past its embeddings run in numpy
+    (`cpu_kernels`: MLX's x86 softmax, exp, erf and elementwise kernels are scalar code on
+    one core, and its bundled OpenBLAS is slow at one-row products), and what stays in MLX
+    gets fp32 weights (`cast_for_host`). The numpy parts take fp32 copies of the weights
+    they use, and the MLX modules they replace are dropped, before the rest is cast.
+    """
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu or not numpy_kernels_enabled():
+        return cast_for_host(model)
+    from inference_worker.cpu_kernels import Threads, VisionEncoder, numpy_language_model
+
+    threads = Threads(compute_threads())
+    vision = model.vision_model
+    vision.encoder = VisionEncoder(vision.encoder, threads)
+    numpy_language_model(model.language_model, threads)
+    return (
+        f"{cast_for_host(model)}; vision encoder and text model in numpy on "
+        f"{threads.count} threads (MLX's CPU softmax, exp and erf are scalar code)"
+    )

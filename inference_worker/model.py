@@ -158,6 +158,8 @@ class SmolVLM:
             raise ValueError(f"{len(prompts)} prompts for {len(frame_sets)} sets of frames")
         if not prompts:
             return []
+        if getattr(self._model.language_model, "one_prompt_at_a_time", False):
+            return self._rows_in_turn(prompts, frame_sets, max_tokens)
         mx.reset_peak_memory()
         rows = [
             self._prompt_row(prompt, list(frames))
@@ -190,6 +192,26 @@ class SmolVLM:
         self.totals.calls += 1  # one model call, however many rows
         self.totals.prompt_tokens += prompt_tokens
         self.totals.generation_tokens += generated
+        return replies
+
+    def _rows_in_turn(
+        self, prompts: Sequence[str], frame_sets: Sequence[Sequence[Image.Image]], max_tokens: int
+    ) -> list[str]:
+        """`generate_batch` for a CPU host's numpy text model (cpu_kernels), which takes one
+        prompt per call: the rows in turn, counted as one call, as a batch is. Batching
+        would save little there: decoding is a small share of a call on a CPU."""
+        calls = self.totals.calls
+        replies, stats = [], []
+        for prompt, frames in zip(prompts, frame_sets, strict=True):
+            replies.append(self.generate(prompt, frames, max_tokens))
+            assert self.last_stats is not None
+            stats.append(self.last_stats)
+        self.totals.calls = calls + 1
+        self.last_stats = GenerationStats(
+            prompt_tokens=sum(row.prompt_tokens for row in stats),
+            generation_tokens=sum(row.generation_tokens for row in stats),
+            peak_memory=max(row.peak_memory for row in stats),
+        )
         return replies
 
     def _prompt_row(self, prompt: str, images: list[Image.Image]) -> tuple[list[int], Any]:
@@ -297,7 +319,7 @@ def load_model(model: str) -> SmolVLM:
         if not path.is_dir():
             raise ModelUnavailable(f"{subject} is not a folder; {_FIX_LOCAL}")
 
-    from inference_worker.compute import cast_for_host, use_fast_blas
+    from inference_worker.compute import adapt_for_host, use_fast_blas
 
     blas = use_fast_blas()  # before mlx_vlm imports mlx: MLX binds its BLAS when it loads
     from mlx_vlm import load
@@ -314,7 +336,7 @@ def load_model(model: str) -> SmolVLM:
         ) from exc
     # Video frames go in whole: splitting each into tiles costs about 4x the image tokens.
     processor.image_processor.do_image_splitting = False
-    compute = f"{cast_for_host(loaded_model)}; BLAS: {blas.describe()}"
+    compute = f"{adapt_for_host(loaded_model)}; BLAS: {blas.describe()}"
     import mlx.core as mx
 
     on_gpu = mx.default_device() != mx.cpu

@@ -1,4 +1,5 @@
-"""The CPU fast path: an optimised BLAS under MLX and fp32 weights, chosen by the worker itself."""
+"""The CPU fast path, chosen by the worker itself: an optimised BLAS under MLX, fp32
+weights, and the vision encoder and text model in numpy (cpu_kernels)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ print(json.dumps({"replies": replies, "compute": model.compute}))
 """
 
 
-def _answers(model_dir, fast: bool) -> dict:
+def _answers(model_dir, path: str) -> dict:
     env = worker_env()
-    env[FAST_PATH_ENV] = "1" if fast else "0"
+    env[FAST_PATH_ENV] = path
     done = subprocess.run(
         [sys.executable, "-c", _ANSWER_SCRIPT, str(model_dir)],
         capture_output=True,
@@ -46,14 +47,17 @@ def _answers(model_dir, fast: bool) -> dict:
 
 
 @pytest.mark.slow
-def test_fast_path_and_shipped_path_give_identical_greedy_answers(tiny_model_dir):
-    fast = _answers(tiny_model_dir, fast=True)
-    shipped = _answers(tiny_model_dir, fast=False)
+def test_the_three_cpu_paths_give_identical_greedy_answers(tiny_model_dir):
+    fast = _answers(tiny_model_dir, "1")  # the default
+    blas_only = _answers(tiny_model_dir, "blas")
+    shipped = _answers(tiny_model_dir, "0")
 
-    assert fast["replies"] == shipped["replies"]
+    assert fast["replies"] == blas_only["replies"] == shipped["replies"]
     assert all(reply for reply in fast["replies"])
-    # On this Linux CPU host the fast path really is a different BLAS.
-    assert "BLAS: OpenBLAS" in fast["compute"]
+    # On this Linux CPU host each path really is different, and says so.
+    assert "vision encoder and text model in numpy on" in fast["compute"]
+    assert "BLAS: OpenBLAS" in fast["compute"] and "BLAS: OpenBLAS" in blas_only["compute"]
+    assert "numpy" not in blas_only["compute"] and "numpy" not in shipped["compute"]
     assert f"BLAS: MLX's own BLAS ({FAST_PATH_ENV}=0)" in shipped["compute"]
 
 

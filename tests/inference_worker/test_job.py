@@ -121,7 +121,8 @@ def test_the_model_ready_log_says_how_the_model_computes(sample_video, tiny_mode
     _, logs = _run(spec, slot)
 
     ready = next(message for message in logs if "ready in" in message)
-    assert "CPU, float32 weights as shipped; BLAS: " in ready
+    assert "CPU, float32 weights as shipped; vision encoder and text model in numpy" in ready
+    assert "; BLAS: " in ready
 
 
 def _events(spec, slot):

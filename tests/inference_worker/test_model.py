@@ -7,6 +7,7 @@ import shutil
 import pytest
 from PIL import Image
 
+from inference_worker.compute import FAST_PATH_ENV
 from inference_worker.model import ModelUnavailable, SmolVLM, load_model
 from inference_worker.tiny_model import IMAGE_SEQ_LEN, IMAGE_SIZE
 from protocol import model_display_name
@@ -22,9 +23,13 @@ def _frames(count: int) -> list[Image.Image]:
     return [Image.new("RGB", (160, 120), (40 * i % 256, 90, 200 - 30 * i)) for i in range(count)]
 
 
-@pytest.fixture(scope="module")
-def vlm(tiny_model_dir) -> SmolVLM:
-    return load_model(str(tiny_model_dir))
+@pytest.fixture(scope="module", params=["1", "blas"], ids=["numpy kernels", "MLX kernels"])
+def vlm(tiny_model_dir, request) -> SmolVLM:
+    """The model on both CPU paths: the worker's numpy kernels (which answer a batch's
+    rows in turn) and MLX's own (batched decoding, as on GPUs)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAST_PATH_ENV, request.param)
+        return load_model(str(tiny_model_dir))
 
 
 @pytest.fixture
