@@ -1,17 +1,27 @@
-"""How the model's arithmetic runs on this host: which BLAS MLX calls, which precision.
+"""What runs differently on a host without a GPU, and why: the one place that decides.
 
-Measured on a 2-core x86 Linux host with the `mlx[cpu]` wheel (docs/BENCHMARKS.md): that
-wheel links the reference BLAS (about 6 GFLOP/s for an fp32 matrix product) and multiplies
-bf16 without any BLAS (about 5 GFLOP/s), so the full-size SmolVLM2 needed minutes per
-segment. An optimised OpenBLAS makes the fp32 product about 100 GFLOP/s, so on such hosts
-the worker (1) loads an OpenBLAS that exports the plain `cblas_*` names into the global
-symbol scope before MLX is imported, so that MLX's calls resolve to it, and (2) casts bf16
-weights to fp32 at load. On Apple silicon (Accelerate, Metal) and CUDA hosts nothing
-changes: bf16 stays, as the checkpoints ship.
+On Apple silicon (Metal, Accelerate) and CUDA hosts nothing changes: mlx_vlm's MLX model
+runs as shipped, bf16 weights. On a CPU-only Linux host with the `mlx[cpu]` wheel, measured
+on 2 x86 cores at the real SmolVLM2-500M size (docs/BENCHMARKS.md, `make bench-model`):
 
-The OpenBLAS comes from the opencv-python wheel (a dependency of mlx-vlm, and listed in
-setup.cfg for this reason): it bundles OpenBLAS with unprefixed symbols. numpy's and
-scipy's OpenBLAS export only `scipy_`-prefixed names and cannot stand in.
+1. `use_fast_blas`: that wheel links the reference BLAS (about 6 GFLOP/s for an fp32
+   matrix product) and multiplies bf16 with no BLAS at all (about 5 GFLOP/s). Before MLX
+   is imported, the worker loads an OpenBLAS that exports the plain `cblas_*` names into
+   the global symbol scope, so that MLX's calls resolve to it (about 150 GFLOP/s). It
+   comes from the opencv-python wheel (a dependency of mlx-vlm, listed in setup.cfg for
+   this reason); numpy's and scipy's OpenBLAS export only prefixed names.
+2. `adapt_for_host`: the vision encoder and the text model past its token embeddings run
+   in numpy (`inference_worker.cpu_kernels`), because MLX's x86 CPU kernels for softmax,
+   exp, erf and every elementwise op are scalar code on one core (a frame's softmax in
+   one tower layer: 0.32 s in MLX, 0.02 s in numpy), every MLX evaluation costs about
+   0.5 ms, and the OpenBLAS under MLX (0.3.15) takes one-row products as full matrix
+   products (a decode step's: 143 ms, numpy's OpenBLAS 0.3.31 60 ms). A segment went from
+   52 s to 12 s; the tower runs within 1.5x of what its matrix products alone take.
+3. `cast_for_host`: what stays in MLX (embeddings, the connector) gets fp32 weights: only
+   fp32 products use BLAS.
+
+Threads: the numpy kernels use OPENBLAS_NUM_THREADS threads if it is set, else every core
+the process may run on (`compute_threads`). SMOLVLM_CPU_FAST_PATH compares the paths.
 """
 
 from __future__ import annotations

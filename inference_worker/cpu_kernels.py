@@ -11,10 +11,11 @@ What is here, installed by `inference_worker.compute.adapt_for_host` (which says
 
 * `VisionEncoder`: the SigLIP encoder (the vision tower's 12 layers) on numpy arrays,
   built from the loaded MLX layers' weights, in place of mlx_vlm's encoder. Frames are
-  independent, so each thread takes whole frames through all 12 layers, its BLAS calls
-  on one core: no thread waits for another between layers;
-* `prefill_attention`: the language model's attention for a prompt (many queries) in
-  numpy, its heads shared among the threads; one-token decode steps stay with MLX.
+  independent, so each thread takes whole frames through all 12 layers: no thread waits
+  for another between layers;
+* `DecoderLayer`, `RMSNorm`, `Linear`: the text model past its token embeddings, its
+  products split by output columns and its heads shared among the threads.
+* `Threads`: the pool, and OpenBLAS held to one thread per call (see why there).
 
 Softmax takes three passes over a head's scores (max, subtract, exp): the row sums come
 out of the product with the values, as a column of ones appended to them, and the
@@ -47,10 +48,20 @@ _GELU_CUBIC = _F32(-2.0 * math.sqrt(2.0 / math.pi) * 0.044715)
 _GELU_SLICE = 1 << 15
 
 _Item = TypeVar("_Item")
+# Products of fewer rows than this run in the calling thread (see Threads.product).
+_SHARED_PRODUCT_ROWS = 8
 
 
 class Threads:
-    """A pool of `count` threads for numpy work; each runs its BLAS calls on one core."""
+    """A pool of `count` threads for numpy work, and the one place that sets BLAS threads.
+
+    OpenBLAS is set to one thread per call, once, for good: every product runs in the
+    thread that asks for it, and the cores are shared by this pool instead (frames, heads,
+    or a product's output columns per thread). Changing OpenBLAS's thread count while it
+    runs is what we must not do: doing it around every layer (threadpoolctl's context, to
+    lend the cores to the pool and back) deadlocked a worker under load, its main thread
+    spinning in a product whose helper thread had missed its wake-up.
+    """
 
     def __init__(self, count: int) -> None:
         self.count = max(1, count)
@@ -59,23 +70,36 @@ class Threads:
             if self.count > 1
             else None
         )
-        # Found once (it walks the loaded libraries): numpy's OpenBLAS, and the one
-        # `use_fast_blas` put under MLX.
-        self._blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        # numpy's OpenBLAS, and the one `use_fast_blas` put under MLX: not limited back.
+        threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
     def share(self, items: Sequence[_Item], work: Callable[[list[_Item]], None]) -> None:
-        """`work(share)` for `count` interleaved shares of `items`, one share per thread.
-
-        With one thread (or one item), `work` runs here with BLAS on every core.
-        """
+        """`work(share)` for `count` interleaved shares of `items`, one share per thread."""
         if self._pool is None or len(items) < 2:
             work(list(items))
             return
         shares = [list(items[i :: self.count]) for i in range(self.count)]
-        with self._blas.limit(limits=1):
-            futures = [self._pool.submit(work, share) for share in shares if share]
-            for future in futures:
-                future.result()
+        futures = [self._pool.submit(work, share) for share in shares if share]
+        for future in futures:
+            future.result()
+
+    def product(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """x @ weight.T for rows x (n, in) and weight (out, in): each thread computes a
+        block of the output columns, reading only its share of the weight."""
+        if x.shape[0] < _SHARED_PRODUCT_ROWS:
+            # A decode step's products read the weights once and are bound by memory, not
+            # by the cores: two threads gained nothing here, and each hand-off costs ~0.1 ms.
+            return x @ weight.T
+        out = np.empty((x.shape[0], weight.shape[0]), _F32)
+        step = -(-weight.shape[0] // self.count)
+        blocks = [slice(start, start + step) for start in range(0, weight.shape[0], step)]
+
+        def multiply(chosen: list[slice]) -> None:
+            for block in chosen:
+                np.matmul(x, weight[block].T, out=out[:, block])
+
+        self.share(blocks, multiply)
+        return out
 
     def close(self) -> None:
         if self._pool is not None:
@@ -106,6 +130,20 @@ def attend(
     values[:, -1] = 1.0
     weighted = scores @ values
     np.divide(weighted[:, :-1], weighted[:, -1:], out=out)
+
+
+def attend_one_query(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    """softmax(q k^T * scale) v for one query in every head: q (Hq, D), k and v (Hk, S, D),
+    Hq a multiple of Hk (grouped queries); (Hq, D). A decode step's attention."""
+    heads, depth = q.shape
+    kv_heads = k.shape[0]
+    grouped = q.reshape(kv_heads, heads // kv_heads, depth)
+    scores = np.matmul(grouped, k.transpose(0, 2, 1))  # (Hk, group, S)
+    scores *= _F32(scale)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return np.matmul(scores, v).reshape(heads, depth)
 
 
 def gelu_(x: np.ndarray) -> np.ndarray:
@@ -170,27 +208,39 @@ class _EncoderLayer:
         self.norm2 = _LayerNorm(layer.layer_norm2)
         self.heads = attention.num_heads
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x: one frame's (tokens, width), updated in place and returned."""
+    def __call__(self, x: np.ndarray, threads: Threads | None = None) -> np.ndarray:
+        """x: one frame's (tokens, width), updated in place and returned. With `threads`,
+        the layer's products and heads are shared among them; without, it runs here."""
         width = x.shape[1]
         depth = width // self.heads
-        qkv = self.norm1(x) @ self.w_qkv.T
+
+        def product(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+            return threads.product(rows, weight) if threads else rows @ weight.T
+
+        qkv = product(self.norm1(x), self.w_qkv)
         qkv += self.b_qkv
         attended = np.empty_like(x)
-        for head in range(self.heads):
-            columns = slice(head * depth, (head + 1) * depth)
-            attend(
-                qkv[:, columns],
-                qkv[:, width:][:, columns],
-                qkv[:, 2 * width :][:, columns],
-                attended[:, columns],
-                scale=1.0,
-            )
-        x += attended @ self.w_out.T
+
+        def attend_heads(heads: list[int]) -> None:
+            for head in heads:
+                columns = slice(head * depth, (head + 1) * depth)
+                attend(
+                    qkv[:, columns],
+                    qkv[:, width:][:, columns],
+                    qkv[:, 2 * width :][:, columns],
+                    attended[:, columns],
+                    scale=1.0,
+                )
+
+        if threads:
+            threads.share(list(range(self.heads)), attend_heads)
+        else:
+            attend_heads(list(range(self.heads)))
+        x += product(attended, self.w_out)
         x += self.b_out
-        hidden = self.norm2(x) @ self.w_up.T
+        hidden = product(self.norm2(x), self.w_up)
         hidden += self.b_up
-        x += gelu_(hidden) @ self.w_down.T
+        x += product(gelu_(hidden), self.w_down)
         x += self.b_down
         return x
 
@@ -216,12 +266,17 @@ class VisionEncoder(nn.Module):
         frames, tokens, width = x.shape
         hidden = np.array(_rows(x)).reshape(frames, tokens, width)  # a copy: layers work in place
 
-        def encode(frames: list[int]) -> None:
-            for frame in frames:
+        def encode(chosen: list[int]) -> None:
+            for frame in chosen:
                 for layer in self._layers:
                     layer(hidden[frame])
 
-        self._threads.share(list(range(frames)), encode)
+        if frames >= self._threads.count:  # frames are independent: whole frames per thread
+            self._threads.share(list(range(frames)), encode)
+        else:  # fewer frames than threads: each layer's work shared among them
+            for frame in range(frames):
+                for layer in self._layers:
+                    layer(hidden[frame], self._threads)
         return mx.array(hidden), None
 
 
@@ -229,12 +284,13 @@ class Linear(nn.Module):
     """An `nn.Linear` (no bias) whose product runs in numpy: takes MLX or numpy rows,
     returns MLX (it ends the numpy language model: its logits go back to mlx_vlm)."""
 
-    def __init__(self, linear: Any) -> None:
+    def __init__(self, linear: Any, threads: Threads) -> None:
         super().__init__()
         self._weight = _fp32(linear.weight)  # (out, in): x @ w.T, no transposed copy
+        self._threads = threads
 
     def __call__(self, x: mx.array | np.ndarray) -> mx.array:
-        y = _rows(x) @ self._weight.T
+        y = self._threads.product(_rows(x), self._weight)
         return mx.array(y).reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -329,7 +385,7 @@ class DecoderLayer(nn.Module):
 
     def _attention(self, x: np.ndarray, length: int, cache: Any) -> np.ndarray:
         heads, kv_heads, depth = self._heads, self._kv_heads, self._depth
-        qkv = x @ self._qkv.T  # (length, (heads + 2 kv_heads) depth)
+        qkv = self._threads.product(x, self._qkv)  # (length, (heads + 2 kv_heads) depth)
         q = qkv[:, : heads * depth].reshape(length, heads, depth).transpose(1, 0, 2)
         k = qkv[:, heads * depth : (heads + kv_heads) * depth]
         v = qkv[:, (heads + kv_heads) * depth :]
@@ -350,6 +406,9 @@ class DecoderLayer(nn.Module):
             if length > 1
             else None
         )
+        if length == 1:  # a decode step: every head at once, a few numpy calls in all
+            attended = attend_one_query(q[:, 0], keys, values, self._scale)
+            return self._threads.product(attended.reshape(1, heads * depth), self._out)
         out = np.empty((heads, length, depth), _F32)
         group = heads // kv_heads
 
@@ -357,14 +416,13 @@ class DecoderLayer(nn.Module):
             for h in chosen:
                 attend(q[h], keys[h // group], values[h // group], out[h], self._scale, hidden)
 
-        if length > 1:
-            self._threads.share(list(range(heads)), attend_heads)
-        else:  # one query: tiny products, not worth a thread hand-off
-            attend_heads(list(range(heads)))
-        return out.transpose(1, 0, 2).reshape(length, heads * depth) @ self._out.T
+        self._threads.share(list(range(heads)), attend_heads)
+        return self._threads.product(
+            out.transpose(1, 0, 2).reshape(length, heads * depth), self._out
+        )
 
     def _mlp(self, x: np.ndarray) -> np.ndarray:
-        gate_up = x @ self._gate_up.T
+        gate_up = self._threads.product(x, self._gate_up)
         width = gate_up.shape[1] // 2
         gate, up = gate_up[:, :width], gate_up[:, width:]
         hidden = np.negative(gate)
@@ -373,7 +431,7 @@ class DecoderLayer(nn.Module):
         hidden += 1.0
         np.divide(gate, hidden, out=hidden)  # SiLU(gate) = gate / (1 + exp(-gate))
         hidden *= up
-        return hidden @ self._down.T
+        return self._threads.product(hidden, self._down)
 
 
 def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -412,5 +470,5 @@ def numpy_language_model(language_model: Any, threads: Threads) -> None:
     """Run `language_model` (a SmolVLM2 text model) in numpy past its token embeddings."""
     language_model.layers = [DecoderLayer(block, threads) for block in language_model.layers]
     language_model.norm = RMSNorm(language_model.norm)
-    language_model.lm_head = Linear(language_model.lm_head)
+    language_model.lm_head = Linear(language_model.lm_head, threads)
     language_model.one_prompt_at_a_time = True  # SmolVLM.generate_batch asks

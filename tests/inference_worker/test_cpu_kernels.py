@@ -70,7 +70,10 @@ def test_one_heads_attention_after_a_cached_prefix_matches_mlx():
     np.testing.assert_allclose(out, np.array(expected)[0, 0], atol=1e-5)
 
 
-def test_the_numpy_vision_encoder_gives_the_mlx_encoders_output(threads):
+@pytest.mark.parametrize("frames", [1, 3], ids=["one frame", "three frames"])
+def test_the_numpy_vision_encoder_gives_the_mlx_encoders_output(threads, frames):
+    """Whole frames per thread (3 frames, an odd number for two threads), or one frame's
+    products and heads shared among the threads."""
     config = VisionConfig(
         model_type="smolvlm_vision",
         hidden_size=64,
@@ -80,7 +83,7 @@ def test_the_numpy_vision_encoder_gives_the_mlx_encoders_output(threads):
         intermediate_size=128,
     )
     encoder = _randomised(Encoder(config), seed=1)
-    x = mx.random.normal((3, 16, 64))  # 3 frames: an odd number for two threads
+    x = mx.random.normal((frames, 16, 64))
     expected, _ = encoder(x)
 
     got, states = VisionEncoder(encoder, threads)(x, output_hidden_states=True)
@@ -119,6 +122,14 @@ def test_the_numpy_text_model_matches_mlx_through_a_prompt_and_decode_steps(thre
         np.testing.assert_allclose(np.array(got), np.array(expected), rtol=1e-4, atol=1e-4)
         assert [c.offset for c in numpy_cache] == [c.offset for c in mlx_cache]
     assert numpy_cache[0].offset == 9
+
+
+def test_a_shared_product_is_the_whole_product(threads):
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((37, 16), np.float32)  # 37 columns: uneven blocks
+    for rows in (1, 5):
+        x = rng.standard_normal((rows, 16), np.float32)
+        np.testing.assert_allclose(threads.product(x, weight), x @ weight.T, rtol=1e-6)
 
 
 def test_the_numpy_text_model_refuses_what_it_does_not_do(threads):
