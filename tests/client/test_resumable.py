@@ -66,7 +66,10 @@ class BreakingProxy:
         self.hold = hold
         self.broken = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        # One task per client connection. Python 3.11's `wait_closed` does not wait for
+        # them: one still opening its upstream when the test ended left two sockets to be
+        # collected after the loop had closed (a ResourceWarning blamed on a later test).
+        self._connections: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -80,24 +83,30 @@ class BreakingProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._server is not None
         self._server.close()
-        for pipe in self._pipes:
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
+        for connection in self._connections:
+            connection.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
         await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        upstream_reader, upstream_writer = await asyncio.open_connection(HOST, self.target_port)
-        upward = asyncio.create_task(self._upward(reader, upstream_writer))
-        downward = asyncio.create_task(self._pipe(upstream_reader, writer))
-        self._pipes |= {upward, downward}
+        this = asyncio.current_task()
+        assert this is not None
+        self._connections.add(this)
+        ends = [writer]
         try:
-            await asyncio.wait({upward, downward}, return_when=asyncio.FIRST_COMPLETED)
+            upstream_reader, upstream_writer = await asyncio.open_connection(HOST, self.target_port)
+            ends.append(upstream_writer)
+            upward = asyncio.create_task(self._upward(reader, upstream_writer))
+            downward = asyncio.create_task(self._pipe(upstream_reader, writer))
+            try:
+                await asyncio.wait({upward, downward}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (upward, downward):
+                    task.cancel()
+                await asyncio.gather(upward, downward, return_exceptions=True)
         finally:
-            for task in (upward, downward):
-                task.cancel()
-            await asyncio.gather(upward, downward, return_exceptions=True)
-            self._pipes -= {upward, downward}
-            for end in (writer, upstream_writer):
+            self._connections.discard(this)
+            for end in ends:
                 end.close()
                 with contextlib.suppress(ConnectionError):
                     await end.wait_closed()
