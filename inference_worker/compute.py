@@ -16,7 +16,7 @@ on 2 x86 cores at the real SmolVLM2-500M size (docs/BENCHMARKS.md, `make bench-m
    one tower layer: 0.32 s in MLX, 0.02 s in numpy), every MLX evaluation costs about
    0.5 ms, and the OpenBLAS under MLX (0.3.15) takes one-row products as full matrix
    products (a decode step's: 143 ms, numpy's OpenBLAS 0.3.31 60 ms). A segment went from
-   52 s to 12 s; the tower runs within 1.5x of what its matrix products alone take.
+   30 s to 11 s; the tower runs within 1.5x of what its matrix products alone take.
 3. `cast_for_host`: what stays in MLX (embeddings, the connector) gets fp32 weights: only
    fp32 products use BLAS.
 
@@ -59,13 +59,21 @@ class BlasChoice:
     reason: str
 
     def describe(self) -> str:
-        """For the worker's log: which BLAS, with how many threads, and why."""
+        """For the worker's log: which BLAS, with how many threads now, and why."""
         if self.library is None:
             return f"MLX's own BLAS ({self.reason})"
-        # OpenBLAS uses every core unless OPENBLAS_NUM_THREADS says otherwise.
-        threads = os.environ.get("OPENBLAS_NUM_THREADS")
-        threads = f"{threads} threads" if threads else "all cores"
-        return f"OpenBLAS {os.path.basename(self.library)} ({threads}; {self.reason})"
+        import threadpoolctl  # after MLX has loaded the library, as this is
+
+        threads = next(
+            (
+                info["num_threads"]
+                for info in threadpoolctl.threadpool_info()
+                if os.path.realpath(info["filepath"]) == os.path.realpath(self.library)
+            ),
+            None,
+        )
+        said = "1 thread per call" if threads == 1 else f"{threads or 'all'} threads"
+        return f"OpenBLAS {os.path.basename(self.library)} ({said}; {self.reason})"
 
 
 _choice: BlasChoice | None = None
