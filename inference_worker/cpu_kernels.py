@@ -1,4 +1,4 @@
-"""SmolVLM2's vision encoder and prompt attention in numpy, for MLX on a CPU without a GPU.
+"""SmolVLM2's vision encoder and text model in numpy, for MLX on a CPU without a GPU.
 
 Why: the `mlx[cpu]` build for x86 runs its elementwise and softmax kernels as scalar code
 on one core (about 17 ns for one `exp`), so of each vision-tower layer on one frame the
@@ -44,7 +44,7 @@ _F32 = np.float32
 _GELU_LINEAR = _F32(-2.0 * math.sqrt(2.0 / math.pi))
 _GELU_CUBIC = _F32(-2.0 * math.sqrt(2.0 / math.pi) * 0.044715)
 # GELU works through its input in slices of this many floats (128 KiB): each slice's
-# dozen passes stay in the core's cache.
+# seven passes stay in the core's cache.
 _GELU_SLICE = 1 << 15
 
 _Item = TypeVar("_Item")
