@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from server.state.models import SessionStatus, utcnow
+from server.state.redis_connection import raise_if_cancelling
 from server.state.sessions import Sessions
 from server.state.tus_records import TusRecords
 from server.storage.files import SessionFiles
@@ -124,4 +125,7 @@ class Janitor:
                         )
             except Exception:
                 log.exception("sweep failed; trying again in %s s", interval_seconds)
+            # A cancel that landed in a Redis read may come out as the error logged above:
+            # without this the app's shutdown would wait a whole interval for the sweep.
+            raise_if_cancelling()
             await asyncio.sleep(interval_seconds)

@@ -131,3 +131,34 @@ async def test_each_pass_of_run_logs_what_it_removed(make_sessions, data_paths, 
         "sweep removed 1 expired session(s), the files of 1 unknown one(s), 0 unfinished "
         "upload(s) and 0 expired resumable one(s)" in caplog.text
     )
+
+
+class CancelAsError(LocalFiles):
+    """LocalFiles whose listing waits, and turns a cancel into a connection error, as
+    redis-py may do with a cancel that lands during a read."""
+
+    def __init__(self, paths) -> None:
+        super().__init__(paths)
+        self.listing = asyncio.Event()
+
+    async def holders(self):
+        self.listing.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ConnectionError("Connection closed by server.") from None
+        return {}
+
+
+async def test_run_ends_on_cancel_even_when_a_sweep_turns_it_into_an_error(
+    make_sessions, data_paths, clock
+):
+    files = CancelAsError(data_paths)
+    janitor = Janitor(make_sessions(), files, TTL, uploading=lambda _id: False, clock=clock)
+    task = asyncio.create_task(janitor.run(interval_seconds=3600))
+    await files.listing.wait()
+
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+
+    assert done == {task} and task.cancelled()
