@@ -220,7 +220,7 @@ async def run_services(app: web.Application, state: State) -> AsyncIterator[None
             TusLimits(config.max_upload_bytes, timedelta(hours=config.upload_expires_hours)),
             on_bytes=app[keys.METRICS].uploaded,
         )
-    janitor = Janitor(
+    janitor = app[keys.JANITOR] = Janitor(
         sessions,
         files,
         timedelta(hours=config.session_ttl_hours),

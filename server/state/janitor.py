@@ -76,13 +76,19 @@ class Janitor:
                 expired += 1
                 log.info("session %s expired (last update %s)", session.id, session.updated_at)
         expired_uploads = await self._expire_resumable()
-        known = {session.id for session in await self._sessions.list()}
+        # In this order, so that files which gain an owner while the sweep runs are kept:
+        # what is being written now, then the unfinished uploads, then the sessions, all
+        # asked after the files were listed. Files are written before their owner is stored
+        # (an upload becomes a session, a resumable upload's record, only once its file
+        # exists), and each owner is stored before the previous one lets go.
+        holders = await self._files.holders()
+        busy = {session_id for session_id in holders if self._uploading(session_id)}
         resuming = await self._resumable.unfinished() if self._resumable is not None else set()
-        known |= resuming
+        known = busy | resuming | {session.id for session in await self._sessions.list()}
         untouched_since = self._clock() - self._orphan_grace
         orphans = 0
-        for session_id, changed in (await self._files.holders()).items():
-            if session_id in known or self._uploading(session_id):
+        for session_id, changed in holders.items():
+            if session_id in known:
                 continue
             if self._orphan_grace and changed >= untouched_since:
                 continue

@@ -15,6 +15,7 @@ from server.jobs.probe import ProbeService
 from server.jobs.runner import JobRunner
 from server.jobs.webhooks import WebhookDeliverer
 from server.state.events import EventLog
+from server.state.janitor import Janitor
 from server.state.sessions import Sessions
 from server.storage.files import SessionFiles
 from server.storage.paths import DataPaths
@@ -35,6 +36,7 @@ TUS = web.AppKey("tus", TusUploads)
 PROBES = web.AppKey("probes", ProbeService)
 WEBHOOKS = web.AppKey("webhooks", WebhookDeliverer)
 METRICS = web.AppKey("metrics", Metrics)
+JANITOR = web.AppKey("janitor", Janitor)
 # Made from the route table when the routes are registered: the document and the index.
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 ENDPOINTS = web.AppKey("endpoints", list[Endpoint])

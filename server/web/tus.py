@@ -123,18 +123,21 @@ class TusUploads:
         filename = safe_filename(metadata.get("filename"))
         location = self._files.upload_location(upload_id, filename)
         now = self._clock()
-        record = TusRecord(
-            id=upload_id,
-            length=length,
-            upload=await self._files.begin_resumable(location),
-            expires_at=now + self._limits.expires_after,
-            created_at=now,
-            filename=filename,
-            analysis_type=job.analysis_type.value if job.analysis_type else None,
-            params=job.params,
-            webhook_url=metadata.get("webhook_url") or None,
-        )
-        await self._records.create(record)
+        # Its file exists before its record: till then only this tells the sweep that the
+        # file belongs to an upload.
+        with self._flow.owning(upload_id):
+            record = TusRecord(
+                id=upload_id,
+                length=length,
+                upload=await self._files.begin_resumable(location),
+                expires_at=now + self._limits.expires_after,
+                created_at=now,
+                filename=filename,
+                analysis_type=job.analysis_type.value if job.analysis_type else None,
+                params=job.params,
+                webhook_url=metadata.get("webhook_url") or None,
+            )
+            await self._records.create(record)
         headers = {
             hdrs.LOCATION: f"{request.path.rstrip('/')}/{upload_id}",
             "Upload-Expires": _http_date(record.expires_at),

@@ -71,7 +71,8 @@ class UploadSlots:
 
     The limit keeps a burst of large uploads from taking every connection and the disk's
     bandwidth; the registry tells the expiry sweep which folders without a session are
-    still being written (a session is created only once its upload is complete).
+    still being written (a session is created only once its upload is complete, a
+    resumable upload's record only once its file exists).
     """
 
     # Uploads finish in seconds to minutes; a short wait is the honest hint.
@@ -80,7 +81,8 @@ class UploadSlots:
     def __init__(self, limit: int, on_bytes: Callable[[int], None] | None = None) -> None:
         """`on_bytes(n)` is told of every chunk of n bytes an upload writes (for metrics)."""
         self._limit = limit
-        self._ids: set[str] = set()
+        self._ids: set[str] = set()  # holding a slot
+        self._owned: set[str] = set()  # owning files, with no slot
         self.on_bytes = on_bytes or (lambda size: None)
 
     @contextlib.contextmanager
@@ -94,8 +96,18 @@ class UploadSlots:
         finally:
             self._ids.discard(session_id)
 
+    @contextlib.contextmanager
+    def owning(self, upload_id: str) -> Iterator[None]:
+        """Mark `upload_id`'s files as being written while the block runs, without a slot:
+        a resumable upload's, between its file and its record."""
+        self._owned.add(upload_id)
+        try:
+            yield
+        finally:
+            self._owned.discard(upload_id)
+
     def __contains__(self, session_id: object) -> bool:
-        return session_id in self._ids
+        return session_id in self._ids or session_id in self._owned
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -216,6 +228,11 @@ class UploadFlow:
             with contextlib.suppress(SessionNotFound):
                 await self._sessions.delete(session_id)
             raise
+
+    def owning(self, upload_id: str) -> contextlib.AbstractContextManager[None]:
+        """While the block runs the sweep leaves `upload_id`'s files alone (see
+        `UploadSlots.owning`)."""
+        return self._slots.owning(upload_id)
 
     async def has_room(self) -> bool:
         """Whether a new job would be queued now (else an upload that asks one is a 503)."""

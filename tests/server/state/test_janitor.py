@@ -111,6 +111,43 @@ async def test_files_of_no_session_are_swept_but_not_an_upload_in_progress(
     assert data_paths.upload_dir(kept.id).exists() and data_paths.output_dir(kept.id).exists()
 
 
+class ListedThen(LocalFiles):
+    """LocalFiles whose listing of the store is followed, before the sweep goes on, by
+    `meanwhile()`: what another request does while the sweep runs."""
+
+    def __init__(self, paths, meanwhile) -> None:
+        super().__init__(paths)
+        self._meanwhile = meanwhile
+
+    async def holders(self):
+        found = await super().holders()
+        await self._meanwhile()
+        return found
+
+
+async def test_an_upload_that_becomes_a_session_while_the_sweep_runs_keeps_its_files(
+    make_sessions, data_paths, clock
+):
+    sessions = make_sessions()
+    session = new_session(data_paths)  # its upload is on disk; the session not yet stored
+    receiving = {session.id}
+
+    async def upload_becomes_a_session():  # as UploadFlow: stored, then its slot let go
+        await sessions.create(session)
+        receiving.discard(session.id)
+
+    janitor = Janitor(
+        sessions,
+        ListedThen(data_paths, upload_becomes_a_session),
+        TTL,
+        uploading=receiving.__contains__,
+        clock=clock,
+    )
+
+    assert await janitor.sweep() == SweepReport(expired_sessions=0, orphan_paths=0)
+    assert (data_paths.upload_dir(session.id) / "video.mp4").exists()
+
+
 async def test_each_pass_of_run_logs_what_it_removed(make_sessions, data_paths, clock, caplog):
     caplog.set_level(logging.INFO, logger="server.state.janitor")
     sessions = make_sessions()

@@ -15,6 +15,8 @@ import aiohttp
 import pytest
 from tusclient.client import TusClient
 
+from server.state.janitor import SweepReport
+from server.web import app_keys as keys
 from tests.server.http_helpers import V1, finished, start
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -105,6 +107,29 @@ async def test_a_new_tuspy_uploader_resumes_where_the_server_stands(
     assert status["status"] == "uploaded"  # no analysis_type: the two-step flow
     video = await client.get(f"{V1}/results/{session_id}/video")
     assert await video.read() == sample_video.read_bytes()
+
+
+async def test_a_sweep_while_an_upload_is_being_created_leaves_its_file(
+    aiohttp_client, tmp_path, monkeypatch
+):
+    """The upload's file exists a moment before its record: not an orphan meanwhile."""
+    client = await start(aiohttp_client, tmp_path)
+    app = client.server.app
+    files, reports = app[keys.FILES], []
+    begin = files.begin_resumable
+
+    async def begin_then_sweep(location: str):
+        upload = await begin(location)
+        reports.append(await app[keys.JANITOR].sweep())
+        return upload
+
+    monkeypatch.setattr(files, "begin_resumable", begin_then_sweep)
+    path = await create(client, 4, filename="a.mp4")
+
+    assert reports == [SweepReport(expired_sessions=0, orphan_paths=0)]
+    upload_id = path.rsplit("/", 1)[-1]
+    kept = files_under(app[keys.PATHS].uploads)
+    assert [(file.parent.name, file.stat().st_size) for file in kept] == [(upload_id, 0)]
 
 
 async def test_bytes_of_a_patch_cut_off_mid_way_are_kept(aiohttp_client, tmp_path, sample_video):
